@@ -1,0 +1,5 @@
+"""Placeholder until the command group lands."""
+
+
+def register(subparsers) -> None:
+    return None

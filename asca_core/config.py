@@ -1,0 +1,378 @@
+"""Training configuration: typed dataclasses, YAML presets and dotted ``--set`` overrides.
+
+A :class:`Config` has five sections (``data``, ``features``, ``augment``, ``model``, ``train``).
+Every value is checked when the config is created, so a typo or a wrong type fails before any
+audio is decoded, with one line naming the key::
+
+    cfg = load_config("configs/demo.yaml", ["train.lr=3e-4", "model.layout=CCTT"])
+    cfg.to_yaml(run_dir / "config.yaml")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from .errors import ConfigError
+
+LAYOUTS = ("CCCC", "CCCT", "CCTT", "CTTT")
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclass
+class DataConfig:
+    """Where clips come from and how they are split."""
+
+    path: str = "demo"  # dataset folder or manifest; "demo" is the built-in synthetic set
+    format: str = "auto"  # auto | folder | csv | birdclef | esc50
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    test_fold: int | None = None  # ESC-50 style: this fold is the test set
+    group_column: str | None = None  # keep each group (speaker, recording) on one side
+    seed: int = 0
+    cache_dir: str | None = None  # decoded-audio cache; None = the user cache folder
+    balanced_sampling: bool = False
+    num_workers: int = 0
+    max_clips_per_class: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.path), "data.path must name a dataset (or be 'demo')")
+        _check(self.format in ("auto", "folder", "csv", "birdclef", "esc50"),
+               f"data.format must be auto, folder, csv, birdclef or esc50, got {self.format!r}")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            _check(0.0 <= value < 1.0, f"data.{name} must be in [0, 1), got {value}")
+        _check(self.val_fraction + self.test_fraction < 1.0,
+               "data.val_fraction + data.test_fraction must be below 1")
+        _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+        _check(self.max_clips_per_class is None or self.max_clips_per_class > 0,
+               f"data.max_clips_per_class must be positive, got {self.max_clips_per_class}")
+
+
+@dataclass
+class FeatureConfig:
+    """Log-Mel front end and the shape of the model input."""
+
+    frontend: str = "torchaudio"  # torchaudio (batched, any device) | kaldi (AST-compatible)
+    sample_rate: int = 16000
+    n_fft: int = 512
+    win_length: int = 400  # 25 ms at 16 kHz
+    hop_length: int = 160  # 10 ms at 16 kHz
+    n_mels: int = 128
+    f_min: float = 50.0
+    f_max: float | None = None
+    window: str = "hamming"
+    clip_seconds: float = 3.0  # length of the training crop and of an inference window
+    shape: str = "crop"  # crop: time cropped/padded to a multiple of 32 | resize224: the paper's 224x224
+    norm_mean: float | None = None  # per-dataset statistics, filled in by training
+    norm_std: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.frontend in ("torchaudio", "kaldi"),
+               f"features.frontend must be torchaudio or kaldi, got {self.frontend!r}")
+        _check(1000 <= self.sample_rate <= 384000,
+               f"features.sample_rate must be between 1000 and 384000 Hz, got {self.sample_rate}")
+        _check(self.win_length > 0, f"features.win_length must be > 0, got {self.win_length}")
+        _check(self.n_fft >= self.win_length,
+               f"features.n_fft ({self.n_fft}) must be >= features.win_length ({self.win_length})")
+        _check(self.hop_length > 0, f"features.hop_length must be > 0, got {self.hop_length}")
+        _check(8 <= self.n_mels <= 512, f"features.n_mels must be in [8, 512], got {self.n_mels}")
+        nyquist = self.sample_rate / 2
+        f_max = nyquist if self.f_max is None else self.f_max
+        _check(0.0 <= self.f_min < f_max <= nyquist,
+               f"features need 0 <= f_min < f_max <= sample_rate/2 ({nyquist:g} Hz), "
+               f"got f_min={self.f_min}, f_max={self.f_max}")
+        _check(self.window in ("hamming", "hann", "povey"),
+               f"features.window must be hamming, hann or povey, got {self.window!r}")
+        _check(0.1 <= self.clip_seconds <= 60.0,
+               f"features.clip_seconds must be in [0.1, 60], got {self.clip_seconds}")
+        _check(self.shape in ("crop", "resize224"),
+               f"features.shape must be crop or resize224, got {self.shape!r}")
+        _check(self.norm_std is None or self.norm_std > 0,
+               f"features.norm_std must be > 0, got {self.norm_std}")
+        _check(self.frames >= 32, f"features.clip_seconds={self.clip_seconds} gives fewer than 32 "
+               "frames: use a longer clip or a shorter hop_length")
+
+    @property
+    def frames(self) -> int:
+        """Time frames of the model input: the crop rounded to the nearest multiple of 32."""
+        if self.shape == "resize224":
+            return 224
+        raw = int(round(self.clip_seconds * self.sample_rate / self.hop_length)) + 1
+        return max(32, 32 * int(round(raw / 32)))
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(F, T)`` of the model input."""
+        if self.shape == "resize224":
+            return (224, 224)
+        return (32 * math.ceil(self.n_mels / 32), self.frames)
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.clip_seconds * self.sample_rate))
+
+
+@dataclass
+class AugmentConfig:
+    """The paper's augmentations: mixup, masking, background noise; plus gain and time shift."""
+
+    mixup: bool = True
+    mixup_alpha: float = 0.4
+    mixup_prob: float = 0.5
+    time_masks: int = 2
+    time_mask_width: int = 30  # frames
+    freq_masks: int = 2
+    freq_mask_width: int = 12  # mel bins
+    noise_prob: float = 0.25
+    noise_dir: str | None = None  # folder of background recordings; None = generated noise
+    snr_db_min: float = 5.0
+    snr_db_max: float = 20.0
+    gain_db: float = 6.0  # random gain in [-gain_db, +gain_db]
+    time_shift: float = 0.2  # random circular shift, as a fraction of the clip
+
+    def __post_init__(self) -> None:
+        _check(self.mixup_alpha > 0, f"augment.mixup_alpha must be > 0, got {self.mixup_alpha}")
+        for name in ("mixup_prob", "noise_prob"):
+            value = getattr(self, name)
+            _check(0.0 <= value <= 1.0, f"augment.{name} must be in [0, 1], got {value}")
+        for name in ("time_masks", "time_mask_width", "freq_masks", "freq_mask_width"):
+            value = getattr(self, name)
+            _check(value >= 0, f"augment.{name} must be >= 0, got {value}")
+        _check(self.snr_db_min <= self.snr_db_max,
+               f"augment.snr_db_min ({self.snr_db_min}) must be <= snr_db_max ({self.snr_db_max})")
+        _check(0.0 <= self.gain_db <= 40.0, f"augment.gain_db must be in [0, 40], got {self.gain_db}")
+        _check(0.0 <= self.time_shift <= 1.0,
+               f"augment.time_shift must be in [0, 1], got {self.time_shift}")
+
+
+@dataclass
+class ModelConfig:
+    """Which registered model to build and how."""
+
+    name: str = "asca_tiny"
+    layout: str = "CCCT"
+    drop_path: float | None = None  # None = the model's default
+    stride_mode: str = "paper"  # paper: stride in the first 1x1 | depthwise: stride in the 3x3
+    attn_window: int | None = None  # None = global attention; k = local k x k windows
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.layout in LAYOUTS, f"model.layout must be one of {', '.join(LAYOUTS)}, "
+               f"got {self.layout!r}")
+        _check(self.stride_mode in ("paper", "depthwise"),
+               f"model.stride_mode must be paper or depthwise, got {self.stride_mode!r}")
+        _check(self.drop_path is None or 0.0 <= self.drop_path < 1.0,
+               f"model.drop_path must be in [0, 1), got {self.drop_path}")
+        _check(self.attn_window is None or self.attn_window >= 1,
+               f"model.attn_window must be a positive window size, got {self.attn_window}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, precision and reproducibility."""
+
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    loss: str = "bce"  # bce (multi-label; single-label as one-hot) | ce
+    label_smoothing: float = 0.0
+    grad_clip: float | None = 1.0
+    ema: bool = False
+    ema_decay: float = 0.999
+    amp: str = "off"  # off | bf16 | fp16 (fp16 only on CUDA)
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int | None = None
+    deterministic: bool = True
+    patience: int | None = None  # stop after this many epochs without a better val_map
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, train.lr], got {self.min_lr}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(self.loss in ("bce", "ce"), f"train.loss must be bce or ce, got {self.loss!r}")
+        _check(0.0 <= self.label_smoothing < 1.0,
+               f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(self.grad_clip is None or self.grad_clip > 0,
+               f"train.grad_clip must be > 0 (or null to disable), got {self.grad_clip}")
+        _check(0.0 < self.ema_decay < 1.0, f"train.ema_decay must be in (0, 1), got {self.ema_decay}")
+        _check(self.amp in ("off", "bf16", "fp16"), f"train.amp must be off, bf16 or fp16, got {self.amp!r}")
+        _check(self.num_threads is None or self.num_threads >= 1,
+               f"train.num_threads must be >= 1, got {self.num_threads}")
+        _check(self.patience is None or self.patience >= 1,
+               f"train.patience must be >= 1, got {self.patience}")
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "features": FeatureConfig,
+    "augment": AugmentConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+}
+
+
+@dataclass
+class Config:
+    """The whole training configuration; saved as ``config.yaml`` in every run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> "Config":
+        """Build a config from nested dicts; unknown sections or keys are errors."""
+        raw = raw or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+        unknown = sorted(set(raw) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown config section {unknown[0]!r}: sections are "
+                              f"{', '.join(SECTIONS)}")
+        parts = {}
+        for section, klass in SECTIONS.items():
+            values = raw.get(section) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section {section!r} must be a mapping, got {values!r}")
+            parts[section] = _build_section(section, klass, values)
+        return cls(**parts)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def replace(self, key: str, value: Any) -> "Config":
+        """Return a copy with one dotted key changed (``cfg.replace("train.lr", 3e-4)``)."""
+        raw = self.to_dict()
+        section, name = _split_key(key)
+        raw[section][name] = value
+        return Config.from_dict(raw)
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    parts = key.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"config key {key!r} must look like section.key (e.g. train.lr)")
+    section, name = parts
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config section {section!r} in {key!r}: sections are "
+                          f"{', '.join(SECTIONS)}")
+    names = [f.name for f in fields(SECTIONS[section])]
+    if name not in names:
+        raise ConfigError(f"unknown config key {key!r}: {section} has {', '.join(names)}")
+    return section, name
+
+
+def _build_section(section: str, klass: type, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(klass)
+    known = {f.name for f in fields(klass)}
+    kwargs = {}
+    for name, value in values.items():
+        if name not in known:
+            raise ConfigError(f"unknown config key '{section}.{name}': {section} has "
+                              f"{', '.join(sorted(known))}")
+        kwargs[name] = _coerce(f"{section}.{name}", value, hints[name])
+    try:
+        return klass(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # pragma: no cover - defensive
+        raise ConfigError(f"invalid {section} config: {exc}") from exc
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a field's type, converting only where it is lossless."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key} must not be null")
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{key} must be finite, got {value!r}")
+        return float(value)
+    if base is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be text, got {value!r}")
+        return value
+    return value  # pragma: no cover - every field has one of the types above
+
+
+def _parse_override(item: str) -> tuple[str, str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    key, text = item.split("=", 1)
+    section, name = _split_key(key.strip())
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    hint = typing.get_type_hints(SECTIONS[section])[name]
+    wants_text = str in (typing.get_args(hint) or (hint,))
+    if wants_text and value is not None and not isinstance(value, str):
+        value = text.strip()  # "model.name=123" stays text
+    return section, name, value
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML preset (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {path} is not valid YAML{where}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        section, name, value = _parse_override(item)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+        raw[section][name] = value
+    return Config.from_dict(raw)
+
