@@ -324,6 +324,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return int(value)
     if base is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         if not math.isfinite(float(value)):
