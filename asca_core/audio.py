@@ -15,6 +15,8 @@ that starts with the file name.
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +32,7 @@ DEFAULT_MAX_DURATION = 3600.0  # seconds of decoded audio per call; guards memor
 MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 384000
 _BLOCK_FRAMES = 1 << 16  # frames decoded per read: bounds the multi-channel buffer
+_SALVAGE_FRAMES = 1024  # block size used after a decoding error, to keep what precedes it
 _MP3_PREROLL = 1 << 14  # frames decoded and dropped before an MP3 span (refills the bit reservoir)
 
 
@@ -43,6 +46,7 @@ class AudioInfo:
     channels: int
     duration: float  # seconds
     format: str  # libsndfile major format, e.g. "WAV", "FLAC", "OGG", "MP3"
+    truncated: bool = False  # the header promises more audio than the file holds (frames = what is there)
 
 
 def _checked_path(path: str | Path) -> Path:
@@ -71,19 +75,30 @@ def _open(path: Path) -> sf.SoundFile:
         raise AudioError(f"{path}: not a readable audio file ({reason})") from exc
 
 
+# libsndfile's header log says so when a file ends before its header's promise
+# ("data : 32000 (should be 8000)" for wav/aiff, a last Ogg page without end-of-stream).
+_TRUNCATION = re.compile(r"^\s*(data|SSND)\s*:\s*\d+\s*\(should be|lacks an end-of-stream", re.M)
+
+
 def _info_from(path: Path, f: sf.SoundFile) -> AudioInfo:
     _check_rate(path, f.samplerate)
+    truncated = bool(_TRUNCATION.search(f.extra_info))
     if f.frames <= 0:
-        raise AudioError(f"{path}: contains no audio frames (empty or header-only file)")
+        what = "truncated: header promises audio, file holds none" if truncated else \
+            "empty or header-only file"
+        raise AudioError(f"{path}: contains no audio frames ({what})")
     return AudioInfo(path=path, sample_rate=int(f.samplerate), frames=int(f.frames),
-                     channels=int(f.channels), duration=f.frames / f.samplerate, format=f.format)
+                     channels=int(f.channels), duration=f.frames / f.samplerate, format=f.format,
+                     truncated=truncated)
 
 
 def audio_info(path: str | Path) -> AudioInfo:
     """Read the header of ``path``: rate, frames, channels, duration, format.
 
     Raises AudioError for a missing, empty, header-only or non-audio file and for an unsupported
-    sample rate (NaN samples are only found by decoding, see :func:`load_audio`).
+    sample rate (NaN samples are only found by decoding, see :func:`load_audio`). A file cut
+    short (interrupted copy) still opens: ``truncated`` is set where the format shows it (wav,
+    aiff, ogg) and ``frames`` counts what is really there.
     """
     path = _checked_path(path)
     with _open(path) as f:
@@ -114,10 +129,21 @@ def _read_mono(f: sf.SoundFile, start: int, count: int) -> np.ndarray:
     # Block reads bound the multi-channel buffer to one block whatever the span.
     buf = np.empty((min(_BLOCK_FRAMES, max(count, 1)), f.channels), dtype=np.float32)
     out = np.empty(count, dtype=np.float32)
-    got = 0
+    got, block_frames = 0, len(buf)
     while got < count:
-        n = min(len(buf), count - got)
-        block = f.read(n, out=buf[:n])
+        n = min(block_frames, count - got)
+        try:
+            block = f.read(n, out=buf[:n])
+        except sf.LibsndfileError:
+            # Corrupt or cut-off data (e.g. FLAC lost sync): a failed read reports no frames, so
+            # retry in small blocks from the same place and keep everything before the damage.
+            if block_frames > _SALVAGE_FRAMES:
+                block_frames = _SALVAGE_FRAMES
+                f.seek(start + got)
+                continue
+            if got == 0:
+                raise
+            break
         if len(block) == 0:
             break  # truncated file: keep what libsndfile could decode
         out[got:got + len(block)] = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)
@@ -201,7 +227,9 @@ def _fallback_load(path: Path, offset: float, duration: float | None,
     if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
         return None
     try:
-        import audioread
+        with warnings.catch_warnings():  # audioread imports modules deprecated in Python 3.11
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import audioread
 
         with audioread.audio_open(str(path)) as src:
             sr, channels = int(src.samplerate), int(src.channels)
