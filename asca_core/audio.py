@@ -227,24 +227,25 @@ def _fallback_load(path: Path, offset: float, duration: float | None,
     if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
         return None
     try:
-        with warnings.catch_warnings():  # audioread imports modules deprecated in Python 3.11
+        with warnings.catch_warnings():  # audioread's backends import modules deprecated in 3.11
             warnings.simplefilter("ignore", DeprecationWarning)
             import audioread
 
-        with audioread.audio_open(str(path)) as src:
+            src = audioread.audio_open(str(path))
+        with src:
             sr, channels = int(src.samplerate), int(src.channels)
             _check_rate(path, sr)
             start = int(round(offset * sr))
             stop = None if duration is None else start + max(1, int(round(duration * sr)))
             limit = None if max_duration is None else int(max_duration * sr)
-            parts, pos = [], 0
-            for buf in src:
+            parts, pos, taken = [], 0, 0
+            for buf in src:  # 16-bit interleaved PCM blocks
                 block = np.frombuffer(buf, dtype="<i2").reshape(-1, channels).mean(axis=1)
                 lo, hi = max(start - pos, 0), len(block) if stop is None else min(stop - pos, len(block))
                 if hi > lo:
                     parts.append((block[lo:hi] / 32768.0).astype(np.float32))
+                    taken += hi - lo
                 pos += len(block)
-                taken = sum(len(p) for p in parts)
                 if limit is not None and taken > limit:
                     raise AudioError(f"{path}: more than the {max_duration:g} s limit of audio "
                                      "requested (read it in windows or raise max_duration)")

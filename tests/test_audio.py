@@ -225,3 +225,23 @@ def test_write_audio_round_trip_and_bad_extension(tmp_path):
     np.testing.assert_array_equal(exact, wave)
     with pytest.raises(AudioError, match="x.aac"):
         write_audio(tmp_path / "x.aac", wave, 16000)
+
+
+def test_fallback_decoder_when_libsndfile_cannot_open(tmp_path, monkeypatch):
+    """A libsndfile build without a codec: audioread decodes the file, same window, same mixing."""
+    left, right = tone(440.0, 1.0, 16000), tone(1000.0, 1.0, 16000, amplitude=0.25)
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([left, right], axis=1), 16000, subtype="PCM_16")
+    expected = load_audio(path, offset=0.25, duration=0.5)
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("Format not recognised")
+
+    monkeypatch.setattr(sf, "SoundFile", unsupported)
+    wave = load_audio(path, offset=0.25, duration=0.5)
+    assert len(wave) == 8000
+    np.testing.assert_allclose(wave, expected, atol=1e-6)
+    with pytest.raises(AudioError, match="stereo.wav: .*limit"):
+        load_audio(path, max_duration=0.5)
+    with pytest.raises(AudioError, match="text.wav: not a readable audio file"):
+        load_audio(BAD_FILES["text.wav"][0](tmp_path / "text.wav"))
