@@ -1,0 +1,178 @@
+"""The ASCA family: CoAtNet stages S0-S4 on log-Mel spectrograms, C-C-C-T by default.
+
+S0 is a two-conv stem (stride 2); S1 is always MBConv; S2-S4 are MBConv (C) or relative-attention
+transformer (T) stages as the layout says, each halving the map in its first block, so the stage
+strides are 2, 4, 8, 16, 32. The head is global average pooling, LayerNorm, an optional CoAtNet
+pre-logits layer (Linear + tanh) and a Linear classifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ModelError
+from .blocks import (STRIDE_MODES, ConvStem, MBConv, TransformerBlock, init_weights, no_weight_decay_names,
+                     pad_to_multiple)
+
+LAYOUTS = ("CCCT", "CCTT", "CCCC", "CTTT")
+DEFAULT_INPUT_SIZE = (128, 320)
+STAGE_STRIDES = (4, 8, 16, 32)  # S1..S4; S0 (stem) has stride 2
+INPUT_MULTIPLE = 32
+
+
+@dataclass(frozen=True)
+class AscaSize:
+    """Widths and depths of one registered size (S1-S4; S0 is the stem)."""
+
+    stem_width: int
+    widths: tuple[int, int, int, int]
+    depths: tuple[int, int, int, int]
+    drop_path: float
+    head_hidden: int | None  # CoAtNet's pre-logits width; None = LayerNorm straight into the classifier
+    head_dim: int = 32
+
+
+ASCA_SIZES: dict[str, AscaSize] = {
+    # Smallest model with the full C-C-C-T structure, for tests and smoke runs.
+    "asca_pico": AscaSize(16, (16, 32, 64, 128), (1, 1, 1, 1), drop_path=0.0, head_hidden=None),
+    # CPU-friendly: about 3.1M parameters and 0.49 GMACs at 1x128x320.
+    "asca_tiny": AscaSize(32, (48, 96, 192, 384), (2, 2, 3, 1), drop_path=0.1, head_hidden=384),
+    # CoAtNet-0 and CoAtNet-1 widths and depths (Dai et al. 2021, table 3).
+    "asca_0": AscaSize(64, (96, 192, 384, 768), (2, 3, 5, 2), drop_path=0.2, head_hidden=768),
+    "asca_1": AscaSize(64, (96, 192, 384, 768), (2, 6, 14, 2), drop_path=0.3, head_hidden=768),
+}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ModelError(message)
+
+
+def _input_size(value: Any) -> tuple[int, int]:
+    try:
+        f, t = (int(v) for v in value)
+        ok = (f, t) == tuple(value)
+    except (TypeError, ValueError):
+        ok = False
+    _check(ok and f > 0 and t > 0 and f % INPUT_MULTIPLE == 0 and t % INPUT_MULTIPLE == 0,
+           f"input_size must be two positive multiples of {INPUT_MULTIPLE} (freq, time), got {value!r}")
+    return f, t
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool, LayerNorm, optional pre-logits Linear + tanh, Linear.
+
+    Shapes: (B, C, H, W) -> (B, num_classes).
+    """
+
+    def __init__(self, dim: int, num_classes: int, hidden: int | None = None) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.pre_logits = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh()) if hidden else nn.Identity()
+        self.fc = nn.Linear(hidden or dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.pre_logits(self.norm(x.mean((2, 3)))))
+
+
+class ASCA(nn.Module):
+    """CoAtNet-style hybrid classifier for spectrograms.
+
+    ``input_size`` is the (freq, time) input the relative-bias tables are built for: smaller inputs
+    use a sub-range of each table exactly, larger ones an interpolated table. Inputs whose sides are
+    not multiples of 32 are zero-padded at the top of the frequency axis and the end of the time
+    axis inside :meth:`forward`.
+
+    Shapes: forward(spec (B, in_chans, F, T)) -> logits (B, num_classes).
+    """
+
+    def __init__(self, num_classes: int, *, stem_width: int, widths: tuple[int, ...], depths: tuple[int, ...],
+                 layout: str = "CCCT", in_chans: int = 1, drop_path: float = 0.0, stride_mode: str = "paper",
+                 attn_window: int | None = None, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
+                 head_dim: int = 32, head_hidden: int | None = None, name: str = "asca") -> None:
+        super().__init__()
+        layout = str(layout).upper()
+        _check(layout in LAYOUTS, f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        _check(stride_mode in STRIDE_MODES,
+               f"stride_mode must be one of {', '.join(STRIDE_MODES)}, got {stride_mode!r}")
+        _check(isinstance(in_chans, int) and in_chans >= 1, f"in_chans must be a positive integer, got {in_chans!r}")
+        _check(isinstance(num_classes, int) and num_classes >= 1,
+               f"num_classes must be a positive integer, got {num_classes!r}")
+        _check(isinstance(drop_path, (int, float)) and 0.0 <= drop_path < 1.0,
+               f"drop_path must be in [0, 1), got {drop_path!r}")
+        _check(attn_window is None or (isinstance(attn_window, int) and attn_window >= 1),
+               f"attn_window must be a positive integer or None (global attention), got {attn_window!r}")
+        _check(head_hidden is None or (isinstance(head_hidden, int) and head_hidden >= 0),
+               f"head_hidden must be a non-negative integer or None, got {head_hidden!r}")
+        input_size = _input_size(input_size)
+        for kind, width in zip(layout, widths):
+            assert kind == "C" or width % head_dim == 0, f"width {width} is not a multiple of head_dim {head_dim}"
+
+        self.name = name
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.input_size = input_size
+        self.layout = layout
+        self.config: dict[str, Any] = {
+            "name": name, "family": "asca", "num_classes": num_classes, "in_chans": in_chans,
+            "layout": layout, "stem_width": stem_width, "widths": list(widths), "depths": list(depths),
+            "head_dim": head_dim, "head_hidden": int(head_hidden or 0), "drop_path": float(drop_path),
+            "stride_mode": stride_mode, "attn_window": attn_window, "input_size": list(input_size),
+        }
+
+        self.s0 = ConvStem(in_chans, stem_width)
+        rates = torch.linspace(0, drop_path, sum(depths)).tolist()  # rises linearly over all blocks
+        dim = stem_width
+        for s, (kind, width, depth, stride) in enumerate(zip(layout, widths, depths, STAGE_STRIDES), start=1):
+            grid = (input_size[0] // stride, input_size[1] // stride)
+            blocks = []
+            for i in range(depth):
+                rate = rates.pop(0)
+                if kind == "C":
+                    blocks.append(MBConv(dim, width, stride=2 if i == 0 else 1, stride_mode=stride_mode,
+                                         drop_path=rate))
+                else:
+                    blocks.append(TransformerBlock(dim, width, grid, downsample=i == 0, head_dim=head_dim,
+                                                   window=attn_window, drop_path=rate))
+                dim = width
+            self.add_module(f"s{s}", nn.Sequential(*blocks))
+        self.head = ClassifierHead(dim, num_classes, head_hidden or None)
+        self.apply(init_weights)
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        return [self.s1, self.s2, self.s3, self.s4]
+
+    def stage_strides(self) -> dict[str, int]:
+        """Input pixels per token of each stage, keyed by stage name (``"s1"``..``"s4"``)."""
+        return {f"s{i}": stride for i, stride in enumerate(STAGE_STRIDES, start=1)}
+
+    def forward_features(self, spec: Tensor) -> Tensor:
+        """Shapes: (B, in_chans, F, T) -> (B, C, ceil(F/32), ceil(T/32))."""
+        if spec.ndim != 4 or spec.shape[1] != self.in_chans:
+            raise ModelError(f"{self.name} expects input (batch, {self.in_chans}, freq, time), "
+                             f"got shape {tuple(spec.shape)}")
+        x = self.s0(pad_to_multiple(spec, INPUT_MULTIPLE))
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def forward(self, spec: Tensor) -> Tensor:
+        return self.head(self.forward_features(spec))
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters to exclude from weight decay (norms, biases, relative-bias tables)."""
+        return no_weight_decay_names(self)
+
+
+def asca_from_size(name: str, num_classes: int, **overrides: Any) -> ASCA:
+    """Build the registered ASCA size ``name``; ``overrides`` replace the size's defaults."""
+    size = ASCA_SIZES[name]
+    options: dict[str, Any] = {"drop_path": size.drop_path, "head_hidden": size.head_hidden}
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    return ASCA(num_classes, stem_width=size.stem_width, widths=size.widths, depths=size.depths,
+                head_dim=size.head_dim, name=name, **options)

@@ -1,0 +1,205 @@
+"""CoAtNet building blocks: conv stem, MBConv with squeeze-excitation, relative transformer block.
+
+Every block takes and returns an NCHW map ``(B, C, F, T)`` (frequency rows, time columns), so a
+stage is a plain ``nn.Sequential`` whatever its type.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import MultiHeadAttention
+
+STRIDE_MODES = ("paper", "depthwise")
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch of a sample with probability ``p``."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.3f}"
+
+
+class ConvStem(nn.Module):
+    """S0: two 3x3 convolutions (the first with stride 2), each followed by BatchNorm and GELU.
+
+    Shapes: (B, in_chans, F, T) -> (B, width, F/2, T/2).
+    """
+
+    def __init__(self, in_chans: int, width: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False)
+        self.norm1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(width)
+        self.act = nn.GELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act(self.norm1(self.conv1(x)))
+        return self.act(self.norm2(self.conv2(x)))
+
+
+class PoolProject(nn.Module):
+    """The downsampling shortcut ``Proj(Pool(x))``: 2x2 average pool, then a 1x1 conv if widths differ.
+
+    Shapes: (B, dim, H, W) -> (B, dim_out, H/2, W/2).
+    """
+
+    def __init__(self, dim: int, dim_out: int) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(2)
+        self.proj = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.pool(x))
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gating from globally pooled features (Hu et al. 2018).
+
+    Shapes: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced, 1)
+        self.act = nn.GELU()
+        self.expand = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+        gate = self.expand(self.act(self.reduce(gate)))
+        return x * gate.sigmoid()
+
+
+class MBConv(nn.Module):
+    """CoAtNet's C block: pre-norm inverted residual with depthwise 3x3 and squeeze-excitation.
+
+    ``x + DropPath(Proj(SE(DW(Expand(Norm(x))))))``; the first block of a stage downsamples as
+    ``Proj(Pool(x)) + Conv(DW(Conv(Norm(x), stride=2)))``. ``stride_mode="paper"`` strides the first
+    1x1 conv (CoAtNet, about 20% fewer MACs here); ``"depthwise"`` strides the 3x3 depthwise conv
+    (timm's choice, sees every input pixel).
+
+    Shapes: (B, dim, H, W) -> (B, dim_out, H/stride, W/stride).
+    """
+
+    def __init__(self, dim: int, dim_out: int, stride: int = 1, stride_mode: str = "paper",
+                 expand_ratio: float = 4.0, se_ratio: float = 0.25, drop_path: float = 0.0) -> None:
+        super().__init__()
+        assert stride in (1, 2) and stride_mode in STRIDE_MODES, (stride, stride_mode)
+        assert stride == 2 or dim == dim_out, "only a downsampling block changes the width"
+        mid = int(dim_out * expand_ratio)
+        stride_1x1, stride_dw = (stride, 1) if stride_mode == "paper" else (1, stride)
+        self.shortcut = PoolProject(dim, dim_out) if stride == 2 else nn.Identity()
+        self.norm = nn.BatchNorm2d(dim)
+        self.expand = nn.Conv2d(dim, mid, 1, stride=stride_1x1, bias=False)
+        self.norm1 = nn.BatchNorm2d(mid)
+        self.dw = nn.Conv2d(mid, mid, 3, stride=stride_dw, padding=1, groups=mid, bias=False)
+        self.norm2 = nn.BatchNorm2d(mid)
+        self.act = nn.GELU()
+        self.se = SqueezeExcite(mid, max(1, int(dim_out * se_ratio)))
+        self.proj = nn.Conv2d(mid, dim_out, 1)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = self.shortcut(x)
+        x = self.act(self.norm1(self.expand(self.norm(x))))
+        x = self.act(self.norm2(self.dw(x)))
+        x = self.proj(self.se(x))
+        return shortcut + self.drop_path(x)
+
+
+class Mlp(nn.Module):
+    """Transformer feed-forward network: Linear -> GELU -> Linear. Shapes: (..., dim) -> (..., dim)."""
+
+    def __init__(self, dim: int, expand_ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = int(dim * expand_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TransformerBlock(nn.Module):
+    """CoAtNet's T block: pre-LayerNorm relative self-attention and a x4 FFN on a 2-D map.
+
+    ``x + DropPath(Attn(Norm(x)))`` then ``x + DropPath(FFN(Norm(x)))``; the first block of a stage
+    downsamples as ``Proj(Pool(x)) + Attn(Pool(Norm(x)))``. ``grid`` is the (freq, time) token grid
+    the relative-bias table is built for (the block's output grid at the model's input size).
+
+    Shapes: (B, dim, H, W) -> (B, dim_out, H/s, W/s) with s = 2 when downsampling, else 1.
+    """
+
+    def __init__(self, dim: int, dim_out: int, grid: tuple[int, int], downsample: bool = False,
+                 head_dim: int = 32, window: int | None = None, mlp_ratio: float = 4.0,
+                 drop_path: float = 0.0) -> None:
+        super().__init__()
+        assert downsample or dim == dim_out, "only a downsampling block changes the width"
+        self.downsample = downsample
+        self.shortcut = PoolProject(dim, dim_out) if downsample else nn.Identity()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MultiHeadAttention(dim, dim_out, head_dim=head_dim, rel_grid=grid, window=window)
+        self.norm2 = nn.LayerNorm(dim_out)
+        self.mlp = Mlp(dim_out, mlp_ratio)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        shortcut = self.shortcut(x)  # (B, C_out, h, w)
+        h, w = shortcut.shape[-2:]
+        y = self.norm1(x.permute(0, 2, 3, 1))  # (B, H, W, C)
+        if self.downsample:
+            y = y.reshape(B, h, 2, w, 2, C).mean((2, 4))  # 2x2 average pool: (B, h, w, C)
+        y = self.attn(y.reshape(B, h * w, C), (h, w))  # (B, N, C_out)
+        x = shortcut.flatten(2).transpose(1, 2) + self.drop_path(y)  # (B, N, C_out)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x.transpose(1, 2).reshape(B, -1, h, w)  # (B, C_out, h, w)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Truncated-normal linears (std 0.02, as ViT and CoAtNet) and fan-out normal convs."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Zero-pad the last two axes (freq at the top, time at the end) up to a multiple.
+
+    Shapes: (B, C, F, T) -> (B, C, ceil(F/m) m, ceil(T/m) m).
+    """
+    pad_f, pad_t = -x.shape[-2] % multiple, -x.shape[-1] % multiple
+    if pad_f or pad_t:
+        x = F.pad(x, (0, pad_t, 0, pad_f))
+    return x
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Parameters AdamW should not decay: norms, biases, bias tables, positions, class tokens."""
+    keep_free = ("rel_bias.table", "pos_embed", "cls_token")
+    return {name for name, p in model.named_parameters()
+            if p.ndim <= 1 or any(name.endswith(k) for k in keep_free)}
+
+
+__all__ = ["ConvStem", "DropPath", "MBConv", "Mlp", "PoolProject", "SqueezeExcite", "STRIDE_MODES",
+           "TransformerBlock", "init_weights", "no_weight_decay_names", "pad_to_multiple"]

@@ -1,0 +1,99 @@
+"""Model registry: ``build_model(name, num_classes, **overrides)`` and ``list_models()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import ModelError
+from .asca import ASCA_SIZES, asca_from_size
+from .baselines import AST_SIZES, ast_from_size
+
+ASCA_OVERRIDES = ("layout", "in_chans", "drop_path", "stride_mode", "attn_window", "input_size", "head_hidden")
+AST_OVERRIDES = ("in_chans", "drop_path", "input_size")
+# ASCA-only settings a shared model config always carries; a baseline accepts them at their neutral
+# value so one config section serves every model, and rejects anything else.
+_NEUTRAL = {"layout": "CCCT", "stride_mode": "paper", "attn_window": None, "head_hidden": None}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    builder: Callable[..., nn.Module]
+    overrides: tuple[str, ...]
+    description: str
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_model(name: str, builder: Callable[..., nn.Module], overrides: tuple[str, ...],
+                   description: str) -> None:
+    """Add a model ``builder(name, num_classes, **overrides)`` under ``name``."""
+    _REGISTRY[name] = _Entry(builder, overrides, description)
+
+
+for _name in ASCA_SIZES:
+    register_model(_name, asca_from_size, ASCA_OVERRIDES, "ASCA (CoAtNet-style conv + relative attention)")
+for _name in AST_SIZES:
+    register_model(_name, ast_from_size, AST_OVERRIDES, "AST-style ViT from scratch (baseline)")
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`build_model`, ASCA sizes first."""
+    return list(_REGISTRY)
+
+
+def describe_model(name: str) -> str:
+    """One-line description of a registered model."""
+    return _entry(name).description
+
+
+def _entry(name: str) -> _Entry:
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise ModelError(f"unknown model {name!r}; choose from: {', '.join(list_models())}")
+    return entry
+
+
+def build_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
+    """Build a registered model with fresh weights.
+
+    ``overrides`` (``None`` means the model's default): ``layout`` ("CCCT", "CCTT", "CCCC",
+    "CTTT"), ``in_chans``, ``drop_path``, ``stride_mode`` ("paper", "depthwise"), ``attn_window``
+    (k for local k x k attention; None = global), ``input_size`` ((F, T) the relative-bias tables
+    are built for, default (128, 320)), ``head_hidden`` (pre-logits width, 0 = none).
+
+    The returned module has ``input_size``, ``config`` (JSON-serialisable, see
+    :func:`build_model_from_config`) and ``no_weight_decay()``.
+
+    Shapes: model(spec (B, in_chans, F, T)) -> logits (B, num_classes).
+    """
+    entry = _entry(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ModelError(f"num_classes must be a positive integer, got {num_classes!r}")
+    accepted = {}
+    for key, value in overrides.items():
+        if key in entry.overrides:
+            accepted[key] = value
+        elif key in _NEUTRAL and value == _NEUTRAL[key]:
+            continue
+        elif key in _NEUTRAL:
+            raise ModelError(f"{key} applies to ASCA models only; {name} got {key}={value!r}")
+        else:
+            raise ModelError(f"unknown override {key!r} for {name}; choose from: {', '.join(entry.overrides)}")
+    if "input_size" in accepted and accepted["input_size"] is not None:
+        value = accepted["input_size"]
+        accepted["input_size"] = tuple(value) if isinstance(value, (list, tuple)) else value
+    return entry.builder(name, num_classes, **accepted)
+
+
+def build_model_from_config(config: dict[str, Any]) -> nn.Module:
+    """Rebuild the architecture described by a model's ``config`` dict (weights are fresh)."""
+    try:
+        name, num_classes = config["name"], config["num_classes"]
+    except (KeyError, TypeError):
+        raise ModelError(f"model config needs 'name' and 'num_classes', got {config!r}") from None
+    entry = _entry(name)
+    return build_model(name, num_classes, **{k: config[k] for k in entry.overrides if k in config})
