@@ -1,0 +1,435 @@
+"""Dataset formats: find the clips and labels of a dataset on disk, without decoding audio.
+
+Four layouts are recognised (``detect_format``) and turned into one :class:`DatasetIndex`:
+
+- ``folder``: ``ROOT/<label>/*.{wav,flac,ogg,mp3}`` (extensions case-insensitive, sub-folders of a
+  class folder included).
+- ``csv``: a manifest with columns ``filename,label`` plus optional ``split`` or ``fold``; every
+  other column is kept in ``Clip.meta``; ``a;b`` in ``label`` is multi-label; paths are relative to
+  the CSV's folder; a ``group`` column fills ``Clip.group``.
+- ``birdclef``: BirdCLEF 2023, ``train_metadata.csv`` + ``train_audio/``; labels are the primary
+  label followed by the secondary labels.
+- ``esc50``: ESC-50, ``meta/esc50.csv`` + ``audio/``; label = ``category``, ``fold``, group =
+  ``src_file`` (the recording a clip was cut from).
+
+Rows that point at missing files, files outside the dataset root or unsupported file types are
+not fatal: they land in ``DatasetIndex.problems`` as ``(file, reason)``. A manifest that cannot be
+read at all (missing columns, empty, not UTF-8, malformed rows) raises :class:`DatasetError`.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..audio import SUPPORTED_EXTENSIONS
+from ..errors import DatasetError
+
+FORMATS = ("folder", "csv", "birdclef", "esc50")
+FORMAT_NAMES = {
+    "folder": "folder-per-class",
+    "csv": "CSV manifest",
+    "birdclef": "BirdCLEF 2023",
+    "esc50": "ESC-50",
+}
+# A folder holding one of these is read as a CSV manifest (in this order of preference).
+MANIFEST_NAMES = ("labels.csv", "manifest.csv", "metadata.csv")
+SPLIT_NAMES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val",
+    "test": "test", "testing": "test", "eval": "test",
+}
+OUTSIDE_ROOT = "outside the dataset root"
+
+
+@dataclass
+class Clip:
+    """One labelled audio file of a dataset."""
+
+    path: Path
+    labels: tuple[str, ...]
+    split: str | None = None  # "train" | "val" | "test" from an official split column
+    fold: int | None = None
+    group: str | None = None  # clips of one group stay on one side of a split
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """The primary (first) label."""
+        return self.labels[0]
+
+
+@dataclass
+class DatasetIndex:
+    """Every usable clip of a dataset, its classes and what was skipped while reading it."""
+
+    root: Path
+    format: str
+    clips: list[Clip]
+    classes: list[str]
+    multi_label: bool
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    manifest: Path | None = None  # the CSV the index was read from, if any
+    # Audio files found but carrying no label (e.g. loose files beside the class folders).
+    unlabelled: list[Path] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def label_counts(self, indices: Iterable[int] | None = None) -> dict[str, int]:
+        """Clips per class (a multi-label clip counts once for each of its labels)."""
+        counts = Counter({c: 0 for c in self.classes})
+        for i in range(len(self.clips)) if indices is None else indices:
+            counts.update(self.clips[i].labels)
+        return dict(sorted(counts.items()))
+
+    def subset(self, indices: Iterable[int]) -> "DatasetIndex":
+        """A new index holding only ``indices`` (classes and problems unchanged)."""
+        return DatasetIndex(root=self.root, format=self.format,
+                            clips=[self.clips[i] for i in indices], classes=list(self.classes),
+                            multi_label=self.multi_label, problems=list(self.problems),
+                            manifest=self.manifest, unlabelled=list(self.unlabelled))
+
+    def relpath(self, path: Path | str) -> str:
+        """``path`` relative to the dataset root when inside it (for messages)."""
+        path = Path(path)
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
+
+# ---------------------------------------------------------------------------------- detection
+
+def _is_audio(path: Path) -> bool:
+    return path.suffix.lower() in SUPPORTED_EXTENSIONS and not path.name.startswith(".")
+
+
+def detect_format(path: str | Path) -> str:
+    """Name the layout of the dataset at ``path``: ``folder``, ``csv``, ``birdclef`` or ``esc50``.
+
+    ``path`` may be a dataset folder or its manifest file.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.name == "train_metadata.csv":
+            return "birdclef"
+        if path.name == "esc50.csv":
+            return "esc50"
+        if path.suffix.lower() == ".csv":
+            return "csv"
+        raise DatasetError(f"{path}: not a dataset (give a folder or a .csv manifest)")
+    if (path / "train_metadata.csv").is_file():
+        return "birdclef"
+    if (path / "meta" / "esc50.csv").is_file():
+        return "esc50"
+    if any((path / name).is_file() for name in MANIFEST_NAMES):
+        return "csv"
+    try:
+        entries = list(path.iterdir())
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot list the folder ({exc.strerror})") from exc
+    has_classes = any(e.is_dir() and not e.name.startswith(".") and _has_audio(e) for e in entries)
+    if has_classes or any(e.is_file() and _is_audio(e) for e in entries):
+        return "folder"
+    raise DatasetError(f"{path}: no audio files, class folders or manifest found "
+                       f"(expected ROOT/<label>/*.wav, a CSV manifest, BirdCLEF or ESC-50 layout)")
+
+
+def _has_audio(folder: Path) -> bool:
+    return any(p.is_file() and _is_audio(p) for p in folder.rglob("*"))
+
+
+def load_dataset(path: str | Path, format: str = "auto") -> DatasetIndex:
+    """Index the dataset at ``path`` (folder or manifest); ``format="auto"`` detects the layout.
+
+    ``"demo"`` means the built-in synthetic set (``./demo`` names a local folder).
+    """
+    if str(path) == "demo":
+        from .demo import demo_dataset_path
+
+        path = demo_dataset_path()
+    path = Path(path).expanduser()
+    if format == "auto":
+        format = detect_format(path)
+    if format not in FORMATS:
+        raise DatasetError(f"unknown dataset format {format!r} (use auto, {', '.join(FORMATS)})")
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or folder")
+    loader = {"folder": _load_folder, "csv": _load_csv, "birdclef": _load_birdclef,
+              "esc50": _load_esc50}[format]
+    return loader(path)
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def _finish(root: Path, fmt: str, clips: list[Clip], problems: list[tuple[str, str]],
+            manifest: Path | None = None, extra_classes: Iterable[str] = (),
+            unlabelled: list[Path] | None = None) -> DatasetIndex:
+    classes = sorted({label for clip in clips for label in clip.labels} | set(extra_classes))
+    return DatasetIndex(root=root, format=fmt, clips=clips, classes=classes,
+                        multi_label=any(len(c.labels) > 1 for c in clips), problems=problems,
+                        manifest=manifest, unlabelled=unlabelled or [])
+
+
+def _read_table(csv_path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Read a UTF-8 CSV with a header; return its columns and ``(line, row)`` pairs.
+
+    Raises DatasetError naming the file for an empty file, bad encoding, missing columns and rows
+    whose field count differs from the header.
+    """
+    try:
+        raw = csv_path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{csv_path}: cannot read ({exc.strerror})") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DatasetError(f"{csv_path}: not UTF-8 text (bad byte at line {line}); "
+                           "save the manifest as UTF-8") from exc
+    if not text.strip():
+        raise DatasetError(f"{csv_path}: empty manifest (expected a header line such as "
+                           f"{','.join(required)})")
+    if "\x00" in text:
+        raise DatasetError(f"{csv_path}: contains NUL bytes, not a text CSV file")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in next(reader)]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DatasetError(f"{csv_path}: missing column{'s' if len(missing) > 1 else ''} "
+                               f"{', '.join(missing)} (found: {', '.join(header) or 'none'})")
+        dupes = sorted({h for h in header if header.count(h) > 1 and h})
+        if dupes:
+            raise DatasetError(f"{csv_path}: duplicate column {', '.join(dupes)} in the header")
+        rows: list[tuple[int, dict]] = []
+        for fields in reader:
+            if not fields or all(not f.strip() for f in fields):
+                continue  # blank line
+            if len(fields) != len(header):
+                raise DatasetError(f"{csv_path}: line {reader.line_num} has {len(fields)} fields, "
+                                   f"the header has {len(header)}")
+            rows.append((reader.line_num, {h: v.strip() for h, v in zip(header, fields)}))
+    except csv.Error as exc:
+        raise DatasetError(f"{csv_path}: malformed CSV at line {reader.line_num} ({exc})") from exc
+    if not rows:
+        raise DatasetError(f"{csv_path}: the manifest has a header but no rows")
+    return header, rows
+
+
+def _resolve(root: Path, name: str, base: Path | None = None) -> tuple[Path | None, str | None]:
+    """Resolve a manifest path against ``base`` (default ``root``); refuse paths leaving ``root``."""
+    base = root if base is None else base
+    candidate = Path(os.path.normpath(base / name))  # absolute names replace base here
+    root_norm = Path(os.path.normpath(root))
+    if candidate != root_norm and root_norm not in candidate.parents:
+        return None, OUTSIDE_ROOT
+    return candidate, None
+
+
+class _Collector:
+    """Accumulates clips from manifest rows: missing files, duplicates and conflicts to problems."""
+
+    def __init__(self, csv_path: Path, root: Path):
+        self.csv_path, self.root = csv_path, root
+        self.clips: list[Clip] = []
+        self.problems: list[tuple[str, str]] = []
+        self._seen: dict[Path, tuple[int, int]] = {}  # path -> (clip position, first line)
+
+    def add(self, line: int, name: str, clip_path: Path | None, reason: str | None, clip: Clip) -> None:
+        if reason is None:
+            reason = self._file_problem(clip_path)
+        if reason is not None:
+            self.problems.append((name, f"{reason} ({self.csv_path.name} line {line})"))
+            return
+        clip.path = clip_path
+        if clip_path in self._seen:
+            pos, first = self._seen[clip_path]
+            old = self.clips[pos]
+            if set(clip.labels) <= set(old.labels):
+                self.problems.append((name, f"duplicate row (line {line} repeats line {first}); "
+                                            "kept once"))
+            else:
+                merged = tuple(dict.fromkeys(old.labels + clip.labels))
+                self.problems.append((name, f"listed again on line {line} with label "
+                                            f"{';'.join(clip.labels)}; labels merged as "
+                                            f"{';'.join(merged)}"))
+                old.labels = merged
+            return
+        self._seen[clip_path] = (len(self.clips), line)
+        self.clips.append(clip)
+
+    @staticmethod
+    def _file_problem(path: Path) -> str | None:
+        if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+            return (f"unsupported file type {path.suffix or '(none)'} "
+                    f"(use {', '.join(SUPPORTED_EXTENSIONS)})")
+        if not path.is_file():
+            return "file not found"
+        return None
+
+
+def _split_labels(value: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p.strip() for p in value.split(";") if p.strip()))
+
+
+def _parse_split(csv_path: Path, line: int, value: str) -> str | None:
+    if not value:
+        return None
+    split = SPLIT_NAMES.get(value.lower())
+    if split is None:
+        raise DatasetError(f"{csv_path}: line {line}: unknown split {value!r} "
+                           "(use train, val or test)")
+    return split
+
+
+def _parse_fold(csv_path: Path, line: int, value: str) -> int | None:
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number.is_integer():
+        raise DatasetError(f"{csv_path}: line {line}: fold must be an integer, got {value!r}")
+    return int(number)
+
+
+# ------------------------------------------------------------------------------------ loaders
+
+def _load_folder(root: Path) -> DatasetIndex:
+    if not root.is_dir():
+        raise DatasetError(f"{root}: folder-per-class datasets are folders (ROOT/<label>/*.wav)")
+    clips: list[Clip] = []
+    problems: list[tuple[str, str]] = []
+    unlabelled: list[Path] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file():
+            if _is_audio(entry):
+                unlabelled.append(entry)
+                problems.append((entry.name, "not inside a class folder (expected ROOT/<label>/file)"))
+            continue
+        if not entry.is_dir():
+            continue
+        for file in sorted(p for p in entry.rglob("*") if p.is_file()):
+            if any(part.startswith(".") for part in file.relative_to(root).parts):
+                continue
+            if _is_audio(file):
+                clips.append(Clip(path=file, labels=(entry.name,)))
+    return _finish(root, "folder", clips, problems, unlabelled=unlabelled)
+
+
+def _manifest_in(path: Path, names: tuple[str, ...], what: str) -> Path:
+    if path.is_file():
+        return path
+    for name in names:
+        if (path / name).is_file():
+            return path / name
+    raise DatasetError(f"{path}: no {what} found (looked for {', '.join(names)})")
+
+
+def _load_csv(path: Path) -> DatasetIndex:
+    csv_path = _manifest_in(path, MANIFEST_NAMES, "CSV manifest")
+    root = csv_path.parent.resolve()
+    header, rows = _read_table(csv_path, ("filename", "label"))
+    known = {"filename", "label", "split", "fold", "group"}
+    collector = _Collector(csv_path, root)
+    for line, row in rows:
+        name, label_text = row["filename"], row["label"]
+        if not name:
+            raise DatasetError(f"{csv_path}: line {line}: empty filename")
+        labels = _split_labels(label_text)
+        if not labels:
+            raise DatasetError(f"{csv_path}: line {line}: empty label for {name}")
+        clip = Clip(path=Path(name), labels=labels,
+                    split=_parse_split(csv_path, line, row.get("split", "")),
+                    fold=_parse_fold(csv_path, line, row.get("fold", "")),
+                    group=row.get("group") or None,
+                    meta={k: v for k, v in row.items() if k not in known})
+        clip_path, reason = _resolve(root, name)
+        collector.add(line, name, clip_path, reason, clip)
+    return _finish(root, "csv", collector.clips, collector.problems, manifest=csv_path)
+
+
+def _parse_list(csv_path: Path, line: int, column: str, value: str) -> list[str]:
+    """Parse a Python-literal list of strings such as ``['a', 'b']`` (literal_eval, never eval)."""
+    if not value:
+        return []
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise DatasetError(f"{csv_path}: line {line}: {column} is not a list literal: {value!r}") from None
+    if isinstance(parsed, str):
+        parsed = [parsed]
+    if not isinstance(parsed, (list, tuple)) or not all(isinstance(x, str) for x in parsed):
+        raise DatasetError(f"{csv_path}: line {line}: {column} must be a list of names, got {value!r}")
+    return [x.strip() for x in parsed if x.strip()]
+
+
+def _load_birdclef(path: Path) -> DatasetIndex:
+    csv_path = _manifest_in(path, ("train_metadata.csv",), "train_metadata.csv")
+    root = csv_path.parent.resolve()
+    audio_dir = root / "train_audio"
+    header, rows = _read_table(csv_path, ("primary_label", "filename"))
+    collector = _Collector(csv_path, root)
+    secondary_seen: set[str] = set()
+    for line, row in rows:
+        name, primary = row["filename"], row["primary_label"]
+        if not name or not primary:
+            raise DatasetError(f"{csv_path}: line {line}: empty filename or primary_label")
+        secondary = [s for s in _parse_list(csv_path, line, "secondary_labels",
+                                            row.get("secondary_labels", "")) if s != primary]
+        secondary_seen.update(secondary)
+        meta: dict[str, Any] = {k: v for k, v in row.items() if k != "filename"}
+        meta["secondary_labels"] = secondary
+        if "type" in row:
+            try:
+                meta["type"] = _parse_list(csv_path, line, "type", row["type"])
+            except DatasetError:
+                meta["type"] = row["type"]  # free text is fine for a descriptive column
+        for key in ("rating", "latitude", "longitude"):
+            if key in meta:
+                try:
+                    meta[key] = float(meta[key])
+                except ValueError:
+                    pass
+        clip = Clip(path=Path(name), labels=tuple(dict.fromkeys([primary] + secondary)), meta=meta)
+        clip_path, reason = _resolve(root, name, base=audio_dir)
+        collector.add(line, name, clip_path, reason, clip)
+    return _finish(root, "birdclef", collector.clips, collector.problems, manifest=csv_path,
+                   extra_classes=secondary_seen)
+
+
+def _load_esc50(path: Path) -> DatasetIndex:
+    if path.is_file():
+        csv_path, root = path, path.resolve().parent.parent
+    else:
+        csv_path, root = path / "meta" / "esc50.csv", path.resolve()
+        if not csv_path.is_file():
+            raise DatasetError(f"{path}: no meta/esc50.csv found (ESC-50 layout: meta/esc50.csv + audio/)")
+    header, rows = _read_table(csv_path, ("filename", "fold", "category"))
+    collector = _Collector(csv_path, root)
+    for line, row in rows:
+        name = row["filename"]
+        if not name or not row["category"]:
+            raise DatasetError(f"{csv_path}: line {line}: empty filename or category")
+        meta: dict[str, Any] = {k: v for k, v in row.items() if k not in ("filename", "category", "fold")}
+        if "esc10" in meta:
+            meta["esc10"] = meta["esc10"].lower() in ("true", "1", "yes")
+        clip = Clip(path=Path(name), labels=(row["category"],),
+                    fold=_parse_fold(csv_path, line, row["fold"]),
+                    group=row.get("src_file") or None, meta=meta)
+        clip_path, reason = _resolve(root, name, base=root / "audio")
+        collector.add(line, name, clip_path, reason, clip)
+    return _finish(root, "esc50", collector.clips, collector.problems, manifest=csv_path)
