@@ -1,0 +1,130 @@
+"""Torch dataset of fixed-length waves and multi-hot targets.
+
+Training crops a random window per item, drawn from a generator seeded by (seed, epoch, clip), so
+a run is reproducible and every epoch sees different windows (call :meth:`ClipDataset.set_epoch`).
+Evaluation takes the centre window; clips shorter than the window are zero-padded (symmetrically
+in evaluation, at a random offset in training).
+
+Clips must be readable: filter the index with :func:`asca_core.data.check.filter_readable`
+before training, so a broken file is reported up front rather than mid-epoch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .. import audio as _audio
+from ..config import FeatureConfig
+from .cache import FeatureCache
+from .formats import DatasetIndex
+
+
+def multi_hot(labels: Sequence[str], class_to_idx: dict[str, int]) -> torch.Tensor:
+    """Shapes: returns (K,) float32 with 1.0 at each label's class."""
+    target = torch.zeros(len(class_to_idx), dtype=torch.float32)
+    for label in labels:
+        target[class_to_idx[label]] = 1.0
+    return target
+
+
+def fit_length(wave: np.ndarray, n: int, start: int | None = None) -> np.ndarray:
+    """Crop or zero-pad ``wave`` to ``n`` samples.
+
+    ``start`` is the crop start (longer waves) or the pad offset (shorter waves); ``None`` centres.
+
+    Shapes: (T,) -> (n,).
+    """
+    t = wave.shape[0]
+    if t == n:
+        return wave
+    room = abs(t - n)
+    start = room // 2 if start is None else int(min(max(start, 0), room))
+    if t > n:
+        return wave[start:start + n]
+    out = np.zeros(n, dtype=np.float32)
+    out[start:start + t] = wave
+    return out
+
+
+class ClipDataset(Dataset):
+    """Items ``(wave, target)`` for the clips ``indices`` of ``index``.
+
+    Shapes: wave (S,) float32 with S = round(clip_seconds * sample_rate); target (K,) float32
+    multi-hot over ``index.classes``.
+    """
+
+    def __init__(self, index: DatasetIndex, indices: Sequence[int], feature_cfg: FeatureConfig,
+                 cache: FeatureCache | None = None, train: bool = False, seed: int = 0):
+        self.index = index
+        self.indices = list(indices)
+        self.sample_rate = int(feature_cfg.sample_rate)
+        self.clip_samples = int(round(feature_cfg.clip_seconds * self.sample_rate))
+        self.cache = cache
+        self.train = train
+        self.seed = int(seed)
+        self.epoch = 0
+        self.class_to_idx = {c: i for i, c in enumerate(index.classes)}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the crops of ``epoch`` (training only; evaluation crops never change)."""
+        self.epoch = int(epoch)
+
+    def targets(self) -> torch.Tensor:
+        """Every item's target without decoding audio. Shapes: (N, K)."""
+        if not self.indices:
+            return torch.zeros(0, len(self.class_to_idx))
+        return torch.stack([multi_hot(self.index.clips[i].labels, self.class_to_idx)
+                            for i in self.indices])
+
+    def _offset(self, clip_index: int, total: int) -> int | None:
+        if not self.train:
+            return None
+        rng = np.random.default_rng([self.seed, self.epoch, clip_index])
+        return int(rng.integers(0, abs(total - self.clip_samples) + 1))
+
+    def load_wave(self, i: int) -> np.ndarray:
+        """Shapes: returns (S,) float32 for item ``i``."""
+        clip_index = self.indices[i]
+        path = self.index.clips[clip_index].path
+        if self.cache is not None:
+            wave = self.cache.get_wave(path, self.sample_rate)
+            return fit_length(wave, self.clip_samples, self._offset(clip_index, wave.shape[0]))
+        # Without a cache only the needed window is decoded: long recordings stay cheap.
+        info = _audio.audio_info(path)
+        total = int(round(info.frames * self.sample_rate / info.sample_rate))
+        if total <= self.clip_samples:
+            wave = _audio.load_audio(path, sample_rate=self.sample_rate)
+            return fit_length(wave, self.clip_samples, self._offset(clip_index, wave.shape[0]))
+        start = self._offset(clip_index, total)
+        start = (total - self.clip_samples) // 2 if start is None else start
+        wave = _audio.load_audio(path, sample_rate=self.sample_rate, offset=start / self.sample_rate,
+                                 duration=self.clip_samples / self.sample_rate)
+        return fit_length(wave, self.clip_samples, 0)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        wave = self.load_wave(i)
+        target = multi_hot(self.index.clips[self.indices[i]].labels, self.class_to_idx)
+        return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), target
+
+
+def class_weights_for_sampling(index: DatasetIndex, indices: Sequence[int]) -> torch.Tensor:
+    """Per-item weights for ``WeightedRandomSampler`` that draw every class equally often.
+
+    A clip's weight is the inverse frequency (within ``indices``) of its rarest label.
+
+    Shapes: returns (len(indices),) float64, summing to 1.
+    """
+    if not indices:
+        return torch.zeros(0, dtype=torch.float64)
+    freq = Counter(label for i in indices for label in index.clips[i].labels)
+    weights = torch.tensor([1.0 / min(freq[label] for label in index.clips[i].labels)
+                            for i in indices], dtype=torch.float64)
+    return weights / weights.sum()
