@@ -1,0 +1,882 @@
+"""The fit loop: data → augment → features → model, AdamW + cosine, AMP, EMA, DDP, resume.
+
+One training step, all on the training device::
+
+    wave, target  (B, S), (B, K)        ClipDataset crops, multi-hot targets
+    wave          (B, S)                gain, time shift, background noise   (augment.wave)
+    spec          (B, 1, F, T)          log-Mel, time fit, normalisation      (FeatureExtractor)
+    spec          (B, 1, F, T)          time/frequency masks                  (augment.spec)
+    spec, target                        mixup                                  (augment.mixup)
+    logits        (B, K)                model; BCE-with-logits or cross-entropy
+
+Reproducibility: every random draw of a step comes from generators derived from
+``(train.seed, epoch, batch, rank)`` (sampler order from ``(seed, epoch)``, crops from
+``(data seed, epoch, clip)``), never from a generator's running state. So a run resumed from a
+checkpoint, even one written mid-epoch after SIGTERM, replays exactly the stream it would have
+seen, and on CPU ends with the same weights as an uninterrupted run.
+
+Checkpoint order at the end of an epoch (a kill at any point leaves a consistent run):
+metrics.jsonl row → eval/epoch_XXX.json → best.safetensors (if better) → last.safetensors →
+last.state.safetensors (the resume commit point; its header holds the JSON state) →
+last.state.json (a readable copy) → status.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ..augment import TrainAugment, step_generator
+from ..config import Config
+from ..errors import AscaError, CheckpointError, ConfigError, DatasetError
+from ..utils import resolve_device, seed_everything, setup_torch
+from . import ddp
+from .checkpoint import (checkpoint_metadata, load_model_from_run, load_tensors, load_weights,
+                         model_from_config, read_metadata, save_model, save_tensors)
+from .metrics import compute_metrics
+from .runstore import RunStore, atomic_write_json, json_safe, now_iso
+from .schedule import cosine_lr, set_lr
+
+STATE_FORMAT = "asca-train-state/1"
+NORM_STATS_CLIPS = 512  # training clips (centre crops, no augmentation) behind the norm statistics
+STATUS_EVERY_SECONDS = 5.0
+
+
+# ------------------------------------------------------------------------------------ data
+@dataclass
+class DataBundle:
+    """A dataset, its splits and class names, as a config describes them."""
+
+    index: Any  # asca_core.data.DatasetIndex
+    splits: dict[str, list[int]]
+    labels: list[str]
+    multi_label: bool
+    skipped: list[tuple[str, str]]
+
+
+def prepare_data(cfg: Config, check_files: bool = True) -> DataBundle:
+    """Load ``cfg.data.path``, drop unreadable clips, apply the per-class cap and split."""
+    from ..data import filter_readable, limit_clips_per_class, load_dataset, make_splits, resolve_data_path
+
+    index = load_dataset(resolve_data_path(cfg.data.path), cfg.data.format)
+    skipped: list[tuple[str, str]] = list(index.problems)
+    if check_files:
+        index, unreadable = filter_readable(index, deep=False)
+        skipped += unreadable
+    if cfg.data.max_clips_per_class:
+        index = limit_clips_per_class(index, cfg.data.max_clips_per_class, seed=cfg.data.seed)
+    if len(index.clips) == 0:
+        raise DatasetError(f"{cfg.data.path}: no readable clips")
+    splits = make_splits(index, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+                         test_fold=cfg.data.test_fold, group_column=cfg.data.group_column,
+                         seed=cfg.data.seed)
+    if not splits["train"]:
+        raise DatasetError(f"{cfg.data.path}: the train split is empty")
+    return DataBundle(index, splits, list(index.classes), bool(index.multi_label), skipped)
+
+
+class _MemoryCache:
+    """Decoded waves kept in memory (up to a byte budget) in front of the on-disk cache.
+
+    Small datasets are then decoded once per run instead of once per epoch.
+    """
+
+    def __init__(self, disk: Any, budget_bytes: int = 1 << 30) -> None:
+        self.disk = disk
+        self.budget = budget_bytes
+        self.used = 0
+        self.waves: dict[tuple[str, int], np.ndarray] = {}
+
+    def get_wave(self, path: Any, sample_rate: int) -> np.ndarray:
+        key = (str(path), int(sample_rate))
+        wave = self.waves.get(key)
+        if wave is None:
+            wave = self.disk.get_wave(path, sample_rate)
+            if self.used + wave.nbytes <= self.budget:
+                self.waves[key] = wave
+                self.used += wave.nbytes
+        return wave
+
+
+def make_cache(cfg: Config) -> _MemoryCache:
+    from ..data import FeatureCache
+    from ..utils import cache_dir
+
+    root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_dir() / "waves"
+    return _MemoryCache(FeatureCache(root))
+
+
+def _collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    waves, targets = zip(*batch)
+    return torch.stack(waves), torch.stack(targets)
+
+
+# ------------------------------------------------------------------------------------ pieces
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weights; none on norms, biases, bias tables and position embeddings.
+
+    Uses ``model.no_weight_decay()`` (parameter names) when the model defines it, else the
+    ``ndim <= 1`` rule (norm scales and biases).
+    """
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if name in skip or param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+class ModelEma:
+    """Exponential moving average of a model's weights (buffers are copied).
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` so that short runs are not
+    dominated by the random initial weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        for ema, cur in zip(self.module.parameters(), model.parameters()):
+            ema.lerp_(cur.detach(), 1.0 - d)
+        for ema, cur in zip(self.module.buffers(), model.buffers()):
+            ema.copy_(cur)
+
+
+def loss_per_example(logits: Tensor, target: Tensor, kind: str, label_smoothing: float = 0.0) -> Tensor:
+    """BCE-with-logits (mean over classes) or cross-entropy against soft targets, per example.
+
+    BCE smooths each binary target towards 0.5; cross-entropy normalises multi-hot targets to a
+    distribution and uses torch's label smoothing.
+    Shapes: logits (B, K), target (B, K) -> (B,).
+    """
+    logits = logits.float()
+    target = target.float()
+    if kind == "bce":
+        if label_smoothing:
+            target = target * (1.0 - label_smoothing) + 0.5 * label_smoothing
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
+    target = target / target.sum(1, keepdim=True).clamp_min(1e-12)
+    return F.cross_entropy(logits, target, reduction="none", label_smoothing=label_smoothing)
+
+
+def probabilities(logits: Tensor, kind: str) -> Tensor:
+    """Scores for metrics: sigmoid for BCE models, softmax for cross-entropy ones. Shapes: (B, K)."""
+    return torch.sigmoid(logits.float()) if kind == "bce" else torch.softmax(logits.float(), dim=1)
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "off":
+        return torch.autocast(device_type=device.type, enabled=False)
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM request a clean stop at the next step boundary; a second one interrupts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach the main thread only (e.g. fit() called from a worker thread)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+def resolve_data_path(path: str, config_file: str | Path | None = None) -> str:
+    """Make a relative ``data.path`` absolute.
+
+    Tried in order: the current directory, the folder above the config file (the project root for
+    ``configs/*.yaml``), the config file's own folder. ``demo`` stays as it is.
+    """
+    if path == "demo" or Path(path).expanduser().is_absolute():
+        return str(Path(path).expanduser()) if path != "demo" else path
+    candidates = [Path.cwd() / path]
+    if config_file is not None:
+        folder = Path(config_file).resolve().parent
+        candidates += [folder.parent / path, folder / path]
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate.resolve())
+    tried = ", ".join(str(c) for c in candidates)
+    raise DatasetError(f"data.path {path!r} not found (tried {tried})")
+
+
+# ------------------------------------------------------------------------------------ trainer
+class Trainer:
+    """State and steps of one training run; :func:`fit` is the entry point."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool, progress: bool | None,
+                 echo: Callable[[str], None] | None, stop_after_epochs: int | None) -> None:
+        self.env = ddp.env_from_torchrun()
+        self.device = self._device(cfg)
+        self.run = RunStore(run_dir)
+        self.cfg = cfg
+        self.resume = resume
+        self.progress = progress
+        self.echo = echo
+        self.stop_after_epochs = stop_after_epochs
+        self.stop = _StopFlag()
+        # counters (restored on resume)
+        self.epoch = 0  # finished epochs
+        self.batch = 0  # finished batches of the current, unfinished epoch
+        self.step = 0  # optimizer steps
+        self.loss_sum = 0.0
+        self.loss_count = 0
+        self.best_val_map = -math.inf
+        self.best_val_loss = math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+
+    # ----------------------------------------------------------------- set-up
+    def _device(self, cfg: Config) -> torch.device:
+        device = resolve_device(cfg.train.device)
+        if device.type == "cuda" and self.env.distributed:
+            device = torch.device("cuda", self.env.local_rank)
+        if cfg.train.amp == "fp16" and device.type != "cuda":
+            raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 or off on CPU")
+        return device
+
+    def log(self, message: str) -> None:
+        if not self.env.is_main:
+            return
+        self.run.log(message)
+        if self.echo is not None:
+            self.echo(message)
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        threads = cfg.train.num_threads
+        if threads is None and self.env.distributed and self.device.type == "cpu":
+            threads = max(1, (os.cpu_count() or 1) // self.env.world_size)
+        setup_torch(threads)
+        if cfg.train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+            warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
+        ddp.init_distributed(self.env, self.device)
+        # every rank writes into rank 0's folder (its default name carries a timestamp)
+        self.run = RunStore(ddp.broadcast_object(str(self.run.path)))
+
+    def prepare_run_dir(self) -> None:
+        """Create the run (or check it can be resumed) and settle the resolved config."""
+        run = self.run
+        if self.resume:
+            if not run.exists():
+                raise CheckpointError(f"cannot resume: {run.path} holds no run (no config.yaml)")
+        elif run.exists():
+            raise CheckpointError(f"run directory {run.path} already holds a run: "
+                                  "pass --resume to continue it or choose another --run-dir")
+        if self.env.is_main:
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.checkpoints_dir.mkdir(exist_ok=True)
+            for stale in list(run.path.glob(".*.tmp")) + list(run.checkpoints_dir.glob(".*.tmp")):
+                stale.unlink(missing_ok=True)  # half-written files of a killed process
+            if not self.resume:
+                run.write_config(self.cfg)
+                status = {"started": now_iso()}
+            else:
+                status = {"started": run.status().get("started", now_iso())}
+            run.write_status(state="running", epoch=run.status().get("epoch", 0),
+                             epochs=self.cfg.train.epochs, steps=run.status().get("steps", 0),
+                             best_epoch=run.status().get("best_epoch"),
+                             best_val_map=run.status().get("best_val_map"),
+                             pid=os.getpid(), world_size=self.env.world_size,
+                             device=str(self.device), **status)
+        ddp.barrier()
+
+    def build(self) -> None:
+        cfg = self.cfg
+        self.data = prepare_data(cfg)
+        d = self.data
+        if self.env.is_main:
+            if self.resume and self.run.labels_path.is_file() and self.run.labels() != d.labels:
+                raise CheckpointError(f"cannot resume {self.run.path}: the dataset's classes changed")
+            atomic_write_json(self.run.labels_path, d.labels)
+        sizes = {k: len(v) for k, v in d.splits.items()}
+        self.log(f"data {cfg.data.path}: {len(d.index.clips)} clips, {len(d.labels)} classes "
+                 f"({'multi' if d.multi_label else 'single'}-label), splits {sizes}"
+                 + (f", {len(d.skipped)} skipped" if d.skipped else ""))
+        self.val_split = "val" if d.splits["val"] else ("test" if d.splits["test"] else "")
+        if not d.splits["val"]:
+            self.log(f"no validation clips: {'selecting on the test split' if self.val_split else 'no selection'}")
+        self.cache = make_cache(cfg)
+        self.features_cfg_ready()
+        self._build_model()
+        self._build_loaders()
+
+    def features_cfg_ready(self) -> None:
+        """Normalisation statistics from training clips (no augmentation), once per run."""
+        cfg = self.cfg
+        if cfg.features.norm_mean is None or cfg.features.norm_std is None:
+            stats = None
+            if self.env.is_main:
+                stats = self._norm_stats()
+            mean, std = ddp.broadcast_object(stats)
+            cfg = replace(cfg, features=replace(cfg.features, norm_mean=mean, norm_std=std))
+            self.cfg = cfg
+            if self.env.is_main:
+                self.run.write_config(cfg)
+            self.log(f"normalisation statistics: mean {mean:.4f}, std {std:.4f}")
+        from ..features import FeatureExtractor
+
+        self.features = FeatureExtractor(cfg.features).to(self.device).eval()
+
+    def _norm_stats(self) -> tuple[float, float]:
+        from ..data import ClipDataset
+        from ..features import FeatureExtractor, compute_norm_stats
+
+        cfg = self.cfg
+        train = self.data.splits["train"]
+        rng = np.random.default_rng(cfg.data.seed)
+        pick = sorted(rng.choice(len(train), size=min(len(train), NORM_STATS_CLIPS), replace=False))
+        dataset = ClipDataset(self.data.index, [train[i] for i in pick], cfg.features, self.cache, train=False)
+        raw = FeatureExtractor(replace(cfg.features, norm_mean=None, norm_std=None)).to(self.device)
+        loader = DataLoader(dataset, batch_size=32, shuffle=False, collate_fn=_collate)
+
+        def specs():
+            with torch.no_grad():
+                for wave, _ in loader:
+                    yield raw(wave.to(self.device)).float().cpu()
+
+        mean, std = compute_norm_stats(specs())
+        return float(mean), float(std)
+
+    def _build_model(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.train.seed)
+        model = model_from_config(cfg, len(self.data.labels)).to(self.device)
+        if cfg.model.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model  # the plain module: weights are saved from here
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
+                                           betas=(0.9, 0.999), eps=1e-8)
+        self.ema = ModelEma(model, cfg.train.ema_decay) if cfg.train.ema else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16")
+        forward = model
+        if self.env.distributed:
+            forward = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.model.compile:
+            forward = torch.compile(forward)
+        self.forward_model = forward
+        self.augment = TrainAugment.from_config(cfg.augment, cfg.features.sample_rate).to(self.device)
+        from ..models import count_params
+
+        self.n_params = count_params(model)
+        self.log(f"model {cfg.model.name} layout {cfg.model.layout}: {self.n_params / 1e6:.2f}M parameters, "
+                 f"input {tuple(cfg.features.input_size)}, device {self.device}, "
+                 f"{self.env.world_size} process(es), amp {cfg.train.amp}")
+
+    def _build_loaders(self) -> None:
+        from ..data import ClipDataset, class_weights_for_sampling
+
+        cfg, d = self.cfg, self.data
+        train = d.splits["train"]
+        self.train_set = ClipDataset(d.index, train, cfg.features, self.cache, train=True, seed=cfg.data.seed)
+        weights = class_weights_for_sampling(d.index, train) if cfg.data.balanced_sampling else None
+        self.sampler = ddp.EpochSampler(len(train), shuffle=True, weights=weights, seed=cfg.train.seed,
+                                        rank=self.env.rank, world_size=self.env.world_size)
+        self.steps_per_epoch = math.ceil(self.sampler.per_rank / cfg.train.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.warmup_steps = int(round(cfg.train.warmup_epochs * self.steps_per_epoch))
+
+    def _loader(self, dataset: Any, sampler: Any = None) -> DataLoader:
+        cfg = self.cfg
+        return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, shuffle=False,
+                          num_workers=cfg.data.num_workers, collate_fn=_collate,
+                          pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
+
+    # ----------------------------------------------------------------- resume state
+    def _state_tensors(self) -> dict[str, Tensor]:
+        tensors: dict[str, Tensor] = {}
+        opt = self.optimizer.state_dict()
+        for idx, entry in opt["state"].items():
+            for key, value in entry.items():
+                tensors[f"optimizer.{idx}.{key}"] = torch.as_tensor(value)
+        # the raw weights live here too, so this one file restores the whole run
+        tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
+        if self.ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
+        return tensors
+
+    def _state_json(self) -> dict[str, Any]:
+        opt = self.optimizer.state_dict()
+        return json_safe({
+            "format": STATE_FORMAT,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "world_size": self.env.world_size,
+            "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count,
+            "best_val_map": None if self.best_val_map == -math.inf else self.best_val_map,
+            "best_val_loss": None if self.best_val_loss == math.inf else self.best_val_loss,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "optimizer_param_groups": opt["param_groups"],
+            "optimizer_state_keys": {str(i): sorted(e) for i, e in opt["state"].items()},
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+        })
+
+    def save_last(self) -> None:
+        """last.safetensors (the evaluated weights) and the resume state; rank 0 only."""
+        if not self.env.is_main:
+            return
+        meta = checkpoint_metadata(self.cfg, self.data.labels, self.epoch, step=self.step, batch=self.batch,
+                                   ema=str(self.ema is not None).lower())
+        save_model(self.run.checkpoint_path("last"), self._eval_module(), meta)
+        state = self._state_json()
+        save_tensors(self.run.checkpoints_dir / "last.state.safetensors", self._state_tensors(),
+                     {"format": STATE_FORMAT, "state": json.dumps(state)})
+        atomic_write_json(self.run.checkpoints_dir / "last.state.json", state)
+
+    def load_last(self) -> bool:
+        """Restore weights, optimizer and counters from the last checkpoint (False if none)."""
+        state_path = self.run.checkpoints_dir / "last.state.safetensors"
+        if not state_path.is_file():
+            return False
+        tensors, meta = load_tensors(state_path)
+        try:
+            state = json.loads(meta["state"])
+        except (KeyError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{state_path} has no readable training state") from exc
+        if state.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{state_path}: unknown training state format {state.get('format')!r}")
+        if state.get("world_size") != self.env.world_size or state.get("steps_per_epoch") != self.steps_per_epoch:
+            raise CheckpointError(
+                f"cannot resume {self.run.path}: it was trained with {state.get('world_size')} process(es) "
+                f"and {state.get('steps_per_epoch')} steps per epoch, now {self.env.world_size} and "
+                f"{self.steps_per_epoch}; resume with the same --nproc and batch size")
+        load_weights(self.model, _prefixed(tensors, "model."), str(state_path))
+        if self.ema is not None:
+            load_weights(self.ema.module, _prefixed(tensors, "ema."), str(state_path))
+        opt_state: dict[int, dict[str, Any]] = {}
+        for idx, keys in state["optimizer_state_keys"].items():
+            opt_state[int(idx)] = {k: tensors[f"optimizer.{idx}.{k}"].to(self.device) for k in keys}
+            if "step" in opt_state[int(idx)]:  # AdamW keeps its step count on the CPU
+                opt_state[int(idx)]["step"] = opt_state[int(idx)]["step"].cpu()
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer_param_groups"]})
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
+        self.best_val_map = state["best_val_map"] if state["best_val_map"] is not None else -math.inf
+        self.best_val_loss = state["best_val_loss"] if state["best_val_loss"] is not None else math.inf
+        self.best_epoch, self.bad_epochs = state["best_epoch"], state["bad_epochs"]
+        return True
+
+    # ----------------------------------------------------------------- steps
+    def _eval_module(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def train_epoch(self, epoch: int) -> bool:
+        """Run (the rest of) ``epoch`` (1-based). False when a stop was requested mid-epoch."""
+        cfg = self.cfg
+        self.train_set.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, skip=self.batch * cfg.train.batch_size)
+        loader = self._loader(self.train_set, self.sampler)
+        self.forward_model.train()
+        self.augment.train()
+        bar = self._bar(epoch, initial=self.batch)
+        last_status = time.monotonic()
+        try:
+            for wave, target in loader:
+                self._train_step(epoch, wave, target)
+                self.batch += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{self.loss_sum / max(1, self.loss_count):.4f}",
+                                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                                    run_left=self._time_left(), refresh=False)
+                if self.env.is_main and time.monotonic() - last_status > STATUS_EVERY_SECONDS:
+                    self.run.write_status(epoch=self.epoch, steps=self.step, batch=self.batch,
+                                          batches=self.steps_per_epoch)
+                    last_status = time.monotonic()
+                if ddp.any_rank(self.stop.requested, self.device) and self.batch < self.steps_per_epoch:
+                    self.stop.requested = True
+                    return False
+        finally:
+            if bar is not None:
+                bar.close()
+        return True
+
+    def _train_step(self, epoch: int, wave: Tensor, target: Tensor) -> None:
+        cfg = self.cfg
+        keys = (cfg.train.seed, epoch, self.batch, self.env.rank)
+        gen = step_generator(*keys)
+        torch.manual_seed(step_generator(*keys, 1).initial_seed())  # drop-path / dropout draws
+        wave = wave.to(self.device, non_blocking=True)
+        target = target.to(self.device, non_blocking=True)
+        with torch.no_grad():
+            wave = self.augment.wave(wave, gen)
+            spec = self.features(wave)
+            spec = self.augment.spec(spec, gen)
+            spec, target = self.augment.mixup(spec, target, gen)
+        if cfg.model.channels_last:
+            spec = spec.contiguous(memory_format=torch.channels_last)
+        lr = cosine_lr(self.step, self.total_steps, self.warmup_steps, cfg.train.lr, cfg.train.min_lr)
+        set_lr(self.optimizer, lr)
+        with _autocast(self.device, cfg.train.amp):
+            logits = self.forward_model(spec)
+        loss = loss_per_example(logits, target, cfg.train.loss, cfg.train.label_smoothing).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}, step {self.step}; "
+                                     "lower train.lr or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, self.step)
+        self.loss_sum += float(loss.item()) * wave.shape[0]
+        self.loss_count += wave.shape[0]
+
+    def _time_left(self) -> str:
+        done = self.step - self._session_first_step
+        if done <= 0:
+            return "?"
+        per_step = (time.monotonic() - self._session_started) / done
+        # validation time is not counted: an estimate, shown as whole minutes
+        return f"{per_step * (self.total_steps - self.step) / 60:.0f}min"
+
+    def _bar(self, epoch: int, initial: int):
+        if not self.env.is_main or self.progress is False:
+            return None
+        if self.progress is None and not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.steps_per_epoch, initial=initial, desc=f"epoch {epoch}/{self.cfg.train.epochs}",
+                    file=sys.stderr, leave=True, dynamic_ncols=True, unit="step")
+
+    @torch.no_grad()
+    def evaluate_split(self, split: str) -> tuple[dict[str, Any], float]:
+        """Metrics and mean loss of the evaluated weights on ``split`` (sharded across ranks)."""
+        from ..data import ClipDataset
+
+        module = self._eval_module()
+        ddp.broadcast_buffers(module)
+        module.eval()
+        items = self.data.splits[split]
+        mine = ddp.shard(list(range(len(items))), self.env)
+        dataset = ClipDataset(self.data.index, [items[i] for i in mine], self.cfg.features, self.cache,
+                              train=False)
+        probs, targets, losses = predict(module, self.features, self._loader(dataset), self.device,
+                                         self.cfg.train.amp, self.cfg.train.loss)
+        parts = ddp.all_gather_objects((mine, probs, targets, losses))
+        order = np.concatenate([p[0] for p in parts]).astype(int)
+        inverse = np.argsort(order)
+        probs = np.concatenate([p[1] for p in parts])[inverse]
+        targets = np.concatenate([p[2] for p in parts])[inverse]
+        losses = np.concatenate([p[3] for p in parts])[inverse]
+        metrics = compute_metrics(probs, targets, self.data.multi_label)
+        return metrics, float(losses.mean()) if losses.size else float("nan")
+
+    # ----------------------------------------------------------------- epoch end
+    def end_epoch(self, epoch: int, seconds: float) -> dict[str, Any]:
+        totals = torch.tensor([self.loss_sum, float(self.loss_count)], dtype=torch.float64)
+        if ddp.active():
+            torch.distributed.all_reduce(totals)
+        train_loss = float(totals[0] / max(1.0, float(totals[1])))
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+        details: dict[str, Any] = {}
+        if self.val_split:
+            metrics, val_loss = self.evaluate_split(self.val_split)
+            row.update(val_loss=val_loss, val_acc=metrics["acc"], val_map=metrics["map"],
+                       val_auc=metrics["auc"], val_cmap=metrics["cmap"])
+            details = {"epoch": epoch, "split": self.val_split, "labels": self.data.labels, **metrics}
+        else:
+            row.update(val_loss=None, val_acc=None, val_map=None)
+        row.update(lr=self.optimizer.param_groups[0]["lr"], seconds=round(seconds, 3), steps=self.step)
+        self.epoch, self.batch = epoch, 0
+        self.loss_sum, self.loss_count = 0.0, 0
+        improved = self._is_better(row)
+        if improved:
+            self.best_epoch = epoch
+            self.best_val_map = row["val_map"] if row["val_map"] is not None else -math.inf
+            self.best_val_loss = row["val_loss"] if row["val_loss"] is not None else train_loss
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        if self.env.is_main:
+            self.run.append_metrics(row)
+            if details:
+                self.run.write_eval(details, epoch=epoch)
+            if improved:
+                save_model(self.run.checkpoint_path("best"), self._eval_module(),
+                           checkpoint_metadata(self.cfg, self.data.labels, epoch, step=self.step,
+                                               val_map=row.get("val_map")))
+            self.save_last()
+            self.run.write_status(epoch=epoch, steps=self.step, best_epoch=self.best_epoch,
+                                  best_val_map=self.best_val_map if math.isfinite(self.best_val_map) else None,
+                                  batch=0, batches=self.steps_per_epoch)
+        self.log(_format_row(row, self.cfg.train.epochs) + ("  *best" if improved else ""))
+        return row
+
+    def _is_better(self, row: dict[str, Any]) -> bool:
+        val_map, val_loss = row.get("val_map"), row.get("val_loss")
+        if val_map is None or not math.isfinite(val_map):  # no validation: judge on loss
+            loss = val_loss if val_loss is not None else row["train_loss"]
+            return loss < self.best_val_loss
+        if val_map > self.best_val_map + 1e-9:
+            return True
+        return abs(val_map - self.best_val_map) <= 1e-9 and val_loss is not None and val_loss < self.best_val_loss
+
+    # ----------------------------------------------------------------- main loop
+    def run_loop(self) -> dict[str, Any]:
+        cfg = self.cfg
+        resumed = self.resume and self.load_last()
+        if self.env.is_main:
+            self.run.truncate_metrics(self.epoch)
+        if resumed:
+            where = f"epoch {self.epoch}" + (f", batch {self.batch}" if self.batch else "")
+            self.log(f"resumed from {where} (step {self.step})")
+        self.log(f"training {cfg.train.epochs} epochs x {self.steps_per_epoch} steps, batch "
+                 f"{cfg.train.batch_size} per process, lr {cfg.train.lr:g}, warm-up {self.warmup_steps} steps")
+        epochs_this_call = 0
+        start_epoch = self.epoch + 1
+        self._session_started, self._session_first_step = time.monotonic(), self.step
+        for epoch in range(start_epoch, cfg.train.epochs + 1):
+            started = time.monotonic()
+            finished = self.train_epoch(epoch)
+            if not finished:
+                self.save_last()
+                self.log(f"stopped by {self.stop.signal_name or 'request'} at epoch {epoch}, batch {self.batch}; "
+                         "checkpoint written")
+                return self._finish("stopped")
+            self.end_epoch(epoch, time.monotonic() - started)
+            epochs_this_call += 1
+            if cfg.train.patience and self.bad_epochs >= cfg.train.patience:
+                self.log(f"early stop: no better val_map for {self.bad_epochs} epochs")
+                break
+            if ddp.any_rank(self.stop.requested, self.device):
+                self.log(f"stopped by {self.stop.signal_name or 'request'} after epoch {epoch}; checkpoint written")
+                return self._finish("stopped")
+            if self.stop_after_epochs is not None and epochs_this_call >= self.stop_after_epochs \
+                    and epoch < cfg.train.epochs:
+                self.log(f"paused after epoch {epoch} as requested; resume with --resume")
+                return self._finish("stopped")
+        return self._finish("finished")
+
+    def _finish(self, state: str) -> dict[str, Any]:
+        result: dict[str, Any] = {"state": state, "run_dir": str(self.run.path), "epoch": self.epoch,
+                                  "steps": self.step, "best_epoch": self.best_epoch,
+                                  "best_val_map": self.best_val_map if math.isfinite(self.best_val_map) else None}
+        rows = self.run.metrics() if self.env.is_main else []
+        if rows:
+            result["last"] = rows[-1]
+        has_best = ddp.broadcast_object(self.run.has_checkpoint("best") if self.env.is_main else None)
+        if state == "finished" and self.data.splits["test"] and has_best:
+            result["test"] = self._final_test()
+        if self.env.is_main:
+            self.run.write_status(state=state, epoch=self.epoch, steps=self.step, best_epoch=self.best_epoch,
+                                  best_val_map=result["best_val_map"],
+                                  **({"test_acc": result["test"]["acc"], "test_map": result["test"]["map"]}
+                                     if "test" in result else {}))
+        ddp.barrier()
+        return json_safe(result)
+
+    def _final_test(self) -> dict[str, Any]:
+        """Evaluate the best checkpoint on the test split and write RUN/eval.json."""
+        ddp.barrier()
+        state, _ = load_tensors(self.run.checkpoint_path("best"), device="cpu")
+        load_weights(self._eval_module(), state, "best.safetensors")
+        metrics, loss = self.evaluate_split("test")
+        summary = {"split": "test", "checkpoint": "best", "epoch": self.best_epoch, "loss": loss,
+                   "labels": self.data.labels, **metrics}
+        if self.env.is_main:
+            self.run.write_eval(summary)
+            self.log(f"test (best epoch {self.best_epoch}): acc {_fmt(metrics['acc'])}  mAP {_fmt(metrics['map'])}  "
+                     f"AUC {_fmt(metrics['auc'])}  cmAP {_fmt(metrics['cmap'])}")
+        return {k: summary[k] for k in ("acc", "map", "auc", "cmap", "loss", "n")}
+
+
+def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.4f}"
+
+
+def _format_row(row: dict[str, Any], epochs: int) -> str:
+    return (f"epoch {row['epoch']}/{epochs}  train_loss {_fmt(row['train_loss'])}  val_loss {_fmt(row.get('val_loss'))}"
+            f"  val_acc {_fmt(row.get('val_acc'))}  val_map {_fmt(row.get('val_map'))}  lr {row['lr']:.2e}"
+            f"  {row['seconds']:.1f}s")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, features: nn.Module, loader: DataLoader, device: torch.device,
+            amp: str = "off", loss: str = "bce") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores, targets and per-example losses of ``model`` over ``loader``.
+
+    Shapes: returns (N, K), (N, K), (N,) NumPy arrays.
+    """
+    model.eval()
+    probs, targets, losses = [], [], []
+    for wave, target in loader:
+        spec = features(wave.to(device))
+        with _autocast(device, amp):
+            logits = model(spec)
+        target = target.to(device)
+        losses.append(loss_per_example(logits, target, loss).cpu())
+        probs.append(probabilities(logits, loss).cpu())
+        targets.append(target.cpu())
+    if not probs:
+        k = getattr(model, "num_classes", 0)
+        return np.zeros((0, k)), np.zeros((0, k)), np.zeros(0)
+    return (torch.cat(probs).numpy().astype(np.float64), torch.cat(targets).numpy(),
+            torch.cat(losses).numpy().astype(np.float64))
+
+
+# ------------------------------------------------------------------------------------ public
+def fit(cfg: Config | None, run_dir: str | Path, resume: bool = False, *, progress: bool | None = None,
+        echo: Callable[[str], None] | None = None, stop_after_epochs: int | None = None) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``) and return final metrics.
+
+    ``cfg`` may be None when resuming (the run's config.yaml is used). ``progress``: tqdm bars on
+    stderr (None = only on a terminal). ``echo`` receives every log line. ``stop_after_epochs``
+    ends this call (state ``stopped``) after that many epochs, to be continued with ``resume``.
+    Under torchrun every process calls ``fit``; only rank 0 writes the run directory.
+
+    Returns ``{"state", "run_dir", "epoch", "steps", "best_epoch", "best_val_map", "last"
+    (the last metrics row), "test" (best checkpoint on the test split, when there is one)}``.
+    """
+    if cfg is None:
+        if not resume:
+            raise ConfigError("fit() needs a config unless it resumes a run")
+        cfg = RunStore(run_dir).config()
+    trainer = Trainer(cfg, run_dir, resume, progress, echo, stop_after_epochs)
+    trainer.setup()
+    trainer.prepare_run_dir()
+    trainer.stop.install()
+    try:
+        trainer.build()
+        return trainer.run_loop()
+    except KeyboardInterrupt:
+        if trainer.env.is_main:
+            trainer.run.write_status(state="stopped")
+            trainer.log("interrupted; the last checkpoint is kept")
+        raise
+    except BaseException as exc:
+        if trainer.env.is_main:
+            message = str(exc) if isinstance(exc, AscaError) else f"{type(exc).__name__}: {exc}"
+            message = " ".join(message.split())
+            trainer.run.write_status(state="failed", error=message)
+            trainer.log(f"failed: {message}")
+        raise
+    finally:
+        trainer.stop.restore()
+        ddp.shutdown_distributed()
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | None = None,
+             checkpoint: str = "best", device: str = "cpu", batch_size: int | None = None) -> dict[str, Any]:
+    """Evaluate a trained run.
+
+    Without ``data``: the run's own dataset and splits (``split`` default: test if the run has a
+    test split, else val). With ``data``: another dataset whose classes are a subset of the run's;
+    ``split`` picks its official split, default all clips (``"all"``).
+    Returns metrics (``acc, map, auc, cmap, loss, n``), ``per_class``, ``confusion``, ``labels``,
+    ``split``, ``checkpoint``, ``epoch``, ``data``.
+    """
+    from ..data import ClipDataset
+
+    setup_torch()
+    dev = resolve_device(device)
+    model, cfg, labels = load_model_from_run(run_dir, checkpoint, dev)
+    store = RunStore(run_dir) if Path(run_dir).is_dir() else None
+    epoch = None
+    if data is None:
+        bundle = prepare_data(cfg)
+        if split is None:
+            split = "test" if bundle.splits["test"] else "val"
+        if split == "all":
+            items = list(range(len(bundle.index.clips)))
+        elif split in bundle.splits:
+            items = bundle.splits[split]
+        else:
+            raise ConfigError(f"unknown split {split!r}: choose train, val, test or all")
+        source = cfg.data.path
+    else:
+        data_cfg = replace(cfg, data=replace(cfg.data, path=str(data), format="auto", max_clips_per_class=None))
+        bundle = prepare_data(data_cfg)
+        split = split or "all"
+        if split == "all":
+            items = list(range(len(bundle.index.clips)))
+        else:
+            items = [i for i, c in enumerate(bundle.index.clips) if c.split == split]
+            if not items:
+                raise DatasetError(f"{data} has no clips in split {split!r}")
+        source = str(data)
+    if not items:
+        raise DatasetError(f"split {split!r} of {source} is empty")
+    unknown = sorted(set(bundle.labels) - set(labels))
+    if unknown:
+        raise DatasetError(f"{source} has classes the run was not trained on: {', '.join(unknown[:5])}")
+    index = replace(bundle.index, classes=list(labels))  # targets in the model's output order
+    from ..features import FeatureExtractor
+
+    features = FeatureExtractor(cfg.features).to(dev).eval()
+    dataset = ClipDataset(index, items, cfg.features, make_cache(cfg), train=False)
+    loader = DataLoader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False,
+                        collate_fn=_collate)
+    probs, targets, losses = predict(model, features, loader, dev, "off", cfg.train.loss)
+    metrics = compute_metrics(probs, targets, bundle.multi_label)
+    if store is not None and store.has_checkpoint(checkpoint):
+        epoch = int(read_metadata(store.checkpoint_path(checkpoint)).get("epoch", 0)) or None
+    return json_safe({"run": str(run_dir), "checkpoint": checkpoint, "epoch": epoch, "data": source,
+                      "split": split, "loss": float(losses.mean()), "labels": labels, **metrics})
+
+
+__all__ = ["fit", "evaluate", "predict", "prepare_data", "param_groups", "loss_per_example",
+           "probabilities", "ModelEma", "Trainer", "resolve_data_path"]
