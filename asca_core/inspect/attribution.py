@@ -1,0 +1,577 @@
+"""Why did the model decide? Captum attributions on the spectrogram, behind one call.
+
+:func:`attribute` explains a clip or a long recording with one of five methods and returns an
+:class:`Attribution` whose ``map`` is aligned cell for cell with ``spec``, the spectrogram the model
+sees (mel padding and time padding cropped)::
+
+    clf = Classifier.from_run("runs/demo")
+    attr = attribute(clf, "clip.wav", method="integrated_gradients", baseline="silence")
+    attr.map.shape == attr.spec.shape        # (n_mels, frames)
+    attr.times, attr.freqs                   # seconds and Hz of every column and row
+
+Methods: ``integrated_gradients`` (baselines ``silence`` or ``blur``; ``n_steps``,
+``internal_batch_size``), ``saliency`` (``abs``), ``occlusion`` over time-frequency patches
+(``patch=(mel bins, frames)``, ``stride``, ``perturbations_per_eval``), ``gradcam_conv`` (LayerGradCam
+on the last convolution stage) and ``gradcam_attention`` (on the last attention stage), upsampled to
+the input grid. A recording longer than one window is attributed window by window (streamed from
+disk) and stitched into one full-length map, so memory is bounded by one window's batch.
+
+Hooks that Captum (or this module) registers are always removed, even when the forward fails.
+:func:`explain_audio` turns a map into sound: only the most attributed time-frequency cells of the
+recording's STFT are kept and resynthesised.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import AscaError
+from ..features import FeatureExtractor, frames_for, normalize
+
+METHODS = ("integrated_gradients", "saliency", "occlusion", "gradcam_conv", "gradcam_attention")
+BASELINES = ("silence", "blur")
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks_with_kwargs")
+# Options each method understands (anything else is a user error, named in the message).
+_OPTIONS = {
+    "integrated_gradients": {"n_steps", "internal_batch_size", "integration", "blur_sigma", "output"},
+    "saliency": {"abs", "output"},
+    "occlusion": {"patch", "stride", "perturbations_per_eval", "blur_sigma", "output"},
+    "gradcam_conv": {"relu", "layer", "output"},
+    "gradcam_attention": {"relu", "layer", "output"},
+}
+_DEFAULTS: dict[str, Any] = {
+    "n_steps": 32, "internal_batch_size": 16, "integration": "gausslegendre", "blur_sigma": (4.0, 16.0),
+    "abs": True, "patch": (16, 16), "stride": (8, 8), "perturbations_per_eval": 16, "relu": True,
+    "layer": None, "output": "logit",
+}
+
+
+@dataclass
+class Attribution:
+    """An attribution map aligned with the spectrogram the model sees.
+
+    ``map`` and ``spec`` are (F, T) with F = n_mels (mel padding cropped) and T the frames the
+    model saw (time padding cropped; for a long recording, the stitched frames of every window).
+    Column ``j`` is centred at ``times[j]`` seconds of the recording, row ``i`` at ``freqs[i]`` Hz.
+    """
+
+    map: np.ndarray  # (F, T)
+    spec: np.ndarray  # (F, T) normalised log-Mel, as the model sees it
+    times: np.ndarray  # (T,) seconds
+    freqs: np.ndarray  # (F,) Hz, mel-bin centre frequencies
+    target: int
+    label: str
+    method: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    inputs: Tensor | None = None  # (1, 1, F', T') model input of a one-window attribution
+    cells: tuple[slice, slice] | None = None  # where map sits inside ``inputs`` (crop mode)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.map.shape)  # type: ignore[return-value]
+
+    def time_profile(self, mode: str = "positive") -> np.ndarray:
+        """Attribution per frame summed over frequency (``positive``, ``absolute`` or ``signed``).
+
+        Shapes: returns (T,).
+        """
+        return _reduce(self.map, mode).sum(axis=0)
+
+    def share_in_span(self, start: float, end: float, mode: str = "positive") -> float:
+        """Fraction of the attribution mass in frames centred inside ``[start, end]`` seconds."""
+        profile = self.time_profile(mode)
+        total = float(profile.sum())
+        if total <= 0:
+            return 0.0
+        inside = (self.times >= start) & (self.times <= end)
+        return float(profile[inside].sum()) / total
+
+    def span_time_share(self, start: float, end: float) -> float:
+        """Fraction of the map's frames centred inside ``[start, end]`` seconds (the chance level)."""
+        inside = (self.times >= start) & (self.times <= end)
+        return float(inside.mean()) if inside.size else 0.0
+
+
+def _reduce(values: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "positive":
+        return np.clip(values, 0.0, None)
+    if mode == "absolute":
+        return np.abs(values)
+    if mode == "signed":
+        return values
+    raise AscaError(f"mode must be positive, absolute or signed, got {mode!r}")
+
+
+# -- hooks --------------------------------------------------------------------------------------
+@contextmanager
+def hooks_removed(model: nn.Module) -> Iterator[None]:
+    """Remove, on exit (error or not), every module hook registered on ``model`` inside the block.
+
+    Captum removes its own hooks in ``finally`` clauses; this guard also covers hooks registered
+    here and any a failing third-party path would leave behind. Hooks present before stay.
+    """
+    before = {id(m): {name: set(getattr(m, name, {}) or {}) for name in _HOOK_DICTS}
+              for m in model.modules()}
+    try:
+        yield
+    finally:
+        for module in model.modules():
+            known = before.get(id(module), {})
+            for name in _HOOK_DICTS:
+                hooks = getattr(module, name, None)
+                if not hooks:
+                    continue
+                for key in list(hooks):
+                    if key not in known.get(name, ()):
+                        del hooks[key]
+
+
+# -- geometry -----------------------------------------------------------------------------------
+def mel_frequencies(cfg) -> np.ndarray:
+    """Centre frequency (Hz) of every mel bin of a feature config (HTK mel scale, as both front ends).
+
+    Shapes: returns (n_mels,).
+    """
+    f_max = cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2
+
+    def to_mel(f: float) -> float:
+        return 2595.0 * math.log10(1.0 + f / 700.0)
+
+    mels = np.linspace(to_mel(cfg.f_min), to_mel(f_max), cfg.n_mels + 2)[1:-1]
+    return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
+
+
+def frame_times(cfg, n_frames: int, first: int = 0) -> np.ndarray:
+    """Centre time (s) of STFT frames ``first .. first + n_frames - 1`` of a feature config.
+
+    The torchaudio front end centres frame k on sample ``k * hop``; Kaldi frames start at
+    ``k * hop`` and are centred half a window later.
+
+    Shapes: returns (n_frames,).
+    """
+    k = np.arange(first, first + n_frames, dtype=np.float64)
+    offset = 0.0 if cfg.frontend == "torchaudio" else cfg.win_length / 2
+    return (k * cfg.hop_length + offset) / cfg.sample_rate
+
+
+def total_frames(cfg, n_samples: int) -> int:
+    """Front-end frames of a recording of ``n_samples`` samples."""
+    if cfg.frontend == "torchaudio":
+        return n_samples // cfg.hop_length + 1
+    return max(1, 1 + (n_samples - cfg.win_length) // cfg.hop_length)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """How one window's raw front-end frames sit inside the model input."""
+
+    n_mels: int
+    raw_frames: int  # front-end frames of one window
+    model_frames: int  # time axis of the model input
+    offset: int  # model frame i shows raw frame i + offset (crop mode)
+    resize: bool  # resize224: the model input is a bilinear resize of the raw spectrogram
+
+    @property
+    def raw_span(self) -> tuple[int, int]:
+        """Raw frames ``[lo, hi)`` the model sees."""
+        if self.resize:
+            return 0, self.raw_frames
+        return max(0, self.offset), min(self.raw_frames, self.offset + self.model_frames)
+
+    @property
+    def model_span(self) -> tuple[int, int]:
+        lo, hi = self.raw_span
+        return lo - self.offset, hi - self.offset
+
+
+def _geometry(extractor: FeatureExtractor, window_samples: int) -> _Geometry:
+    cfg = extractor.cfg
+    raw = total_frames(cfg, window_samples)
+    if cfg.shape == "resize224":
+        return _Geometry(cfg.n_mels, raw, 224, 0, True)
+    frames = cfg.frames
+    excess = raw - frames
+    # fit_time("center") drops excess // 2 frames at the start, or pads -excess // 2 there.
+    offset = excess // 2 if excess >= 0 else -((-excess) // 2)
+    return _Geometry(cfg.n_mels, raw, frames, offset, False)
+
+
+def _to_raw(values: Tensor, geom: _Geometry) -> Tensor:
+    """Model-input grid to the raw frames the model saw. Shapes: (F', T') -> (n_mels, hi - lo)."""
+    if geom.resize:
+        return F.interpolate(values[None, None], size=(geom.n_mels, geom.raw_frames), mode="bilinear",
+                             align_corners=False)[0, 0]
+    lo, hi = geom.model_span
+    return values[: geom.n_mels, lo:hi]
+
+
+# -- baselines ----------------------------------------------------------------------------------
+def _gaussian_blur(x: Tensor, sigma: tuple[float, float]) -> Tensor:
+    """Separable Gaussian blur over (freq, time) with reflected edges. Shapes: (B, C, F, T) -> same."""
+    out = x
+    for axis, s in ((2, float(sigma[0])), (3, float(sigma[1]))):
+        if s <= 0:
+            continue
+        radius = min(int(math.ceil(3 * s)), out.shape[axis] - 1)
+        if radius < 1:
+            continue
+        k = torch.arange(-radius, radius + 1, dtype=out.dtype, device=out.device)
+        kernel = torch.exp(-0.5 * (k / s) ** 2)
+        kernel = kernel / kernel.sum()
+        c = out.shape[1]
+        if axis == 2:
+            weight = kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
+            out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), weight, groups=c)
+        else:
+            weight = kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
+            out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode="reflect"), weight, groups=c)
+    return out
+
+
+def silence_value(extractor: FeatureExtractor) -> float:
+    """The model-input value of digital silence (front-end floor after normalisation)."""
+    cfg = extractor.cfg
+    from ..features import KALDI_SILENCE, SILENCE
+
+    value = SILENCE if cfg.frontend == "torchaudio" else KALDI_SILENCE
+    if cfg.norm_mean is not None and cfg.norm_std is not None:
+        value = float(normalize(torch.tensor(value), cfg.norm_mean, cfg.norm_std))
+    return float(value)
+
+
+def make_baseline(spec: Tensor, kind: str, extractor: FeatureExtractor, geom: _Geometry | None = None,
+                  blur_sigma: tuple[float, float] = _DEFAULTS["blur_sigma"]) -> Tensor:
+    """Reference input for IG and Occlusion: ``silence`` (front-end floor) or ``blur``.
+
+    ``blur`` smooths the real cells of the spectrogram with a Gaussian of ``blur_sigma`` (mel bins,
+    frames); mel and time padding keep their silence value.
+
+    Shapes: spec (B, 1, F', T') -> (B, 1, F', T').
+    """
+    if kind == "silence":
+        return torch.full_like(spec, silence_value(extractor))
+    if kind == "blur":
+        if isinstance(blur_sigma, (int, float)):
+            blur_sigma = (float(blur_sigma), float(blur_sigma))
+        base = spec.detach().clone()
+        if geom is None or geom.resize:
+            return _gaussian_blur(base, blur_sigma)
+        lo, hi = geom.model_span
+        region = base[:, :, : geom.n_mels, lo:hi]
+        base[:, :, : geom.n_mels, lo:hi] = _gaussian_blur(region, blur_sigma)
+        return base
+    raise AscaError(f"baseline must be silence or blur, got {kind!r}")
+
+
+# -- layers for Grad-CAM ------------------------------------------------------------------------
+def gradcam_layer(model: nn.Module, kind: str, layer: str | None = None) -> tuple[str, nn.Module]:
+    """The module Grad-CAM explains: ``conv`` = last convolution stage, ``attention`` = last
+    attention stage (or the named sub-module ``layer``)."""
+    if layer is not None:
+        try:
+            return layer, model.get_submodule(layer)
+        except AttributeError:
+            raise AscaError(f"model {getattr(model, 'name', type(model).__name__)} has no layer {layer!r}") from None
+    layout = getattr(model, "layout", None)
+    if layout is not None and hasattr(model, "stages"):
+        wanted = "C" if kind == "conv" else "T"
+        names = [f"s{i}" for i, k in enumerate(layout, start=1) if k == wanted]
+        if not names:
+            raise AscaError(f"model layout {layout} has no {'convolution' if kind == 'conv' else 'attention'} "
+                            f"stage for gradcam_{kind}")
+        return names[-1], model.get_submodule(names[-1])
+    if hasattr(model, "blocks") and hasattr(model, "patch_embed"):  # ViT baseline
+        if kind == "conv":
+            return "patch_embed", model.patch_embed
+        return f"blocks.{len(model.blocks) - 1}", model.blocks[-1]
+    raise AscaError(f"cannot find a {kind} stage in {type(model).__name__}: pass layer=<module name>")
+
+
+class _TokenGrid(nn.Identity):
+    """Identity whose input is a token sequence folded back onto its (freq, time) grid.
+
+    Grad-CAM needs channel maps (B, C, h, w); a ViT block returns tokens (B, prefix + h*w, C).
+    A forward hook routes the block output through this module, so Captum hooks a 2-D map.
+    """
+
+
+def _token_grid(model: nn.Module, spec: Tensor) -> tuple[int, int]:
+    cfg = getattr(model, "config", {})
+    size, stride = cfg.get("patch_size"), cfg.get("patch_stride")
+    if not size or not stride:
+        raise AscaError(f"cannot fold the tokens of {type(model).__name__} back onto a grid")
+    return ((spec.shape[-2] - size) // stride + 1, (spec.shape[-1] - size) // stride + 1)
+
+
+@contextmanager
+def _grid_view(model: nn.Module, block: nn.Module, spec: Tensor) -> Iterator[nn.Module]:
+    """Yield the module whose output is the block output as (B, C, h, w).
+
+    NCHW blocks (ASCA stages) are returned as they are. A token block is followed, through a
+    temporary forward hook (removed on exit), by a :class:`_TokenGrid`.
+    """
+    view = _TokenGrid()
+    state: dict[str, Any] = {}
+
+    def fold(module: nn.Module, args: Any, out: Tensor) -> Tensor | None:
+        if out.dim() != 3:
+            return None
+        h, w = _token_grid(model, spec)
+        prefix = out.shape[1] - h * w
+        grid = out[:, prefix:].transpose(1, 2).reshape(out.shape[0], out.shape[2], h, w)  # (B, C, h, w)
+        grid = view(grid)
+        state["folded"] = True
+        tokens = grid.flatten(2).transpose(1, 2)  # (B, h*w, C)
+        return torch.cat([out[:, :prefix], tokens], dim=1)
+
+    handle = block.register_forward_hook(fold)
+    try:
+        with torch.no_grad():
+            model(spec[:1])
+        yield view if state.get("folded") else block
+    finally:
+        handle.remove()
+
+
+# -- one window ---------------------------------------------------------------------------------
+def _forward_fn(classifier, output: str) -> Callable[[Tensor], Tensor]:
+    model = classifier.model
+    if output == "logit":
+        return model
+    if output == "prob":
+        return lambda x: classifier.probabilities(model(x))
+    raise AscaError(f"output must be logit or prob, got {output!r}")
+
+
+def attribute_input(classifier, spec: Tensor, method: str, target: int, baseline: str = "silence",
+                    extractor: FeatureExtractor | None = None, geom: _Geometry | None = None,
+                    **options: Any) -> tuple[Tensor, dict[str, Any]]:
+    """Attribute one model input (what :meth:`Classifier.spectrogram` returns) to class ``target``.
+
+    Returns the attribution on the full model-input grid and method metadata.
+
+    Shapes: spec (1, 1, F', T') -> (F', T').
+    """
+    extractor = extractor or classifier.extractor
+    opts = {**_DEFAULTS, **options}
+    model = classifier.model
+    forward = _forward_fn(classifier, opts["output"])
+    spec = spec.detach().to(classifier.device).float()
+    meta: dict[str, Any] = {}
+    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion, Saliency
+
+    with hooks_removed(model), torch.enable_grad():
+        if method == "integrated_gradients":
+            base = make_baseline(spec, baseline, extractor, geom, opts["blur_sigma"])
+            attr, delta = IntegratedGradients(forward).attribute(
+                spec, baselines=base, target=target, n_steps=int(opts["n_steps"]),
+                method=opts["integration"], internal_batch_size=int(opts["internal_batch_size"]),
+                return_convergence_delta=True)
+            meta.update(baseline=baseline, n_steps=int(opts["n_steps"]),
+                        internal_batch_size=int(opts["internal_batch_size"]),
+                        convergence_delta=float(delta.abs().max()))
+        elif method == "saliency":
+            attr = Saliency(forward).attribute(spec.clone().requires_grad_(), target=target,
+                                               abs=bool(opts["abs"]))
+            meta.update(abs=bool(opts["abs"]))
+        elif method == "occlusion":
+            patch, stride = _pair(opts["patch"], "patch"), _pair(opts["stride"], "stride")
+            base = make_baseline(spec, baseline, extractor, geom, opts["blur_sigma"])
+            with torch.no_grad():
+                attr = Occlusion(forward).attribute(
+                    spec, sliding_window_shapes=(1, *patch), strides=(1, *stride), baselines=base,
+                    target=target, perturbations_per_eval=int(opts["perturbations_per_eval"]))
+            meta.update(baseline=baseline, patch=list(patch), stride=list(stride),
+                        perturbations_per_eval=int(opts["perturbations_per_eval"]))
+        elif method in ("gradcam_conv", "gradcam_attention"):
+            kind = method.split("_", 1)[1]
+            name, block = gradcam_layer(model, kind, opts["layer"])
+            with _grid_view(model, block, spec) as layer:
+                cam = LayerGradCam(forward, layer).attribute(spec, target=target,
+                                                             relu_attributions=bool(opts["relu"]))
+            meta.update(layer=name, relu=bool(opts["relu"]), layer_grid=list(cam.shape[-2:]))
+            attr = LayerAttribution.interpolate(cam, tuple(spec.shape[-2:]), interpolate_mode="bilinear")
+        else:
+            raise AscaError(f"unknown attribution method {method!r}: choose from {', '.join(METHODS)}")
+    meta["output"] = opts["output"]
+    return attr.detach()[0, 0].float(), meta
+
+
+def _pair(value: Any, name: str) -> tuple[int, int]:
+    if isinstance(value, (int, float)):
+        value = (value, value)
+    try:
+        a, b = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise AscaError(f"{name} must be an int or (mel bins, frames), got {value!r}") from None
+    if a < 1 or b < 1:
+        raise AscaError(f"{name} must be positive, got {value!r}")
+    return a, b
+
+
+# -- the one call -------------------------------------------------------------------------------
+def attribute(classifier, audio: str | Path | np.ndarray | Tensor, method: str = "integrated_gradients",
+              target: int | str | None = None, baseline: str = "silence", *, sample_rate: int | None = None,
+              window: float | None = None, hop: float | None = None, **options: Any) -> Attribution:
+    """Explain the classifier's score for ``target`` on ``audio`` with one attribution method.
+
+    ``audio`` is a file path (streamed window by window) or a wave at ``sample_rate`` (``None``:
+    the model's rate). ``target`` is a class index or name; ``None`` picks the top class of the
+    whole recording (max over windows). ``window`` defaults to the run's clip length and ``hop`` to
+    the frames the model sees of one window, so windows tile the recording without gaps.
+    Per-method ``options`` are listed in the module docstring.
+
+    Shapes: returns map and spec (n_mels, T) with T the frames covered by the windows.
+    """
+    if method not in METHODS:
+        raise AscaError(f"unknown attribution method {method!r}: choose from {', '.join(METHODS)}")
+    if baseline not in BASELINES:
+        raise AscaError(f"baseline must be silence or blur, got {baseline!r}")
+    unknown = sorted(set(options) - _OPTIONS[method])
+    if unknown:
+        raise AscaError(f"{method} does not take option {unknown[0]!r}; it takes "
+                        f"{', '.join(sorted(_OPTIONS[method]))}")
+    cfg = classifier.cfg.features
+    window = classifier.clip_seconds if window is None else float(window)
+    extractor = classifier.extractor_for(window)
+    window_samples = int(round(window * classifier.sample_rate))
+    geom = _geometry(extractor, window_samples)
+    if hop is None:
+        lo, hi = geom.raw_span
+        hop = (hi - lo) * cfg.hop_length / classifier.sample_rate if not geom.resize else window
+        hop = min(hop, window)
+
+    if target is None:
+        pred = classifier.predict(audio, sample_rate=sample_rate, top_k=1, window=window, hop=hop)
+        target_index = classifier.label_index(pred.top[0][0])
+    else:
+        target_index = classifier.label_index(target)
+
+    stream, duration = classifier.windows(audio, sample_rate, window, hop)
+    n_total = total_frames(cfg, int(round(duration * classifier.sample_rate)))
+    acc_map = torch.zeros(cfg.n_mels, n_total)
+    acc_spec = torch.zeros(cfg.n_mels, n_total)
+    count = torch.zeros(n_total)
+    metas: list[dict[str, Any]] = []
+    starts: list[float] = []
+    inputs = None
+    for start, chunk in stream:
+        wave = torch.from_numpy(np.ascontiguousarray(chunk)).unsqueeze(0).to(classifier.device)
+        with torch.no_grad():
+            spec = extractor(wave)  # (1, 1, F', T')
+        values, meta = attribute_input(classifier, spec, method, target_index, baseline, extractor,
+                                       geom, **options)
+        metas.append(meta)
+        starts.append(start)
+        raw_map = _to_raw(values.cpu(), geom)
+        raw_spec = _to_raw(spec[0, 0].cpu(), geom) if not geom.resize else _normalised_raw(extractor, wave)
+        lo = geom.raw_span[0] + int(round(start * classifier.sample_rate / cfg.hop_length))
+        hi = min(lo + raw_map.shape[1], n_total)
+        if hi <= lo:
+            continue
+        acc_map[:, lo:hi] += raw_map[:, : hi - lo]
+        acc_spec[:, lo:hi] += raw_spec[:, : hi - lo]
+        count[lo:hi] += 1
+        inputs = spec.detach().cpu() if len(starts) == 1 else None
+    covered = torch.nonzero(count > 0).flatten()
+    if covered.numel() == 0:
+        raise AscaError("the audio is too short to attribute")
+    first, last = int(covered[0]), int(covered[-1]) + 1
+    denom = count[first:last].clamp(min=1)
+    att_map = (acc_map[:, first:last] / denom).numpy()
+    spec_out = acc_spec[:, first:last] / denom
+    spec_out[:, count[first:last] == 0] = silence_value(extractor)  # gaps only with a hop > window
+    meta = _merge_meta(metas)
+    meta.update(window=window, hop=hop, windows=len(starts), window_starts=starts,
+                duration=duration, sample_rate=classifier.sample_rate, frame_offset=first,
+                stft={"sample_rate": classifier.sample_rate, "n_fft": cfg.n_fft, "win_length": cfg.win_length,
+                      "hop_length": cfg.hop_length, "f_min": cfg.f_min, "f_max": cfg.f_max})
+    single = len(starts) == 1 and not geom.resize
+    return Attribution(map=att_map, spec=spec_out.numpy(), times=frame_times(cfg, last - first, first),
+                       freqs=mel_frequencies(cfg), target=target_index, label=classifier.labels[target_index],
+                       method=method, meta=meta, inputs=inputs if len(starts) == 1 else None,
+                       cells=(slice(0, geom.n_mels), slice(*geom.model_span)) if single else None)
+
+
+def _normalised_raw(extractor: FeatureExtractor, wave: Tensor) -> Tensor:
+    """Front end and normalisation without the time fit (the resize224 input before resizing)."""
+    cfg = extractor.cfg
+    with torch.no_grad():
+        spec = extractor.spectrogram(wave)[0, 0].cpu()
+    if cfg.norm_mean is not None and cfg.norm_std is not None:
+        spec = normalize(spec, cfg.norm_mean, cfg.norm_std)
+    return spec
+
+
+def _merge_meta(metas: list[dict[str, Any]]) -> dict[str, Any]:
+    meta = dict(metas[0]) if metas else {}
+    if "convergence_delta" in meta:
+        deltas = [m["convergence_delta"] for m in metas]
+        meta["convergence_delta"] = float(max(deltas))
+        if len(deltas) > 1:
+            meta["convergence_deltas"] = deltas
+    return meta
+
+
+# -- listenable explanation ---------------------------------------------------------------------
+def explain_audio(attribution: Attribution, wave: np.ndarray | Tensor, sample_rate: int,
+                  keep: float = 0.1) -> np.ndarray:
+    """Resynthesise ``wave`` from only its most attributed time-frequency regions.
+
+    The (F, T) mel attribution (positive part) is spread onto linear-frequency STFT bins through
+    the mel filterbank, the top ``keep`` fraction of STFT cells is kept, the rest zeroed, and the
+    result inverted with an ISTFT. STFT settings are the run's (n_fft, win_length, hop_length), so
+    STFT frames line up with the attribution's columns.
+
+    Shapes: wave (T,) at ``sample_rate`` -> (T,) float32 at ``sample_rate``.
+    """
+    from ..audio import resample
+
+    if not 0.0 < float(keep) <= 1.0:
+        raise AscaError(f"keep must be in (0, 1], got {keep}")
+    stft_cfg = attribution.meta.get("stft")
+    if not stft_cfg:
+        raise AscaError("this attribution carries no STFT settings: make it with attribute()")
+    cfg_rate = int(stft_cfg["sample_rate"])
+    wave_np = wave.detach().cpu().numpy() if isinstance(wave, Tensor) else np.asarray(wave, dtype=np.float32)
+    wave_np = wave_np.reshape(-1).astype(np.float32)
+    n_orig = wave_np.size
+    x = torch.from_numpy(resample(wave_np, int(sample_rate), cfg_rate))
+    n_fft, win_length, hop_length = int(stft_cfg["n_fft"]), int(stft_cfg["win_length"]), int(stft_cfg["hop_length"])
+    f_min, f_max = float(stft_cfg["f_min"]), float(stft_cfg["f_max"] or cfg_rate / 2)
+    window = torch.hann_window(win_length)
+    stft = torch.stft(x, n_fft=n_fft, hop_length=hop_length, win_length=win_length, window=window,
+                      center=True, return_complex=True)  # (n_fft/2+1, frames)
+    n_frames = stft.shape[-1]
+    import torchaudio
+
+    fb = torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, f_min, float(f_max), attribution.map.shape[0],
+                                               cfg_rate, norm=None, mel_scale="htk")  # (freqs, n_mels)
+    weights = fb / fb.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    mel_attr = torch.from_numpy(np.clip(attribution.map, 0.0, None)).float()  # (n_mels, T)
+    linear = weights @ mel_attr  # (freqs, T)
+    # Column j of the map is centred at times[j]; STFT frame k is centred at k * hop.
+    cols = np.round(attribution.times * cfg_rate / hop_length).astype(int)
+    cell_attr = torch.zeros(stft.shape[0], n_frames)
+    ok = (cols >= 0) & (cols < n_frames)
+    cell_attr[:, torch.from_numpy(cols[ok])] = linear[:, torch.from_numpy(np.nonzero(ok)[0])]
+    n_keep = max(1, int(round(float(keep) * cell_attr.numel())))
+    threshold = torch.topk(cell_attr.flatten(), n_keep).values[-1]
+    mask = (cell_attr >= threshold) & (cell_attr > 0)
+    out = torch.istft(stft * mask, n_fft=n_fft, hop_length=hop_length, win_length=win_length,
+                      window=window, center=True, length=x.numel())
+    out_np = resample(out.numpy().astype(np.float32), cfg_rate, int(sample_rate))
+    if out_np.size < n_orig:
+        out_np = np.pad(out_np, (0, n_orig - out_np.size))
+    return out_np[:n_orig].astype(np.float32)
