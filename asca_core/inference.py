@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .audio import audio_info, iter_windows, resample
 from .config import Config
-from .errors import AscaError, AudioError
+from .errors import AscaError, AudioError, ConfigError
 from .features import FeatureExtractor, sliding_windows
 from .utils import resolve_device, setup_torch
 
@@ -183,7 +183,10 @@ class Classifier:
             feats = self.cfg.features
             if not math.isclose(window, feats.clip_seconds):
                 # Same front end and normalisation; only the time fit follows the window length.
-                feats = dataclasses.replace(feats, clip_seconds=window)
+                try:
+                    feats = dataclasses.replace(feats, clip_seconds=window)
+                except ConfigError as exc:
+                    raise AscaError(f"window {window:g} s does not suit the model's front end: {exc}") from None
             self._extractors[key] = FeatureExtractor(feats).to(self.device).eval()
         return self._extractors[key]
 
@@ -267,8 +270,7 @@ class Classifier:
         for name, value in (("window", window), ("hop", hop)):
             if not (math.isfinite(value) and value > 0):
                 raise AscaError(f"{name} must be a positive number of seconds, got {value}")
-        if window * self.sample_rate / self.cfg.features.hop_length < 8:
-            raise AscaError(f"window {window:g} s is too short for the model's front end")
+        self.extractor_for(window)  # validates the window against the front end
         return window, hop
 
     def predict(self, path_or_wave: str | Path | np.ndarray | Tensor, sample_rate: int | None = None,
