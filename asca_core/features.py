@@ -90,7 +90,9 @@ class LogMel(nn.Module):
 
     def forward(self, wave: Tensor) -> Tensor:
         wave = _pad_short(_as_batch(wave), self.n_fft).to(self.mel.spectrogram.window.dtype)
-        return torch.log(self.mel(wave) + LOG_OFFSET).unsqueeze(1)  # (B, 1, n_mels, frames)
+        # Features stay float32 under mixed precision: log(x + 1e-6) needs the dynamic range.
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            return torch.log(self.mel(wave) + LOG_OFFSET).unsqueeze(1)  # (B, 1, n_mels, frames)
 
 
 def log_mel(wave: Tensor, sample_rate: int = 16000, n_fft: int = 512, win_length: int | None = 400,
@@ -264,7 +266,8 @@ class FeatureExtractor(nn.Module):
         return torch.stack(specs).unsqueeze(1)
 
     def forward(self, wave: Tensor) -> Tensor:
-        spec = self.spectrogram(wave)
+        with torch.autocast(device_type=torch.as_tensor(wave).device.type, enabled=False):
+            spec = self.spectrogram(wave)
         if self.cfg.shape == "resize224":
             spec = resize_224(spec)
         else:

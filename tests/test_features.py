@@ -216,3 +216,13 @@ def test_logmel_on_cuda_matches_cpu():
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-3, rtol=1e-4)
     extractor = FeatureExtractor(FeatureConfig(clip_seconds=1.0)).to("cuda")
     assert extractor(wave.to("cuda").unsqueeze(0)).device.type == "cuda"
+
+
+def test_features_stay_float32_under_autocast():
+    wave = torch.from_numpy(chirp(1.0)).unsqueeze(0)
+    extractor = FeatureExtractor(FeatureConfig(clip_seconds=1.0))
+    expected = extractor(wave)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        spec = extractor(wave)
+    assert spec.dtype == torch.float32
+    torch.testing.assert_close(spec, expected)
