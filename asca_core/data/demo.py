@@ -284,15 +284,20 @@ def _pcm16_wav(wave: np.ndarray, sample_rate: int) -> bytes:
 
 
 def _demo_splits(clips_per_class: int, seed: int, class_index: int) -> list[str]:
-    """70/15/15 per class, by a seeded permutation (train keeps at least one clip)."""
+    """70/15/15 per class, by a seeded permutation.
+
+    From three clips per class on, val and test get at least one clip each, so even a tiny demo
+    set has all three parts.
+    """
     rng = np.random.default_rng([seed, class_index, 1_000_003])
     order = rng.permutation(clips_per_class)
-    n_test = min(int(round(clips_per_class * SPLIT_FRACTIONS["test"])), max(clips_per_class - 1, 0))
-    n_val = min(int(round(clips_per_class * SPLIT_FRACTIONS["val"])), clips_per_class - 1 - n_test)
+    floor = 1 if clips_per_class >= 3 else 0
+    n_test = max(floor, int(round(clips_per_class * SPLIT_FRACTIONS["test"])))
+    n_val = max(floor, int(round(clips_per_class * SPLIT_FRACTIONS["val"])))
     splits = ["train"] * clips_per_class
     for j in order[:n_test]:
         splits[j] = "test"
-    for j in order[n_test:n_test + max(n_val, 0)]:
+    for j in order[n_test:n_test + n_val]:
         splits[j] = "val"
     return splits
 
