@@ -281,6 +281,8 @@ def iter_windows(path: str | Path, sample_rate: int, window: float,
     ``load_audio(path, sample_rate, offset=start, duration=window)`` zero-padded to full length;
     a clip shorter than one window gives one padded window.
 
+    Bad arguments and unreadable headers raise at the call, not at the first window.
+
     Shapes: yields (start_seconds, (W,) float32) with W = round(window * sample_rate).
     """
     path = _checked_path(path)
@@ -291,6 +293,13 @@ def iter_windows(path: str | Path, sample_rate: int, window: float,
     if win < 1 or step < 1:
         raise AudioError(f"{path}: window {window:g} s / hop {hop:g} s is below one sample "
                          f"at {sample_rate} Hz")
+    audio_info(path)
+    return _windows(path, int(sample_rate), window, win, step)
+
+
+def _windows(path: Path, sample_rate: int, window: float, win: int,
+             step: int) -> Iterator[tuple[float, np.ndarray]]:
+    """The generator behind :func:`iter_windows` (arguments already checked)."""
     with _open(path) as f:
         info = _info_from(path, f)
         native = info.sample_rate
