@@ -235,7 +235,8 @@ def class_counts(counts: Mapping[str, int] | Mapping[str, Mapping[str, int]], *,
                              marker_color=COLORS[i % len(COLORS)],
                              hovertemplate="%{x}: %{y} clips<extra>" + str(group) + "</extra>"))
     fig.update_yaxes(title_text="clips")
-    fig.update_xaxes(title_text="class", tickangle=-35 if len(order) > 8 else 0)
+    crowded = sum(len(k) for k in order) > 60
+    fig.update_xaxes(title_text="class", tickangle=-35 if crowded else 0)
     return _layout(fig, title=title, height=height, barmode="stack", showlegend=nested,
                    legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"))
 
@@ -250,7 +251,7 @@ def duration_histogram(durations: Sequence[float], *, clip_seconds: float | None
     if clip_seconds:
         fig.add_vline(x=clip_seconds, line_dash="dash", line_color=COLORS[3],
                       annotation_text=f"training crop {clip_seconds:g} s", annotation_position="top right")
-    fig.update_xaxes(title_text="duration (s)")
+    fig.update_xaxes(title_text="duration (s)", rangemode="tozero")
     fig.update_yaxes(title_text="clips")
     return _layout(fig, title=title, height=height, bargap=0.05)
 
