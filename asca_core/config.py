@@ -65,7 +65,7 @@ class FeatureConfig:
 
     frontend: str = "torchaudio"  # torchaudio (batched, any device) | kaldi (AST-compatible)
     sample_rate: int = 16000
-    n_fft: int = 512
+    n_fft: int = 1024  # 512 leaves the lowest of 128 mel filters empty at 16 kHz
     win_length: int = 400  # 25 ms at 16 kHz
     hop_length: int = 160  # 10 ms at 16 kHz
     n_mels: int = 128
