@@ -34,7 +34,8 @@ def test_ci_runs_the_readme_test_command():
     ci = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()]
     command = [line for line in ci if line and not line.startswith(("#", "set ", "cd "))][-1]
     assert command == "make test"
-    assert f"`{command}`" in (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text().splitlines()
+    assert any(line.strip().startswith(command) for line in readme), command
 
 
 def test_asca_console_script_lists_every_command():
