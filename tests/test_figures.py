@@ -153,6 +153,8 @@ def test_attention_heads_and_bias_tables():
     bias = figures.relative_bias(table, xs, ys)
     assert len(bias.data) == 3
     assert bias.data[0].zmin == -bias.data[0].zmax == pytest.approx(-np.abs(table).max())
+    assert list(bias.layout.yaxis.ticktext) == ["-1.5k", "-1k", "-500", "0", "+500", "+1k", "+1.5k"]
+    assert list(bias.data[0].y) == [-3, -2, -1, 0, 1, 2, 3]  # evenly spaced token offsets
     assert len(figures.relative_bias(table, xs, ys, head=2).data) == 1
     with pytest.raises(ValueError):
         figures.relative_bias(table, xs[:-1], ys)

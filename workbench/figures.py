@@ -51,8 +51,8 @@ SPEC_COLORS = "Magma"
 COLORS = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D",
           "#BAB0AC", "#EECA3B")
 # Overlays fade in from fully transparent, so the spectrogram stays readable where weights are low.
-HEAT_OVERLAY = [[0.0, "rgba(0,229,255,0)"], [0.15, "rgba(0,229,255,0.15)"],
-                [0.6, "rgba(80,255,160,0.6)"], [1.0, "rgba(255,255,80,0.95)"]]
+HEAT_OVERLAY = [[0.0, "rgba(0,229,255,0)"], [0.15, "rgba(0,229,255,0.12)"],
+                [0.6, "rgba(80,255,160,0.5)"], [1.0, "rgba(255,255,80,0.85)"]]
 SIGNED_OVERLAY = [[0.0, "rgba(40,120,255,0.95)"], [0.4, "rgba(40,120,255,0.25)"],
                   [0.5, "rgba(255,255,255,0)"], [0.6, "rgba(255,60,40,0.25)"],
                   [1.0, "rgba(255,60,40,0.95)"]]
@@ -144,12 +144,12 @@ def _pool_time(spec: np.ndarray, max_frames: int) -> tuple[np.ndarray, int]:
 
 
 def _spec_trace(spec: np.ndarray, *, sample_rate: int, hop_length: int, freqs: np.ndarray,
-                max_frames: int = 1500, colorscale: Any = SPEC_COLORS, showscale: bool = True,
+                t0: float = 0.0, max_frames: int = 1500, colorscale: Any = SPEC_COLORS, showscale: bool = True,
                 zmin: float | None = None, zmax: float | None = None, name: str = "log-Mel",
                 colorbar: dict | None = None) -> go.Heatmap:
     spec, factor = _pool_time(spec, max_frames)
     frame_s = hop_length / sample_rate
-    times = (np.arange(spec.shape[1]) * factor + (factor - 1) / 2) * frame_s
+    times = t0 + (np.arange(spec.shape[1]) * factor + (factor - 1) / 2) * frame_s
     kwargs: dict[str, Any] = {}
     if spec.size <= _MAX_HOVER_CELLS:
         kwargs["customdata"] = np.broadcast_to(freqs[:, None].round(0), spec.shape)
@@ -203,14 +203,15 @@ def spectrogram(spec: Any, sample_rate: int, hop_length: int, *, f_min: float = 
                 f_max: float | None = None, freqs_hz: Sequence[float] | None = None,
                 title: str | None = None, height: int = 340, max_frames: int = 1500,
                 colorscale: Any = SPEC_COLORS, zmin: float | None = None,
-                zmax: float | None = None) -> go.Figure:
+                zmax: float | None = None, t0: float = 0.0) -> go.Figure:
     """Log-Mel spectrogram heatmap: seconds on x, mel bins labelled in Hz on y (zoomable).
 
+    Frame ``j`` is drawn at ``t0 + j * hop_length / sample_rate`` seconds (centred STFT frames).
     Shapes: spec (F, T) or (1, 1, F, T). ``freqs_hz`` overrides the HTK centre frequencies.
     """
     spec = _np(spec, 2)
     freqs = _bin_freqs(spec.shape[0], sample_rate, f_min, f_max, freqs_hz)
-    fig = go.Figure(_spec_trace(spec, sample_rate=sample_rate, hop_length=hop_length, freqs=freqs,
+    fig = go.Figure(_spec_trace(spec, sample_rate=sample_rate, hop_length=hop_length, freqs=freqs, t0=t0,
                                 max_frames=max_frames, colorscale=colorscale, zmin=zmin, zmax=zmax))
     _spec_axes(fig, freqs)
     return _layout(fig, title=title, height=height)
@@ -407,7 +408,7 @@ def confusion_matrix(matrix: Any, labels: Sequence[str], *, normalize: bool = Tr
                                colorbar=dict(title=dict(text="row fraction" if normalize else "clips"),
                                              thickness=12)))
     fig.update_yaxes(title_text="true class", autorange="reversed")
-    fig.update_xaxes(title_text="predicted class", tickangle=-35 if k > 8 else 0)
+    fig.update_xaxes(title_text="predicted class", tickangle=-35 if sum(len(x) for x in labels) > 60 else 0)
     return _layout(fig, title=title, height=height or max(320, 28 * k + 140))
 
 
@@ -427,7 +428,7 @@ def per_class_ap(ap: Mapping[str, float] | Mapping[str, Mapping[str, float]], *,
                              marker_color=COLORS[i % len(COLORS)],
                              hovertemplate="%{x}: AP %{y:.3f}<extra>" + run + "</extra>"))
     fig.update_yaxes(title_text="average precision", range=[0, 1.02])
-    fig.update_xaxes(tickangle=-35 if len(order) > 8 else 0)
+    fig.update_xaxes(tickangle=-35 if sum(len(x) for x in order) > 60 else 0)
     return _layout(fig, title=title, height=height, barmode="group", showlegend=nested,
                    legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"))
 
@@ -467,16 +468,22 @@ def ablation(rows: Sequence[Mapping[str, Any]], *, label: str = "layout", metric
 
 # ----------------------------------------------------------------------------- attention
 def _token_centres(grid: tuple[int, int], spec_shape: tuple[int, int],
-                   frame_s: float) -> tuple[np.ndarray, np.ndarray]:
+                   frame_s: float, t0: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Seconds (x) and mel-bin (y) centres of every token of an (H, W) grid over an (F, T) input."""
     (h, w), (f, t) = grid, spec_shape
     ys = (np.arange(h) + 0.5) * (f / h) - 0.5
-    xs = ((np.arange(w) + 0.5) * (t / w) - 0.5) * frame_s
+    xs = t0 + ((np.arange(w) + 0.5) * (t / w) - 0.5) * frame_s
     return xs, ys
+
+
+def _range(a: np.ndarray) -> tuple[float, float]:
+    low, high = float(np.min(a)), float(np.max(a))
+    return low, high if high > low else low + 1e-9
 
 
 def attention_map(spec: Any, attn: Any, sample_rate: int, hop_length: int, *,
                   query: tuple[int, int] | None = None, f_min: float = 0.0, f_max: float | None = None,
+                  freqs_hz: Sequence[float] | None = None, t0: float = 0.0,
                   title: str | None = None, height: int = 380, clickable: bool = True,
                   colorbar_title: str = "attention") -> go.Figure:
     """Attention weights over a token grid, drawn over the spectrogram the grid came from.
@@ -485,16 +492,20 @@ def attention_map(spec: Any, attn: Any, sample_rate: int, hop_length: int, *,
     rollout row); ``query`` = (freq_index, time_index) of that query token, outlined in white.
     With ``clickable`` an invisible marker sits on each token centre, so a click (Streamlit's
     ``on_select``) returns ``customdata = [freq_index, time_index]`` of the clicked token.
+    ``t0`` is the time of the first frame (a centre crop starts inside the clip); ``freqs_hz``
+    the centre frequency of every row, padded rows included.
     Shapes: spec (F, T), attn (H, W) with H, W dividing the padded F, T.
     """
     spec, a = _np(spec, 2), _np(attn, 2)
     frame_s = hop_length / sample_rate
-    freqs = _bin_freqs(spec.shape[0], sample_rate, f_min, f_max, None)
-    xs, ys = _token_centres(a.shape, spec.shape, frame_s)
-    fig = go.Figure(_spec_trace(spec, sample_rate=sample_rate, hop_length=hop_length, freqs=freqs,
+    freqs = _bin_freqs(spec.shape[0], sample_rate, f_min, f_max, freqs_hz)
+    xs, ys = _token_centres(a.shape, spec.shape, frame_s, t0)
+    fig = go.Figure(_spec_trace(spec, sample_rate=sample_rate, hop_length=hop_length, freqs=freqs, t0=t0,
                                 colorscale="Greys_r", showscale=False))
-    peak = float(a.max()) if a.size and a.max() > 0 else 1.0
-    fig.add_trace(go.Heatmap(z=a, x=xs, y=ys, colorscale=HEAT_OVERLAY, zmin=0, zmax=peak,
+    # the colour range spans the map's own min..max: nearly uniform attention still shows its
+    # structure, and the colour bar keeps the true weights
+    low, peak = _range(a)
+    fig.add_trace(go.Heatmap(z=a, x=xs, y=ys, colorscale=HEAT_OVERLAY, zmin=low, zmax=peak,
                              colorbar=dict(title=dict(text=colorbar_title, side="right"), thickness=12),
                              hovertemplate="token (%{y:.0f}, %{x:.2f} s)<br>weight %{z:.4f}<extra></extra>"))
     if clickable:
@@ -512,13 +523,13 @@ def attention_map(spec: Any, attn: Any, sample_rate: int, hop_length: int, *,
         fig.add_shape(type="rect", x0=xs[qj] - ww / 2, x1=xs[qj] + ww / 2, y0=ys[qi] - hh / 2,
                       y1=ys[qi] + hh / 2, line=dict(color="white", width=2.5))
     _spec_axes(fig, freqs)
-    fig.update_xaxes(range=[-frame_s / 2, (spec.shape[1] - 0.5) * frame_s])
+    fig.update_xaxes(range=[t0 - frame_s / 2, t0 + (spec.shape[1] - 0.5) * frame_s])
     fig.update_yaxes(range=[-0.5, spec.shape[0] - 0.5])
     return _layout(fig, title=title, height=height, clickmode="event+select", dragmode="zoom")
 
 
 def attention_heads(spec: Any, maps: Any, sample_rate: int, hop_length: int, *,
-                    query: tuple[int, int] | None = None, cols: int = 4,
+                    query: tuple[int, int] | None = None, cols: int = 4, t0: float = 0.0,
                     title: str | None = "Every head", height_per_row: int = 170) -> go.Figure:
     """Small multiples: one query's attention for every head, over the spectrogram.
 
@@ -531,15 +542,15 @@ def attention_heads(spec: Any, maps: Any, sample_rate: int, hop_length: int, *,
                         shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.02,
                         vertical_spacing=0.25 / max(rows, 1))
     frame_s = hop_length / sample_rate
-    xs, ys = _token_centres(m.shape[1:], spec.shape, frame_s)
+    xs, ys = _token_centres(m.shape[1:], spec.shape, frame_s, t0)
     spec_small, factor = _pool_time(spec, 300)
-    times = (np.arange(spec_small.shape[1]) * factor + (factor - 1) / 2) * frame_s
+    times = t0 + (np.arange(spec_small.shape[1]) * factor + (factor - 1) / 2) * frame_s
     for h in range(heads):
         r, c = h // cols + 1, h % cols + 1
         fig.add_trace(go.Heatmap(z=spec_small, x=times, y=np.arange(spec.shape[0]), colorscale="Greys_r",
                                  showscale=False, hoverinfo="skip"), row=r, col=c)
-        fig.add_trace(go.Heatmap(z=m[h], x=xs, y=ys, colorscale=HEAT_OVERLAY, zmin=0,
-                                 zmax=float(m[h].max()) or 1.0, showscale=False,
+        low, peak = _range(m[h])
+        fig.add_trace(go.Heatmap(z=m[h], x=xs, y=ys, colorscale=HEAT_OVERLAY, zmin=low, zmax=peak, showscale=False,
                                  hovertemplate=f"head {h}<br>weight %{{z:.4f}}<extra></extra>"), row=r, col=c)
         if query is not None:
             qi, qj = query
@@ -566,9 +577,17 @@ def relative_bias(table: Any, time_offsets_s: Sequence[float], freq_offsets_hz: 
     if t.ndim != 3:
         raise ValueError(f"a bias table must be 2-D or 3-D, got shape {t.shape}")
     heads = [head] if head is not None else list(range(t.shape[0]))
-    xs, ys = np.asarray(time_offsets_s, float), np.asarray(freq_offsets_hz, float)
-    if len(xs) != t.shape[2] or len(ys) != t.shape[1]:
-        raise ValueError(f"offsets ({len(ys)}, {len(xs)}) do not match the table {t.shape[1:]}")
+    xs, hz = np.asarray(time_offsets_s, float), np.asarray(freq_offsets_hz, float)
+    if len(xs) != t.shape[2] or len(hz) != t.shape[1]:
+        raise ValueError(f"offsets ({len(hz)}, {len(xs)}) do not match the table {t.shape[1:]}")
+    # rows are evenly spaced token offsets; on the mel scale they span uneven Hz, so the Hz value
+    # of each row is a tick label rather than a coordinate
+    ys = np.arange(len(hz)) - (len(hz) - 1) / 2
+    picks = np.unique(np.linspace(0, len(hz) - 1, min(len(hz), 7)).round().astype(int))
+    ticks = dict(tickmode="array", tickvals=ys[picks].tolist(),
+                 ticktext=[("+" if hz[i] > 0 else "") + format_hz(hz[i]).replace(" Hz", "").replace(" kHz", "k")
+                           for i in picks])
+    custom = np.broadcast_to(hz[:, None], t.shape[1:])
     ncols = min(cols, len(heads))
     rows = math.ceil(len(heads) / ncols)
     fig = make_subplots(rows=rows, cols=ncols, subplot_titles=[f"head {h}" for h in heads],
@@ -577,12 +596,13 @@ def relative_bias(table: Any, time_offsets_s: Sequence[float], freq_offsets_hz: 
     lim = float(np.abs(t[heads]).max()) or 1.0
     for i, h in enumerate(heads):
         r, c = i // ncols + 1, i % ncols + 1
-        fig.add_trace(go.Heatmap(z=t[h], x=xs, y=ys, colorscale="RdBu_r", zmin=-lim, zmax=lim,
+        fig.add_trace(go.Heatmap(z=t[h], x=xs, y=ys, colorscale="RdBu_r", zmin=-lim, zmax=lim, customdata=custom,
                                  showscale=i == 0, colorbar=dict(title=dict(text="bias"), thickness=12),
-                                 hovertemplate=f"head {h}<br>Δt %{{x:.2f}} s · Δf %{{y:.0f}} Hz"
+                                 hovertemplate=f"head {h}<br>Δt %{{x:.2f}} s · Δf %{{customdata:.0f}} Hz"
                                                "<br>bias %{z:.3f}<extra></extra>"), row=r, col=c)
     fig.update_xaxes(title_text="time offset (s)", row=rows)
     fig.update_yaxes(title_text=freq_title, col=1)
+    fig.update_yaxes(**ticks)
     return _layout(fig, title=title, height=height_per_row * rows + 70)
 
 
@@ -622,6 +642,7 @@ def prediction_timeline(starts: Sequence[float], probs: Any, labels: Sequence[st
 
 def attribution_overlay(spec: Any, attr: Any, sample_rate: int, hop_length: int, *,
                         signed: bool = True, f_min: float = 0.0, f_max: float | None = None,
+                        freqs_hz: Sequence[float] | None = None, t0: float = 0.0,
                         title: str | None = None, height: int = 360,
                         clip_percentile: float = 99.0) -> go.Figure:
     """Attribution drawn over the spectrogram: red raised the class score, blue lowered it.
@@ -631,15 +652,15 @@ def attribution_overlay(spec: Any, attr: Any, sample_rate: int, hop_length: int,
     Shapes: spec (F, T), attr (F, T) (or any grid that tiles it, e.g. a stage's token grid).
     """
     spec, a = _np(spec, 2), _np(attr, 2)
-    freqs = _bin_freqs(spec.shape[0], sample_rate, f_min, f_max, None)
+    freqs = _bin_freqs(spec.shape[0], sample_rate, f_min, f_max, freqs_hz)
     frame_s = hop_length / sample_rate
-    fig = go.Figure(_spec_trace(spec, sample_rate=sample_rate, hop_length=hop_length, freqs=freqs,
+    fig = go.Figure(_spec_trace(spec, sample_rate=sample_rate, hop_length=hop_length, freqs=freqs, t0=t0,
                                 colorscale="Greys_r", showscale=False))
     if a.shape != spec.shape:
-        xs, ys = _token_centres(a.shape, spec.shape, frame_s)
+        xs, ys = _token_centres(a.shape, spec.shape, frame_s, t0)
     else:
         a, factor = _pool_time(a, 1500)
-        xs = (np.arange(a.shape[1]) * factor + (factor - 1) / 2) * frame_s
+        xs = t0 + (np.arange(a.shape[1]) * factor + (factor - 1) / 2) * frame_s
         ys = np.arange(a.shape[0])
     lim = float(np.percentile(np.abs(a), clip_percentile)) or float(np.abs(a).max()) or 1.0
     z = np.clip(a, -lim, lim) if signed else np.clip(np.abs(a), 0, lim)

@@ -1,0 +1,418 @@
+"""Training jobs for the app: start ``asca train`` in the background, stop, resume, list runs.
+
+The run directory is the only state. A job is an ``asca train --run-dir RUN`` process in its own
+session (so a graceful stop reaches the trainer and anything it spawned), with its console output
+in ``RUN/console.txt`` and its process id in ``RUN/job.json``; everything else (config, progress,
+metrics, checkpoints) is what the trainer writes. Reloading the page or restarting the app
+therefore loses nothing, and runs started from a terminal show up too::
+
+    run = start_training("configs/demo.yaml", ["train.epochs=3"], name="quick-demo")
+    info = run_info(run)            # state, epoch, metrics so far
+    stop_run(run)                   # SIGTERM: the trainer saves a checkpoint and marks "stopped"
+    resume_run(run)                 # asca train --resume --run-dir RUN
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from asca_core.errors import AscaError, CheckpointError, ConfigError
+from asca_core.utils import runs_dir
+
+JOB_FILE = "job.json"
+CONSOLE_FILE = "console.txt"
+PROCESS_GONE = "stopped (process gone)"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_NAME_OK = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def presets_dir() -> Path:
+    """Folder of the YAML presets shipped with the project (``configs/``)."""
+    return PROJECT_ROOT / "configs"
+
+
+def list_presets() -> dict[str, Path]:
+    """Preset name (file stem) → path, sorted by name."""
+    folder = presets_dir()
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+# ----------------------------------------------------------------------------- processes
+def _proc_start_time(pid: int) -> int | None:
+    """Kernel start time of a process (clock ticks since boot), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name may contain spaces and parentheses: fields start after the last ")"
+    fields_ = stat[stat.rfind(")") + 2:].split()
+    if fields_ and fields_[0] == "Z":  # a zombie has finished; only its exit status is left
+        return -1
+    try:
+        return int(fields_[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def pid_alive(pid: Any, start_time: int | None = None) -> bool:
+    """True while process ``pid`` runs (and, with ``start_time``, is the same process)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:  # reap our own finished children, otherwise they linger as zombies and look alive
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    except OSError:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    started = _proc_start_time(pid)
+    if started == -1:
+        return False
+    if start_time is not None and started is not None and started != start_time:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------- run info
+@dataclass
+class RunInfo:
+    """What the app shows about one run directory."""
+
+    path: Path
+    state: str  # starting | running | stopping | finished | failed | stopped | PROCESS_GONE
+    status: dict[str, Any] = field(default_factory=dict)
+    job: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    pid: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def active(self) -> bool:
+        """A process is working on this run right now."""
+        return self.state in ("starting", "running", "stopping")
+
+    @property
+    def epoch(self) -> int:
+        return int(self.status.get("epoch") or (self.metrics[-1].get("epoch", 0) if self.metrics else 0))
+
+    @property
+    def epochs(self) -> int | None:
+        value = self.status.get("epochs") or self.job.get("epochs")
+        return int(value) if value else None
+
+    @property
+    def has_model(self) -> bool:
+        return (self.path / "checkpoints" / "best.safetensors").is_file() and \
+            (self.path / "labels.json").is_file()
+
+    @property
+    def can_resume(self) -> bool:
+        return not self.active and self.state != "finished" and \
+            (self.path / "checkpoints" / "last.safetensors").is_file()
+
+    @property
+    def error(self) -> str | None:
+        return self.status.get("error") or self.job.get("error")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's ``config.yaml`` as nested dicts (``{}`` before the trainer writes it)."""
+        import yaml
+
+        try:
+            raw = yaml.safe_load((self.path / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            return {}
+        return raw if isinstance(raw, dict) else {}
+
+    @property
+    def model(self) -> str | None:
+        """``"asca_tiny CCCT"``: the model name and layout of the run."""
+        model = self.config.get("model") or {}
+        if not model.get("name"):
+            return self.job.get("model")
+        return f"{model['name']} {model.get('layout', '')}".strip()
+
+    def best(self, key: str = "val_map") -> float | None:
+        values = [r[key] for r in self.metrics if isinstance(r.get(key), (int, float))]
+        return max(values) if values else None
+
+    def progress(self) -> float:
+        """Fraction of epochs done, in [0, 1]."""
+        if self.state == "finished":
+            return 1.0
+        return min(1.0, self.epoch / self.epochs) if self.epochs else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """One row of the run table."""
+        last = self.metrics[-1] if self.metrics else {}
+        return {
+            "run": self.name,
+            "state": self.state,
+            "epoch": f"{self.epoch}/{self.epochs}" if self.epochs else str(self.epoch),
+            "train_loss": last.get("train_loss"),
+            "val_loss": last.get("val_loss"),
+            "val_acc": last.get("val_acc"),
+            "best val_map": self.best("val_map"),
+            "model": self.model,
+            "started": str(self.job.get("started") or self.status.get("started") or "")[:16].replace("T", " "),
+        }
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line being written right now
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / f).is_file() for f in ("config.yaml", "status.json", JOB_FILE))
+
+
+def run_info(run_dir: str | Path) -> RunInfo:
+    """State of a run from its files and whether its process still exists.
+
+    A status still saying ``running`` whose process is gone (killed, machine restarted) is
+    reported as ``stopped (process gone)``; a job whose process ended before writing any status
+    (a bad config, a missing dataset) as ``failed`` with the last console line as its error.
+    """
+    path = Path(run_dir)
+    if not is_run_dir(path):
+        raise CheckpointError(f"not a run directory: {path}")
+    status = _read_json(path / "status.json")
+    job = _read_json(path / JOB_FILE)
+    metrics = _read_metrics(path / "metrics.jsonl")
+    job_pid = job.get("pid") if isinstance(job.get("pid"), int) else None
+    status_pid = status.get("pid") if isinstance(status.get("pid"), int) else None
+    launched = float(job.get("started_ts") or 0.0)
+    # status.json stamps whole seconds: allow one second of rounding
+    status_current = _status_time(status) + 1.0 >= launched
+    pid, start_time = job_pid, job.get("start_time")
+    if status_pid and (job_pid is None or (status_pid != job_pid and _status_time(status) > launched)):
+        pid, start_time = status_pid, None  # a process started from a terminal after the app's job
+    alive = pid_alive(pid, start_time)
+    recorded = status.get("state")
+    if alive:
+        stop_asked = float(job.get("stop_requested") or 0.0) >= launched > 0
+        if stop_asked and pid == job_pid:
+            state = "stopping"
+        elif recorded == "running" and (status_pid == pid if status_pid else status_current):
+            state = "running"
+        else:
+            state = "starting"
+    elif recorded == "running":
+        state = PROCESS_GONE
+    elif recorded and (status_current or job_pid is None):
+        state = recorded
+    elif job_pid:
+        state = "failed"
+        job = {**job, "error": job.get("error") or _last_console_error(path)}
+    else:
+        state = recorded or "unknown"
+    return RunInfo(path=path, state=state, status=status, job=job, metrics=metrics, pid=pid)
+
+
+def _status_time(status: dict[str, Any]) -> float:
+    """When status.json was last written (seconds since the epoch), 0 if unknown."""
+    from datetime import datetime
+
+    stamp = status.get("updated")
+    if not isinstance(stamp, str):
+        return 0.0
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _last_console_error(path: Path) -> str:
+    lines = [ln.strip() for ln in read_console(path, 4000).splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "error" in line.lower():
+            return line
+    return lines[-1] if lines else "the training process ended before writing any status"
+
+
+def list_runs(root: str | Path | None = None) -> list[RunInfo]:
+    """Every run under ``root`` (default :func:`asca_core.utils.runs_dir`), newest first."""
+    folder = Path(root) if root is not None else runs_dir()
+    if not folder.is_dir():
+        return []
+    infos = []
+    for path in folder.iterdir():
+        if is_run_dir(path):
+            try:
+                infos.append(run_info(path))
+            except AscaError:
+                continue
+    return sorted(infos, key=_started, reverse=True)
+
+
+def _started(info: RunInfo) -> float:
+    if info.job.get("started_ts"):
+        return float(info.job["started_ts"])
+    for name in ("config.yaml", "status.json"):
+        try:
+            return (info.path / name).stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
+
+
+def read_console(run_dir: str | Path, max_chars: int = 20000) -> str:
+    """The tail of the run's console output (``console.txt``, else the trainer's ``log.txt``)."""
+    path = Path(run_dir)
+    for name in (CONSOLE_FILE, "log.txt"):
+        file = path / name
+        if file.is_file():
+            size = file.stat().st_size
+            with open(file, "rb") as handle:
+                handle.seek(max(0, size - max_chars))
+                text = handle.read().decode("utf-8", errors="replace")
+            # tqdm redraws with carriage returns: keep only the last state of each line
+            return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines())
+    return ""
+
+
+# ----------------------------------------------------------------------------- control
+def new_run_dir(name: str, root: str | Path | None = None) -> Path:
+    """A fresh, unique ``RUNS/<YYYYmmdd-HHMMSS>-<name>`` folder (created)."""
+    folder = Path(root) if root is not None else runs_dir()
+    slug = _NAME_OK.sub("-", name).strip("-") or "run"
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
+    for i in range(1000):
+        path = folder / (base if i == 0 else f"{base}-{i}")
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"could not create a new run folder under {folder}")
+
+
+def train_command(config: str | Path | None = None, overrides: Sequence[str] = (),
+                  run_dir: str | Path | None = None, resume: bool = False) -> list[str]:
+    """The ``asca train`` command line, run with this interpreter."""
+    cmd = [sys.executable, "-m", "asca_core.cli", "train"]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    for item in overrides:
+        cmd += ["--set", str(item)]
+    if run_dir is not None:
+        cmd += ["--run-dir", str(run_dir)]
+    if resume:
+        cmd.append("--resume")
+    return cmd
+
+
+def _launch(cmd: list[str], run_dir: Path, extra: dict[str, Any]) -> RunInfo:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(run_dir / CONSOLE_FILE, "ab") as console:
+        console.write(f"$ {' '.join(cmd[1:])}\n".encode())
+        console.flush()
+        proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=str(PROJECT_ROOT), env=env, start_new_session=True)
+    job = {"pid": proc.pid, "start_time": _proc_start_time(proc.pid), "started_ts": time.time(),
+           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": cmd[1:], **extra}
+    (run_dir / JOB_FILE).write_text(json.dumps(job, indent=2) + "\n")
+    return run_info(run_dir)
+
+
+def start_training(config: str | Path | None, overrides: Sequence[str] = (), *,
+                   name: str | None = None, root: str | Path | None = None) -> RunInfo:
+    """Validate the config, then start ``asca train`` on a new run folder in the background.
+
+    The config is checked here first so a bad override is an error in the form (ConfigError),
+    not a dead process.
+    """
+    from asca_core.config import load_config
+
+    cfg = load_config(config, list(overrides))
+    run_dir = new_run_dir(name or (Path(config).stem if config else "run"), root)
+    cmd = train_command(config, overrides, run_dir.resolve())
+    return _launch(cmd, run_dir, {"epochs": cfg.train.epochs, "model": cfg.model.name,
+                                  "preset": Path(config).stem if config else None,
+                                  "overrides": list(overrides)})
+
+
+def resume_run(run_dir: str | Path) -> RunInfo:
+    """Continue a stopped or interrupted run from its last checkpoint."""
+    info = run_info(run_dir)
+    if info.active:
+        raise CheckpointError(f"run {info.name} is still {info.state}")
+    if not info.can_resume:
+        raise CheckpointError(f"run {info.name} has no checkpoint to resume from")
+    job = {k: v for k, v in info.job.items() if k in ("epochs", "model", "preset", "overrides")}
+    cmd = train_command(None, (), info.path.resolve(), resume=True)
+    return _launch(cmd, info.path, {**job, "resumed": True})
+
+
+def stop_run(run_dir: str | Path) -> bool:
+    """Ask the run's process (and its process group) to stop with SIGTERM; False if none runs.
+
+    The trainer finishes the current step, saves ``last`` and marks the run ``stopped``.
+    """
+    info = run_info(run_dir)
+    if not info.active or info.pid is None:
+        return False
+    try:
+        if os.getpgid(info.pid) == info.pid:  # a session leader we started: reach its children too
+            os.killpg(info.pid, signal.SIGTERM)
+        else:  # started elsewhere (a terminal): only the trainer itself
+            os.kill(info.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    job = _read_json(info.path / JOB_FILE)
+    if job:
+        job["stop_requested"] = time.time()
+        (info.path / JOB_FILE).write_text(json.dumps(job, indent=2) + "\n")
+    return True
+
+
+def finished_runs(root: str | Path | None = None) -> list[RunInfo]:
+    """Runs with a usable model (a best checkpoint and labels), newest first."""
+    return [r for r in list_runs(root) if r.has_model and not r.active]
+
+
+__all__ = ["RunInfo", "PROCESS_GONE", "list_presets", "presets_dir", "pid_alive", "run_info",
+           "list_runs", "finished_runs", "read_console", "new_run_dir", "train_command",
+           "start_training", "resume_run", "stop_run", "is_run_dir"]

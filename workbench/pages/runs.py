@@ -1,0 +1,111 @@
+"""Runs: compare training runs (metrics, curves, confusion, per-class AP) and the layout ablation."""
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from asca_core.train.runstore import RunStore
+from asca_core.utils import runs_dir
+from workbench import figures, jobs, state
+
+
+def _evaluation(info: jobs.RunInfo) -> dict:
+    """The final test evaluation, else the validation details of the best (or last) epoch."""
+    store = RunStore(info.path)
+    details = store.eval_details()
+    if details.get("labels"):
+        return details
+    epoch = info.status.get("best_epoch") or info.epoch
+    return store.eval_details(epoch) if epoch else {}
+
+
+def _ablations() -> list[Path]:
+    root = runs_dir()
+    found = [p.parent for p in root.glob("*/results.csv")] if root.is_dir() else []
+    return sorted(set(found), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _compare(runs: list[jobs.RunInfo]) -> None:
+    names = [r.name for r in runs]
+    default = [r.name for r in runs if r.metrics][:3] or names[:1]
+    chosen = st.multiselect("Runs to compare", names, default=default, key="compare_runs")
+    picked = [r for r in runs if r.name in chosen]
+    if not picked:
+        st.info("Pick one or more runs.")
+        return
+    rows = []
+    for r in picked:
+        row = r.summary()
+        row.update({"test acc": r.status.get("test_acc"), "test mAP": r.status.get("test_map")})
+        rows.append(row)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+        k: st.column_config.NumberColumn(k, format="%.3f")
+        for k in ("train_loss", "val_loss", "val_acc", "best val_map", "test acc", "test mAP")})
+    st.plotly_chart(figures.training_curves({r.name: r.metrics for r in picked}), key="compare_curves")
+
+    evals = {r.name: _evaluation(r) for r in picked}
+    ap = {name: dict(zip(e["labels"], e["per_class"]["ap"])) for name, e in evals.items()
+          if e.get("labels") and e.get("per_class")}
+    if ap:
+        st.plotly_chart(figures.per_class_ap(ap if len(ap) > 1 else next(iter(ap.values())),
+                                             title=f"Average precision per class ({_split(evals)})"),
+                        key="per_class_ap")
+    with_confusion = [n for n, e in evals.items() if e.get("confusion")]
+    if with_confusion:
+        name = st.selectbox("Confusion matrix of", with_confusion, key="confusion_run")
+        e = evals[name]
+        st.plotly_chart(figures.confusion_matrix(e["confusion"], e["labels"],
+                                                 title=f"Confusion matrix · {name} · {e.get('split', 'val')} "
+                                                       f"split, {e.get('n', '?')} clips"), key="confusion")
+    elif evals:
+        st.caption("No confusion matrix: multi-label runs have none, and a run shows one after its first epoch.")
+
+
+def _split(evals: dict) -> str:
+    splits = {e.get("split", "val") for e in evals.values() if e}
+    return " / ".join(sorted(splits)) + " split"
+
+
+def _ablation() -> None:
+    found = _ablations()
+    default = str(found[0]) if found else ""
+    folder = st.text_input("Ablation folder (the OUT of `asca ablate`)", value=default, key="ablation_dir",
+                           placeholder="runs/ablation")
+    if not folder:
+        st.info("No ablation yet. Run one from a terminal, e.g. `asca ablate --config configs/demo.yaml "
+                "--layouts CCCC CCCT CCTT --seeds 2 --out runs/ablation`, then open it here.")
+        return
+    path = Path(folder).expanduser()
+    if not (path / "results.csv").is_file():
+        st.error(f"{path} holds no results.csv: point this at the output folder of `asca ablate`.")
+        return
+    table = pd.read_csv(path / "results.csv")
+    metric = "test_map" if table.get("test_map") is not None and table["test_map"].notna().any() else "val_map"
+    st.dataframe(table, hide_index=True)
+    rows = table.astype(object).where(table.notna(), None).to_dict("records")
+    st.plotly_chart(figures.ablation(rows, metric=metric, error=f"{metric}_std", cost="gmacs",
+                                     cost_title="GMACs per clip", metric_title=metric.replace("_", " ")),
+                    key="ablation")
+    if (path / "runs.csv").is_file():
+        with st.expander("Every run of the ablation"):
+            st.dataframe(pd.read_csv(path / "runs.csv"), hide_index=True)
+
+
+def render() -> None:
+    st.title("Runs")
+    st.caption(f"Every run under `{runs_dir()}`; the run folders are the record.")
+    runs = jobs.list_runs()
+    compare, ablation = st.tabs(["Compare runs", "Layout ablation"])
+    with compare:
+        if runs:
+            _compare(runs)
+        else:
+            st.info("No runs yet: start one on the Train page.")
+            state.quick_demo_offer()
+    with ablation:
+        _ablation()
+
+
+state.training_sidebar()
+state.guarded(render)
