@@ -231,8 +231,8 @@ def run_info(run_dir: str | Path) -> RunInfo:
         pid, start_time = status_pid, None  # a process started from a terminal after the app's job
     alive = pid_alive(pid, start_time)
     recorded = status.get("state")
+    stop_asked = float(job.get("stop_requested") or 0.0) >= launched > 0
     if alive:
-        stop_asked = float(job.get("stop_requested") or 0.0) >= launched > 0
         if stop_asked and pid == job_pid:
             state = "stopping"
         elif recorded == "running" and (status_pid == pid if status_pid else status_current):
@@ -243,6 +243,8 @@ def run_info(run_dir: str | Path) -> RunInfo:
         state = PROCESS_GONE
     elif recorded and (status_current or job_pid is None):
         state = recorded
+    elif stop_asked:  # stopped while starting up, before the trainer wrote any status
+        state = "stopped"
     elif job_pid:
         state = "failed"
         job = {**job, "error": job.get("error") or _last_console_error(path)}
@@ -309,7 +311,7 @@ def read_console(run_dir: str | Path, max_chars: int = 20000) -> str:
                 handle.seek(max(0, size - max_chars))
                 text = handle.read().decode("utf-8", errors="replace")
             # tqdm redraws with carriage returns: keep only the last state of each line
-            return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines())
+            return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
     return ""
 
 
@@ -347,7 +349,8 @@ def train_command(config: str | Path | None = None, overrides: Sequence[str] = (
 def _launch(cmd: list[str], run_dir: Path, extra: dict[str, Any]) -> RunInfo:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(run_dir / CONSOLE_FILE, "ab") as console:
-        console.write(f"$ {' '.join(cmd[1:])}\n".encode())
+        shown = ["asca"] + cmd[3:] if cmd[1:3] == ["-m", "asca_core.cli"] else cmd
+        console.write(f"$ {' '.join(shown)}\n".encode())
         console.flush()
         proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=str(PROJECT_ROOT), env=env, start_new_session=True)
@@ -368,9 +371,12 @@ def start_training(config: str | Path | None, overrides: Sequence[str] = (), *,
 
     cfg = load_config(config, list(overrides))
     run_dir = new_run_dir(name or (Path(config).stem if config else "run"), root)
-    cmd = train_command(config, overrides, run_dir.resolve())
+    if config is None:  # `asca train` wants a file: the defaults plus overrides, written out
+        config, overrides = run_dir / "requested.yaml", ()
+        cfg.to_yaml(config)
+    cmd = train_command(Path(config).resolve(), overrides, run_dir.resolve())
     return _launch(cmd, run_dir, {"epochs": cfg.train.epochs, "model": cfg.model.name,
-                                  "preset": Path(config).stem if config else None,
+                                  "preset": Path(config).stem,
                                   "overrides": list(overrides)})
 
 

@@ -175,10 +175,26 @@ def explain(run_dir: str, stamp: float, path: str, start: float, method: str,
 
     clf = classifier(run_dir, stamp)
     wave = load_audio(path, clf.sample_rate, offset=start, duration=clf.clip_seconds)
+    # a recording shorter than one window is padded with silence here, as the model pads it, so the
+    # map covers the whole window (the faithfulness curves need map and model input to match)
+    wave = np.pad(wave, (0, max(0, int(round(clf.clip_seconds * clf.sample_rate)) - wave.size)))
     options: dict[str, Any] = {"n_steps": 16} if method == "integrated_gradients" else {}
     attr = attribute(clf, wave, method=method, target=target, sample_rate=clf.sample_rate, **options)
     audio = explain_audio(attr, wave, clf.sample_rate, keep=keep)
     return attr, audio, clf.sample_rate
+
+
+@st.cache_data(max_entries=8, show_spinner="Deleting and inserting cells…")
+def faithfulness(run_dir: str, stamp: float, path: str, start: float, method: str,
+                 target: str | None, keep: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Deletion and insertion curves of :func:`explain`'s attribution: (fractions, deletion, insertion)."""
+    from asca_core.inspect.faithfulness import deletion_curve, insertion_curve
+
+    attr, _, _ = explain(run_dir, stamp, path, start, method, target, keep)
+    clf = classifier(run_dir, stamp)
+    deletion = deletion_curve(clf, attr, steps=10)
+    insertion = insertion_curve(clf, attr, steps=10)
+    return deletion.fractions, deletion.probs, insertion.probs
 
 
 @st.cache_data(max_entries=16, show_spinner="Capturing attention…")
