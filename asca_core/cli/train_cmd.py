@@ -1,5 +1,232 @@
-"""Placeholder until the command group lands."""
+"""``asca train``, ``asca eval`` and ``asca ablate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError, ConfigError
 
 
 def register(subparsers) -> None:
-    return None
+    train = subparsers.add_parser(
+        "train", help="train a model from a YAML config into a run directory",
+        description="Train a model described by a YAML config (see configs/). Writes a run "
+                    "directory: config.yaml, status.json, metrics.jsonl, labels.json, "
+                    "checkpoints/, log.txt. Relative data paths are looked up in the current "
+                    "directory, then above the config file's folder, then in it.")
+    train.add_argument("--config", "-c", metavar="FILE", help="YAML config (configs/demo.yaml ...)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one value, e.g. --set train.lr=3e-4 (repeatable)")
+    train.add_argument("--run-dir", metavar="DIR",
+                       help="run directory (default: $ASCA_RUNS_DIR or ./runs, /<config>-<time>)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --run-dir from its last checkpoint")
+    train.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="train with N processes (DDP through torchrun; gloo on CPU, nccl on CUDA)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    train.set_defaults(func=_train)
+
+    ev = subparsers.add_parser(
+        "eval", help="evaluate a trained run (accuracy, mAP, ROC-AUC, cmAP, per class)",
+        description="Evaluate a run's checkpoint on its own dataset (test split if it has one, "
+                    "else val) or on another dataset with the same classes.")
+    ev.add_argument("run", metavar="RUN", help="run directory (or a run name under the runs folder)")
+    ev.add_argument("--data", metavar="PATH", help="another dataset (default: the run's own)")
+    ev.add_argument("--split", metavar="NAME", help="train, val, test or all")
+    ev.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: cpu)")
+    ev.add_argument("--json", action="store_true", help="print the full result as JSON")
+    ev.set_defaults(func=_eval)
+
+    ab = subparsers.add_parser(
+        "ablate", help="train layout variants (CCCT vs CCTT vs CCCC ...) and tabulate them",
+        description="Train every layout with every seed on the same splits and augmentation "
+                    "stream; write results.md, results.csv and results.html (mean +- std).")
+    ab.add_argument("--config", "-c", required=True, metavar="FILE")
+    ab.add_argument("--layouts", default="CCCT,CCTT,CCCC", metavar="L1,L2,...")
+    ab.add_argument("--seeds", type=int, default=2, metavar="N", help="seeds per layout (default: 2)")
+    ab.add_argument("--out", metavar="DIR", help="output folder (default: runs folder/ablate-<config>-<time>)")
+    ab.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ab.add_argument("--quiet", action="store_true")
+    ab.set_defaults(func=_ablate)
+
+
+# ----------------------------------------------------------------------------------- train
+def default_run_dir(config: str | None, prefix: str = "") -> Path:
+    """``runs_dir()/<prefix><config stem>-<YYYYmmdd-HHMMSS>``, made unique with a suffix."""
+    from ..utils import runs_dir
+
+    stem = Path(config).stem if config else "run"
+    base = runs_dir() / f"{prefix}{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def load_train_config(config: str | None, overrides: list[str], run_dir: str | None, resume: bool):
+    """The config a train command runs: the preset (+ overrides), or the run's own when resuming."""
+    from ..config import load_config
+    from ..train.engine import resolve_data_path
+
+    if resume:
+        if not run_dir:
+            raise ConfigError("--resume needs --run-dir DIR (the run to continue)")
+        stored = Path(run_dir) / "config.yaml"
+        if not stored.is_file():
+            raise CheckpointError(f"cannot resume: {run_dir} holds no run (no config.yaml)")
+        return load_config(stored, overrides)
+    if not config:
+        raise ConfigError("asca train needs --config FILE (e.g. configs/demo.yaml)")
+    cfg = load_config(config, overrides)
+    return cfg.replace("data.path", resolve_data_path(cfg.data.path, config))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..train import ddp
+
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
+    cfg = load_train_config(args.config, args.overrides, args.run_dir, args.resume)
+    env = ddp.env_from_torchrun()
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config)
+    if args.nproc > 1 and not env.distributed:
+        return _launch(args, run_dir)
+    if env.is_main:
+        print(f"run directory: {run_dir}", flush=True)
+    from ..train.engine import fit
+
+    echo = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    result = fit(cfg, run_dir, resume=args.resume, progress=False if args.quiet else None, echo=echo)
+    if env.is_main:
+        print(format_result(result))
+    return 0 if result["state"] == "finished" else 130
+
+
+def _launch(args: argparse.Namespace, run_dir: Path) -> int:
+    """Re-run this command in ``--nproc`` processes under torchrun, forwarding stop signals."""
+    from ..train.ddp import torchrun_command
+
+    cli_args = ["train", "--run-dir", str(run_dir)]
+    if args.config:
+        cli_args += ["--config", str(Path(args.config).resolve())]
+    for item in args.overrides:
+        cli_args += ["--set", item]
+    if args.resume:
+        cli_args.append("--resume")
+    if args.quiet:
+        cli_args.append("--quiet")
+    command = torchrun_command(args.nproc, cli_args)
+    print(f"run directory: {run_dir}", flush=True)
+    print(f"launching {args.nproc} processes: {' '.join(command)}", file=sys.stderr, flush=True)
+    child = subprocess.Popen(command)
+    previous = {sig: signal.signal(sig, lambda s, f: child.send_signal(s))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """Human summary of :func:`asca_core.train.fit`'s result."""
+    lines = [f"{result['state']}: {result['epoch']} epochs, {result['steps']} steps, best epoch "
+             f"{result['best_epoch']} (val mAP {_fmt(result.get('best_val_map'))})"]
+    last = result.get("last")
+    if last:
+        lines.append(f"last epoch: train_loss {_fmt(last.get('train_loss'))}  val_loss {_fmt(last.get('val_loss'))}  "
+                     f"val_acc {_fmt(last.get('val_acc'))}  val_map {_fmt(last.get('val_map'))}")
+    test = result.get("test")
+    if test:
+        lines.append(f"test (best checkpoint, {test.get('n')} clips): acc {_fmt(test.get('acc'))}  "
+                     f"mAP {_fmt(test.get('map'))}  AUC {_fmt(test.get('auc'))}  cmAP {_fmt(test.get('cmap'))}")
+    lines.append(f"run directory: {result['run_dir']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------- eval
+def _find_run(name: str) -> Path:
+    from ..utils import runs_dir
+
+    path = Path(name)
+    if path.exists():
+        return path
+    candidate = runs_dir() / name
+    if candidate.exists():
+        return candidate
+    raise CheckpointError(f"run not found: {name}")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ..train.engine import evaluate
+
+    result = evaluate(_find_run(args.run), data=args.data, split=args.split, checkpoint=args.checkpoint,
+                      device=args.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_eval(result))
+    return 0
+
+
+def format_eval(result: dict[str, Any]) -> str:
+    labels = result["labels"]
+    lines = [f"run {result['run']}  checkpoint {result['checkpoint']} (epoch {result.get('epoch')})",
+             f"data {result['data']}  split {result['split']}  clips {result['n']}",
+             "",
+             f"accuracy {_fmt(result['acc'])}   mAP {_fmt(result['map'])}   ROC-AUC {_fmt(result['auc'])}   "
+             f"padded cmAP {_fmt(result['cmap'])}   loss {_fmt(result['loss'])}",
+             ""]
+    width = max(8, max(len(c) for c in labels))
+    lines.append(f"{'class':<{width}}  {'AP':>6}  {'prec':>6}  {'recall':>6}  {'support':>7}")
+    pc = result["per_class"]
+    for i, name in enumerate(labels):
+        lines.append(f"{name:<{width}}  {_fmt(pc['ap'][i], 3):>6}  {_fmt(pc['precision'][i], 3):>6}  "
+                     f"{_fmt(pc['recall'][i], 3):>6}  {pc['support'][i]:>7}")
+    confusion = result.get("confusion")
+    if confusion and len(labels) <= 20:
+        lines += ["", "confusion matrix (rows: true, columns: predicted)"]
+        cell = max(4, len(str(max(max(r) for r in confusion))) + 1)
+        lines.append(" " * width + "".join(f"{i:>{cell}}" for i in range(len(labels))))
+        for i, row in enumerate(confusion):
+            lines.append(f"{labels[i]:<{width - 3}}{i:>3}" + "".join(f"{v:>{cell}}" for v in row))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------- ablate
+def _ablate(args: argparse.Namespace) -> int:
+    from ..config import LAYOUTS
+    from ..train.ablate import run_ablation
+
+    layouts = [x.strip().upper() for x in args.layouts.split(",") if x.strip()]
+    bad = [x for x in layouts if x not in LAYOUTS]
+    if bad or not layouts:
+        raise ConfigError(f"--layouts must list layouts from {', '.join(LAYOUTS)}, got {args.layouts!r}")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    cfg = load_train_config(args.config, args.overrides, None, False)
+    out = Path(args.out) if args.out else default_run_dir(args.config, prefix="ablate-")
+    print(f"ablation folder: {out}", flush=True)
+    echo = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    summary = run_ablation(cfg, layouts, args.seeds, out, echo=echo, progress=False if args.quiet else None)
+    print(summary["markdown"])
+    print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.html'}")
+    return 0
+
+
