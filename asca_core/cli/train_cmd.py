@@ -128,7 +128,8 @@ def _launch(args: argparse.Namespace, run_dir: Path) -> int:
     command = torchrun_command(args.nproc, cli_args)
     print(f"run directory: {run_dir}", flush=True)
     print(f"launching {args.nproc} processes: {' '.join(command)}", file=sys.stderr, flush=True)
-    child = subprocess.Popen(command)
+    # own session: a terminal's Ctrl-C or a group kill reaches the launcher once, through us
+    child = subprocess.Popen(command, start_new_session=True)
     previous = {sig: signal.signal(sig, lambda s, f: child.send_signal(s))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

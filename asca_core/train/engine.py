@@ -203,6 +203,7 @@ class _StopFlag:
     def __init__(self) -> None:
         self.requested = False
         self.signal_name = ""
+        self._first = 0.0
         self._old: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -212,9 +213,15 @@ class _StopFlag:
             self._old[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        now = time.monotonic()
         if self.requested:
-            raise KeyboardInterrupt
+            # A signal sent to a whole process group (and forwarded by a launcher) arrives twice
+            # within moments: only a later, deliberate second one interrupts at once.
+            if now - self._first > 2.0:
+                raise KeyboardInterrupt
+            return
         self.requested = True
+        self._first = now
         self.signal_name = signal.Signals(signum).name
 
     def restore(self) -> None:
