@@ -48,6 +48,9 @@ def test_states_come_from_status_and_live_processes(tmp_path):
     gone = _run(tmp_path, "gone", {"state": "running", "pid": dead, "epoch": 3, "epochs": 10})
     done = _run(tmp_path, "done", {"state": "finished", "pid": dead, "epoch": 10, "epochs": 10})
     live = _run(tmp_path, "live", {"state": "running", "pid": os.getpid(), "epoch": 1})
+    # fit() called in this very process (a notebook): its pid lives on after the run finished
+    notebook = _run(tmp_path, "notebook", {"state": "finished", "pid": os.getpid(), "epoch": 2})
+    assert jobs.run_info(notebook).state == "finished"
     assert jobs.run_info(gone).state == jobs.PROCESS_GONE
     assert jobs.run_info(done).state == "finished"
     assert jobs.run_info(done).progress() == 1.0

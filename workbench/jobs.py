@@ -232,7 +232,9 @@ def run_info(run_dir: str | Path) -> RunInfo:
     alive = pid_alive(pid, start_time)
     recorded = status.get("state")
     stop_asked = float(job.get("stop_requested") or 0.0) >= launched > 0
-    if alive:
+    if recorded in ("finished", "failed", "stopped") and (status_current or job_pid is None):
+        state = recorded  # also while the process is still exiting, or for fit() run in a notebook
+    elif alive:
         if stop_asked and pid == job_pid:
             state = "stopping"
         elif recorded == "running" and (status_pid == pid if status_pid else status_current):
@@ -241,8 +243,8 @@ def run_info(run_dir: str | Path) -> RunInfo:
             state = "starting"
     elif recorded == "running":
         state = PROCESS_GONE
-    elif recorded and (status_current or job_pid is None):
-        state = recorded
+    elif recorded in ("unknown", None) and job_pid is None:
+        state = "unknown"
     elif stop_asked:  # stopped while starting up, before the trainer wrote any status
         state = "stopped"
     elif job_pid:

@@ -120,19 +120,24 @@ def log_mel(wave: np.ndarray, sample_rate: int, n_mels: int = 128, hop_length: i
 
 
 def save_upload(data: bytes, name: str) -> Path:
-    """Store uploaded bytes under the cache folder, named by content (same upload → same file)."""
+    """Store uploaded bytes under the cache folder as ``uploads/<content hash>/<name>``.
+
+    The same upload maps to the same file (so cached predictions are reused), and the file keeps
+    the user's name, so an error message names the file the user chose.
+    """
     from asca_core.utils import cache_dir
 
-    ext = Path(name).suffix.lower() or ".wav"
+    name = Path(name).name or "recording.wav"
+    ext = Path(name).suffix.lower()
     if ext.lstrip(".") not in AUDIO_TYPES:
-        raise AudioError(f"{name}: unsupported file type {ext}; use {', '.join(AUDIO_TYPES)}")
+        raise AudioError(f"{name}: unsupported file type {ext or '(none)'}; use {', '.join(AUDIO_TYPES)}")
     if len(data) > MAX_UPLOAD_MB * 1024 * 1024:
         raise AudioError(f"{name} is {len(data) / 2**20:.0f} MB; the limit is {MAX_UPLOAD_MB} MB")
-    folder = cache_dir() / "uploads"
+    folder = cache_dir() / "uploads" / hashlib.sha1(data).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha1(data).hexdigest()[:16]}{ext}"
+    path = folder / name
     if not path.is_file():
-        tmp = path.with_suffix(path.suffix + ".part")
+        tmp = folder / f".{name}.part"
         tmp.write_bytes(data)
         tmp.replace(path)
     return path
@@ -258,8 +263,12 @@ def run_fraction(info: jobs.RunInfo) -> float:
 
 
 def quick_demo_offer(where: str = "main") -> None:
-    """When no trained model exists: explain why and offer the one-click demo training."""
-    area = st.sidebar if where == "sidebar" else st
+    """When no trained model exists: explain why and offer the one-click demo training.
+
+    Draws into the current container; ``where`` names the place (``main`` or ``sidebar``) and
+    keys the button.
+    """
+    area = st
     if model_runs():
         return
     active = [r for r in jobs.list_runs() if r.active]
@@ -278,15 +287,17 @@ def quick_demo_offer(where: str = "main") -> None:
         st.rerun()
 
 
-def training_sidebar() -> None:
-    """Sidebar block: live progress of active runs (refreshing), or the quick-demo offer."""
+def training_sidebar(offer: bool = True) -> None:
+    """Sidebar block: live progress of active runs (refreshing), or the quick-demo offer.
+
+    Pages that make the offer in their main area pass ``offer=False``.
+    """
     active = [r for r in jobs.list_runs() if r.active]
-    if active:
-        with st.sidebar:  # a fragment draws into the container it is called in
+    with st.sidebar:  # a fragment draws into the container it is called in
+        if active:
             _live_sidebar()
-    else:
-        with st.sidebar:
-            guarded(lambda: quick_demo_offer("main"))
+        elif offer:
+            guarded(lambda: quick_demo_offer("sidebar"))
 
 
 @st.fragment(run_every=3)

@@ -93,5 +93,5 @@ def render() -> None:
                                               title=f"Relative position bias · {block}"), key="bias")
 
 
-state.training_sidebar()
+state.training_sidebar(offer=False)
 state.guarded(render)

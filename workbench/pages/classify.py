@@ -88,5 +88,5 @@ def render() -> None:
         st.plotly_chart(figures.deletion_insertion(*curves, target=target), key="faithfulness")
 
 
-state.training_sidebar()
+state.training_sidebar(offer=False)
 state.guarded(render)

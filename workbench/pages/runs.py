@@ -107,5 +107,5 @@ def render() -> None:
         _ablation()
 
 
-state.training_sidebar()
+state.training_sidebar(offer=False)
 state.guarded(render)
