@@ -320,7 +320,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if base is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        # float.is_integer() is False for NaN and inf, which int() would turn into a traceback
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and not value.is_integer()):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return int(value)
     if base is float:
