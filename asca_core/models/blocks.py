@@ -26,14 +26,17 @@ class DropPath(nn.Module):
             return x
         keep = 1.0 - self.p
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        return x * (mask / keep)  # scale the (B, 1, ...) mask, not the whole map
 
     def extra_repr(self) -> str:
         return f"p={self.p:.3f}"
 
 
 class ConvStem(nn.Module):
-    """S0: two 3x3 convolutions (the first with stride 2), each followed by BatchNorm and GELU.
+    """S0: two 3x3 convolutions, the first with stride 2 and followed by BatchNorm and GELU.
+
+    The second conv stays linear, as in CoAtNet: the first S1 block starts with its own
+    BatchNorm (pre-norm), which would make a norm here redundant.
 
     Shapes: (B, in_chans, F, T) -> (B, width, F/2, T/2).
     """
@@ -42,13 +45,11 @@ class ConvStem(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False)
         self.norm1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
-        self.norm2 = nn.BatchNorm2d(width)
         self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.act(self.norm1(self.conv1(x)))
-        return self.act(self.norm2(self.conv2(x)))
+        return self.conv2(self.act(self.norm1(self.conv1(x))))
 
 
 class PoolProject(nn.Module):
