@@ -2,7 +2,8 @@
 
 :func:`probe_file` reads a file's header, checks a WAV's data chunk against the file size (a
 truncated WAV otherwise looks fine, since decoders stop quietly at the end of what is there) and
-decodes a short span at the start (and, for compressed formats, at the end). :func:`filter_readable`
+decodes a short span at the start (and, for compressed formats, at the end; float WAVs, which can
+hold NaN or inf anywhere, are decoded whole). :func:`filter_readable`
 applies it to an index; :func:`check_dataset` builds the full :class:`CheckReport` behind
 ``asca data check``.
 """
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import soundfile as sf
+
 from .. import audio as _audio
 from ..errors import AscaError, AudioError, DatasetError
 from .formats import FORMAT_NAMES, DatasetIndex, load_dataset
@@ -23,6 +26,8 @@ from .splits import make_splits, official_split_counts
 
 _HEAD_SECONDS = 0.5  # decoded at the start of each file: catches non-audio behind a valid header
 _TAIL_SECONDS = 0.25  # decoded at the end of compressed files: catches truncation
+_FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # float WAVs are decoded whole: a NaN can sit anywhere
+_SCAN_SECONDS = 60.0
 
 
 def _reason(exc: AscaError, path: Path) -> str:
@@ -73,6 +78,11 @@ def _probe(path: Path, deep: bool = True) -> tuple[_audio.AudioInfo | None, str 
         if deep:
             head = min(_HEAD_SECONDS, info.duration)
             _audio.load_audio(path, offset=0.0, duration=head, max_duration=None)
+            if info.format == "WAV" and sf.info(str(path)).subtype in _FLOAT_SUBTYPES:
+                # PCM cannot hold NaN or inf, float samples can, anywhere: scan the whole file
+                # (window by window, so memory stays bounded) rather than let training find them.
+                for _ in _audio.iter_windows(path, info.sample_rate, _SCAN_SECONDS, _SCAN_SECONDS):
+                    pass
             if info.format != "WAV" and info.duration > 2 * _TAIL_SECONDS:
                 offset = info.duration - _TAIL_SECONDS
                 tail = _audio.load_audio(path, offset=offset, duration=_TAIL_SECONDS, max_duration=None)
