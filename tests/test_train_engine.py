@@ -280,10 +280,12 @@ def test_relative_data_paths(tmp_path, monkeypatch):
     (project / "data").mkdir()
     (project / "data" / "labels.csv").write_text("filename,label\n")
     monkeypatch.chdir(tmp_path)
-    found = engine.resolve_data_path("data/labels.csv", project / "configs" / "x.yaml")
+    from asca_core.cli.train_cmd import resolve_data_path
+
+    found = resolve_data_path("data/labels.csv", project / "configs" / "x.yaml")
     assert found == str((project / "data" / "labels.csv").resolve())
-    assert engine.resolve_data_path("demo", None) == "demo"
+    assert resolve_data_path("demo", None) == "demo"
     from asca_core.errors import DatasetError
 
     with pytest.raises(DatasetError, match="not found"):
-        engine.resolve_data_path("missing.csv", project / "configs" / "x.yaml")
+        resolve_data_path("missing.csv", project / "configs" / "x.yaml")

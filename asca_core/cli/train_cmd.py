@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DatasetError
 
 
 def register(subparsers) -> None:
@@ -73,10 +74,28 @@ def default_run_dir(config: str | None, prefix: str = "") -> Path:
     return path
 
 
+def resolve_data_path(path: str, config_file: str | Path | None = None) -> str:
+    """Make a relative ``data.path`` absolute.
+
+    Tried in order: the current directory, the folder above the config file (the project root for
+    ``configs/*.yaml``), the config file's own folder. ``demo`` stays as it is.
+    """
+    if path == "demo" or Path(path).expanduser().is_absolute():
+        return str(Path(path).expanduser()) if path != "demo" else path
+    candidates = [Path.cwd() / path]
+    if config_file is not None:
+        folder = Path(config_file).resolve().parent
+        candidates += [folder.parent / path, folder / path]
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate.resolve())
+    tried = ", ".join(str(c) for c in candidates)
+    raise DatasetError(f"data.path {path!r} not found (tried {tried})")
+
+
 def load_train_config(config: str | None, overrides: list[str], run_dir: str | None, resume: bool):
     """The config a train command runs: the preset (+ overrides), or the run's own when resuming."""
     from ..config import load_config
-    from ..train.engine import resolve_data_path
 
     if resume:
         if not run_dir:
@@ -92,22 +111,22 @@ def load_train_config(config: str | None, overrides: list[str], run_dir: str | N
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..train import ddp
-
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
+    # configuration mistakes are reported before torch is even imported
     cfg = load_train_config(args.config, args.overrides, args.run_dir, args.resume)
-    env = ddp.env_from_torchrun()
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    is_main = int(os.environ.get("RANK", "0")) == 0
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config)
-    if args.nproc > 1 and not env.distributed:
+    if args.nproc > 1 and not under_torchrun:
         return _launch(args, run_dir)
-    if env.is_main:
+    if is_main:
         print(f"run directory: {run_dir}", flush=True)
     from ..train.engine import fit
 
     echo = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     result = fit(cfg, run_dir, resume=args.resume, progress=False if args.quiet else None, echo=echo)
-    if env.is_main:
+    if is_main:
         print(format_result(result))
     return 0 if result["state"] == "finished" else 130
 
@@ -175,9 +194,10 @@ def _find_run(name: str) -> Path:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    run = _find_run(args.run)
     from ..train.engine import evaluate
 
-    result = evaluate(_find_run(args.run), data=args.data, split=args.split, checkpoint=args.checkpoint,
+    result = evaluate(run, data=args.data, split=args.split, checkpoint=args.checkpoint,
                       device=args.device)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -230,25 +230,6 @@ class _StopFlag:
         self._old.clear()
 
 
-def resolve_data_path(path: str, config_file: str | Path | None = None) -> str:
-    """Make a relative ``data.path`` absolute.
-
-    Tried in order: the current directory, the folder above the config file (the project root for
-    ``configs/*.yaml``), the config file's own folder. ``demo`` stays as it is.
-    """
-    if path == "demo" or Path(path).expanduser().is_absolute():
-        return str(Path(path).expanduser()) if path != "demo" else path
-    candidates = [Path.cwd() / path]
-    if config_file is not None:
-        folder = Path(config_file).resolve().parent
-        candidates += [folder.parent / path, folder / path]
-    for candidate in candidates:
-        if candidate.exists():
-            return str(candidate.resolve())
-    tried = ", ".join(str(c) for c in candidates)
-    raise DatasetError(f"data.path {path!r} not found (tried {tried})")
-
-
 # ------------------------------------------------------------------------------------ trainer
 class Trainer:
     """State and steps of one training run; :func:`fit` is the entry point."""
@@ -886,4 +867,4 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | N
 
 
 __all__ = ["fit", "evaluate", "predict", "prepare_data", "param_groups", "loss_per_example",
-           "probabilities", "ModelEma", "Trainer", "resolve_data_path"]
+           "probabilities", "ModelEma", "Trainer"]
