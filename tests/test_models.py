@@ -306,3 +306,13 @@ def test_asca_is_exported_at_package_level():
 
     assert asca_core.build_model is build_model
     assert isinstance(asca_core.build_model("asca_pico", 2), ASCA)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"layout": "CTTT", "attn_window": 3}])
+def test_bf16_autocast_runs_global_and_windowed_attention(overrides):
+    model = _build("asca_pico", **overrides)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.randn(2, 1, 96, 160))  # windows pad the 12 x 20 S2 grid
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+    logits.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

@@ -144,11 +144,13 @@ class MultiHeadAttention(nn.Module):
         # q, k, v: (B, heads, N, d)
         mask = None
         if self.rel_bias is not None:
-            mask = self.rel_bias(grid).to(q.dtype)  # (1, heads, N, N)
+            mask = self.rel_bias(grid)  # (1, heads, N, N)
             if self.prefix_tokens:
                 mask = F.pad(mask, (self.prefix_tokens, 0, self.prefix_tokens, 0))
         if key_mask is not None:
             mask = key_mask if mask is None else mask + key_mask  # (B, heads, N, N)
+        if mask is not None:
+            mask = mask.to(q.dtype)  # SDPA wants the mask in the query's dtype under autocast
         probs = None
         if self.capture is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
