@@ -291,12 +291,16 @@ class Trainer:
     def prepare_run_dir(self) -> None:
         """Create the run (or check it can be resumed) and settle the resolved config."""
         run = self.run
-        if self.resume:
-            if not run.exists():
-                raise CheckpointError(f"cannot resume: {run.path} holds no run (no config.yaml)")
-        elif run.exists():
-            raise CheckpointError(f"run directory {run.path} already holds a run: "
-                                  "pass --resume to continue it or choose another --run-dir")
+        problem = None
+        if self.env.is_main:  # checked once: rank 0 is about to create the files it looks for
+            if self.resume and not run.exists():
+                problem = f"cannot resume: {run.path} holds no run (no config.yaml)"
+            elif not self.resume and run.exists():
+                problem = (f"run directory {run.path} already holds a run: "
+                           "pass --resume to continue it or choose another --run-dir")
+        problem = ddp.broadcast_object(problem)
+        if problem:
+            raise CheckpointError(problem)
         if self.env.is_main:
             run.path.mkdir(parents=True, exist_ok=True)
             run.checkpoints_dir.mkdir(exist_ok=True)
