@@ -48,3 +48,24 @@ def write_run(run_dir: Path, cfg: Config, labels: list[str], seed: int = 0) -> P
 def pico_run(tmp_path_factory) -> Path:
     """An untrained asca_pico run: 4 classes, 1 s clips at 16 kHz, 64 mels, BCE."""
     return write_run(tmp_path_factory.mktemp("runs") / "pico", Config.from_dict(PICO_CONFIG), PICO_LABELS)
+
+
+DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
+# The preset as shipped, on CPU with a fixed thread count so the session's one training run is
+# reproducible and leaves a core for the rest of the suite.
+DEMO_OVERRIDES = ("train.device=cpu", "train.num_threads=2")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """A model trained once per session with ``configs/demo.yaml`` on the built-in demo set."""
+    from asca_core.config import load_config
+    from asca_core.train.engine import fit
+
+    cfg = load_config(DEMO_CONFIG, DEMO_OVERRIDES)
+    run_dir = tmp_path_factory.mktemp("demo-runs") / "demo"
+    with pytest.MonkeyPatch.context() as mp:  # session fixtures start before the per-test isolation
+        mp.setenv("ASCA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "asca-cache"))
+        result = fit(cfg, run_dir, progress=False)
+    assert result["state"] == "finished", result
+    return run_dir
