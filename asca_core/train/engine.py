@@ -56,6 +56,8 @@ from .schedule import cosine_lr, set_lr
 STATE_FORMAT = "asca-train-state/1"
 NORM_STATS_CLIPS = 512  # training clips (centre crops, no augmentation) behind the norm statistics
 STATUS_EVERY_SECONDS = 5.0
+# warn_only determinism: ops without a deterministic kernel run anyway; say so once, not per step
+warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
 
 
 # ------------------------------------------------------------------------------------ data
@@ -255,7 +257,8 @@ class Trainer:
         self.best_val_loss = math.inf
         self.best_epoch = 0
         self.bad_epochs = 0
-        self.history: list[dict[str, Any]] = []
+        self._deterministic_before = (torch.are_deterministic_algorithms_enabled(),
+                                      torch.is_deterministic_algorithms_warn_only_enabled())
 
     # ----------------------------------------------------------------- set-up
     def _device(self, cfg: Config) -> torch.device:
@@ -283,7 +286,6 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-            warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
         ddp.init_distributed(self.env, self.device)
         # every rank writes into rank 0's folder (its default name carries a timestamp)
         self.run = RunStore(ddp.broadcast_object(str(self.run.path)))
@@ -809,6 +811,8 @@ def fit(cfg: Config | None, run_dir: str | Path, resume: bool = False, *, progre
     finally:
         trainer.stop.restore()
         ddp.shutdown_distributed()
+        enabled, warn_only = trainer._deterministic_before  # fit() may run inside the app's process
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | None = None,
