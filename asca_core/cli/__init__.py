@@ -1,7 +1,7 @@
 """The ``asca`` command: one parser, one sub-module per group of commands.
 
 Every :class:`~asca_core.errors.AscaError` ends the command with its one-line message on stderr
-and exit code 2; Ctrl-C exits with 130. Tracebacks are shown only with ``ASCA_DEBUG=1``.
+and exit code 2; Ctrl-C exits with 130, a closed output pipe quietly with 141. Tracebacks are shown only with ``ASCA_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"asca {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`asca data check ... | head`): stop quietly, as Unix tools do.
+        # Python flushes stdout again at exit, so point it at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
 
 
 if __name__ == "__main__":  # pragma: no cover
