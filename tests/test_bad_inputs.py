@@ -506,6 +506,17 @@ def test_cli_bad_manifests_and_config(sandbox, manifests):
                            [sandbox["cache"], sandbox["runs"]]) == []
 
 
+def test_cli_output_into_a_closed_pipe_ends_quietly(sandbox, corpus_dataset):
+    """``asca data check DATA | head -1``: the reader leaves early; no traceback, exit 141."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "asca_core.cli", "data", "check", str(corpus_dataset), "--quick"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=sandbox["work"], env=env)
+    proc.stdout.close()  # before the command prints anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert err == ""
+
+
 def _train_yaml(path: Path, data: Path) -> Path:
     path.write_text(
         "data:\n  path: " + json.dumps(str(data)) + "\n"
