@@ -613,3 +613,23 @@ def test_classify_page_names_each_bad_upload(sandbox, corpus, pico_clf_run, monk
         assert_one_line(at.error[0].value, name)
     assert changed_outside(before, snapshot(sandbox["root"], corpus, pico_clf_run),
                            [sandbox["cache"], sandbox["runs"], pico_clf_run.parent]) == []
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("train.epochs=2.5", "train.epochs must be an integer, got 2.5"),
+    ("train.lr=fast", "train.lr must be a number, got 'fast'"),
+    ("train.batch_size=.nan", "train.batch_size must be an integer, got nan"),
+    ("augment.mixup=maybe", "augment.mixup must be true or false"),
+    ("train.learning_rate=0.1", "unknown config key 'train.learning_rate'"),
+])
+def test_train_page_names_a_bad_override_and_starts_nothing(sandbox, extra, words):
+    before = snapshot(sandbox["root"])
+    at = _page("train").run()
+    _no_crash(at)
+    at.text_area(key="tr_extra").input(extra).run()
+    at.button(key="tr_start").click().run()
+    _no_crash(at)
+    assert len(at.error) == 1, [e.value for e in at.error]
+    assert_one_line(at.error[0].value, words)
+    assert not any(sandbox["runs"].iterdir())  # no run folder, no background process
+    assert changed_outside(before, snapshot(sandbox["root"]), [sandbox["cache"], sandbox["runs"]]) == []
