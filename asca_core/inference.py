@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .audio import audio_info, iter_windows, resample
+from .audio import audio_info, iter_windows, load_audio, resample
 from .config import Config
 from .errors import AscaError, AudioError, ConfigError
 from .features import FeatureExtractor, sliding_windows
@@ -113,6 +113,19 @@ class Prediction:
                 writer.writerow([self.source, f"{w.start:.3f}", f"{w.end:.3f}",
                                  *(f"{float(p):.6f}" for p in w.probs)])
         return path
+
+
+def centre_pad(wave: np.ndarray, n: int) -> np.ndarray:
+    """Zero-pad ``wave`` on both sides to ``n`` samples (longer waves are returned as they are).
+
+    Shapes: (T,) -> (max(T, n),).
+    """
+    if wave.size >= n:
+        return wave
+    out = np.zeros(n, dtype=np.float32)
+    first = (n - wave.size) // 2
+    out[first:first + wave.size] = wave
+    return out
 
 
 class Classifier:
@@ -208,17 +221,22 @@ class Classifier:
     @torch.no_grad()
     def spectrogram(self, wave: np.ndarray | Tensor, sample_rate: int | None = None,
                     window: float | None = None) -> Tensor:
-        """Exactly what the model sees for ``wave`` taken as one clip (centre crop or pad).
+        """Exactly what the model sees for ``wave`` taken as one clip, as evaluation feeds it.
+
+        A wave shorter than the window is zero-padded on both sides to the window (as
+        :meth:`predict` and evaluation do); a longer one is centre-cropped by the front end.
 
         Shapes: wave (T,) or (B, T) -> spec (B, 1, F, T') on the classifier's device, with
         (F, T') the model input size (padded mel axis included).
         """
-        tensor = torch.as_tensor(np.asarray(wave) if not isinstance(wave, Tensor) else wave)
-        if tensor.dim() == 1:
-            tensor = torch.from_numpy(self._as_wave(tensor, sample_rate)).unsqueeze(0)
-        elif sample_rate is not None and int(sample_rate) != self.sample_rate:
-            tensor = torch.stack([torch.from_numpy(self._as_wave(w, sample_rate)) for w in tensor])
-        return self.extractor_for(window)(tensor.float().to(self.device))
+        waves = wave.detach().cpu().numpy() if isinstance(wave, Tensor) else np.asarray(wave)
+        if waves.ndim == 1:
+            waves = waves[None]
+        if waves.ndim != 2:
+            raise AudioError(f"a wave must be (T,) or (B, T), got shape {waves.shape}")
+        n = int(round((self.clip_seconds if window is None else float(window)) * self.sample_rate))
+        batch = np.stack([centre_pad(self._as_wave(w, sample_rate), n) for w in waves])
+        return self.extractor_for(window)(torch.from_numpy(batch).to(self.device))
 
     # -- scoring ----------------------------------------------------------------------------
     def probabilities(self, logits: Tensor) -> Tensor:
@@ -246,14 +264,25 @@ class Classifier:
                 ) -> tuple[Iterator[tuple[float, np.ndarray]], float]:
         """Windows of a file (streamed from disk) or a wave, and the recording's duration.
 
+        Windows start every ``hop`` seconds and the last one is zero-padded at its end; a
+        recording shorter than one window gives one window with the audio centred in it (its
+        start is then negative).
+
         Shapes: yields (start_seconds, (W,) float32) at the model's sample rate.
         """
         window, hop = self._window_hop(window, hop)
+        n = int(round(window * self.sample_rate))
         if isinstance(audio, (str, Path)):
             info = audio_info(audio)
-            return iter_windows(audio, self.sample_rate, window, hop), float(info.duration)
-        wave = self._as_wave(audio, sample_rate)
+            if info.duration * self.sample_rate >= n:
+                return iter_windows(audio, self.sample_rate, window, hop), float(info.duration)
+            wave = load_audio(audio, self.sample_rate)  # shorter than one window: small
+        else:
+            wave = self._as_wave(audio, sample_rate)
         duration = wave.size / self.sample_rate
+        if wave.size < n:
+            # Centred in its window, as evaluation pads a short clip; the window starts before 0.
+            return iter([(-((n - wave.size) // 2) / self.sample_rate, centre_pad(wave, n))]), duration
 
         def generate() -> Iterator[tuple[float, np.ndarray]]:
             for start, end in sliding_windows(wave.size, self.sample_rate, window, hop):
@@ -302,7 +331,7 @@ class Classifier:
         if batch:
             rows.append(self.predict_windows(np.stack(batch), window))
         probs = np.concatenate(rows).astype(np.float32)  # (N, K)
-        timeline = [TimelineWindow(start=s, end=min(s + window, duration), probs=p)
+        timeline = [TimelineWindow(start=max(s, 0.0), end=min(s + window, duration), probs=p)
                     for s, p in zip(starts, probs)]
         probs_max, probs_mean = probs.max(axis=0), probs.mean(axis=0)
         chosen = probs_max if aggregate == "max" else probs_mean

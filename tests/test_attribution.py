@@ -348,3 +348,18 @@ def test_deletion_and_insertion_curve_end_points(clf):
     long_attr = attribute(clf, _call(seconds=3.0), method="saliency")
     with pytest.raises(AscaError, match="one-window"):
         deletion_curve(clf, long_attr)
+
+
+def test_clip_shorter_than_a_window_keeps_map_and_model_input_aligned(clf):
+    wave = _call(seconds=0.5, at=(0.1, 0.3))
+    attr = attribute(clf, wave, method="saliency", target=0)
+    # 0.5 s is centred in the 1 s window (4000 samples = 25 frames of padding on each side);
+    # the map keeps the recording's own 51 frames, 0 .. 0.5 s.
+    assert attr.map.shape == (64, 51)
+    np.testing.assert_allclose(attr.times, np.arange(51) * 0.01, atol=1e-9)
+    model_input = clf.spectrogram(wave)[0, 0].numpy()
+    assert attr.cells[1] == slice(23, 74)  # model column = frame + 25 - 2 (crop offset)
+    np.testing.assert_allclose(attr.spec, model_input[attr.cells], rtol=1e-6)
+    curve = deletion_curve(clf, attr, steps=4)
+    p_clip = clf.predict(wave).probs[0]
+    assert curve.probs[0] == pytest.approx(p_clip, abs=1e-5)

@@ -73,6 +73,23 @@ def test_spectrogram_is_exactly_the_model_input(clf):
     np.testing.assert_allclose(clf.predict(wave).probs, probs, rtol=1e-5, atol=1e-6)
 
 
+def test_short_clip_is_centred_in_its_window_as_evaluation_pads_it(clf, tmp_path):
+    from asca_core.data.dataset import fit_length
+
+    wave = _noise(0.4, seed=8)
+    spec = clf.spectrogram(wave)
+    expected = FeatureExtractor(clf.cfg.features)(torch.from_numpy(fit_length(wave, SR))[None])
+    torch.testing.assert_close(spec, expected)  # the evaluation dataset's centred zero padding
+    pred = clf.predict(wave)
+    assert len(pred.timeline) == 1
+    assert (pred.timeline[0].start, pred.timeline[0].end) == (0.0, pytest.approx(0.4))
+    with torch.no_grad():
+        np.testing.assert_allclose(pred.probs, torch.sigmoid(clf.model(spec))[0].numpy(), rtol=1e-5)
+    path = tmp_path / "short.wav"
+    sf.write(path, wave, SR, subtype="FLOAT")
+    np.testing.assert_allclose(clf.predict(path).probs, pred.probs, rtol=1e-5)
+
+
 def test_one_clip_gives_one_window_and_sorted_top_k(clf):
     pred = clf.predict(_noise(1.0), top_k=3)
     assert isinstance(pred, Prediction)

@@ -476,12 +476,16 @@ def attribute(classifier, audio: str | Path | np.ndarray | Tensor, method: str =
         starts.append(start)
         raw_map = _to_raw(values.cpu(), geom)
         raw_spec = _to_raw(spec[0, 0].cpu(), geom) if not geom.resize else _normalised_raw(extractor, wave)
-        lo = geom.raw_span[0] + int(round(start * classifier.sample_rate / cfg.hop_length))
-        hi = min(lo + raw_map.shape[1], n_total)
+        # Raw frame r of this window is frame r + shift of the recording (a short clip centred
+        # in its window starts before 0, so shift < 0 and its padding frames fall off the left).
+        shift = int(round(start * classifier.sample_rate / cfg.hop_length))
+        lo = geom.raw_span[0] + shift
+        skip = max(0, -lo)
+        lo, hi = lo + skip, min(lo + raw_map.shape[1], n_total)
         if hi <= lo:
             continue
-        acc_map[:, lo:hi] += raw_map[:, : hi - lo]
-        acc_spec[:, lo:hi] += raw_spec[:, : hi - lo]
+        acc_map[:, lo:hi] += raw_map[:, skip:skip + hi - lo]
+        acc_spec[:, lo:hi] += raw_spec[:, skip:skip + hi - lo]
         count[lo:hi] += 1
         inputs = spec.detach().cpu() if len(starts) == 1 else None
     covered = torch.nonzero(count > 0).flatten()
@@ -501,7 +505,8 @@ def attribute(classifier, audio: str | Path | np.ndarray | Tensor, method: str =
     return Attribution(map=att_map, spec=spec_out.numpy(), times=frame_times(cfg, last - first, first),
                        freqs=mel_frequencies(cfg), target=target_index, label=classifier.labels[target_index],
                        method=method, meta=meta, inputs=inputs if len(starts) == 1 else None,
-                       cells=(slice(0, geom.n_mels), slice(*geom.model_span)) if single else None)
+                       cells=(slice(0, geom.n_mels), slice(first - shift - geom.offset, last - shift - geom.offset))
+                       if single else None)
 
 
 def _normalised_raw(extractor: FeatureExtractor, wave: Tensor) -> Tensor:
