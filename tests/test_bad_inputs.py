@@ -611,6 +611,14 @@ def test_classify_page_names_each_bad_upload(sandbox, corpus, pico_clf_run, monk
         _no_crash(at)
         assert at.error, name
         assert_one_line(at.error[0].value, name)
+    for path, words in ((corpus / "nan_float.wav", "NaN or infinite samples"), (corpus, "no such file"),
+                        (corpus / "missing.wav", "no such file")):
+        at = _page("classify").run()
+        at.segmented_control(key="cls_source").set_value("File on this machine").run()
+        at.text_input(key="cls_path").input(str(path)).run()
+        _no_crash(at)
+        assert at.error, path
+        assert_one_line(at.error[0].value, path.name, words)
     assert changed_outside(before, snapshot(sandbox["root"], corpus, pico_clf_run),
                            [sandbox["cache"], sandbox["runs"], pico_clf_run.parent]) == []
 
