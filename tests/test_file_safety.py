@@ -241,6 +241,28 @@ def test_cache_entry_holding_a_pickle_is_ignored(tmp_path, marker):
     assert np.load(entry, allow_pickle=False).shape == (8000,)  # and overwritten with plain floats
 
 
+def test_app_pages_show_one_line_for_a_malicious_checkpoint(tmp_path, monkeypatch, marker):
+    from streamlit.testing.v1 import AppTest
+
+    from workbench.state import GENERIC_ERROR
+
+    root = tmp_path / "runs"
+    write_run(root / "good", Config.from_dict(PICO_CONFIG), PICO_LABELS)
+    bad = write_run(root / "bad", Config.from_dict(PICO_CONFIG), PICO_LABELS)
+    files = _malicious_files(tmp_path / "files", marker)
+    (bad / "checkpoints" / "best.safetensors").write_bytes(files["torch_zip"].read_bytes())
+    monkeypatch.setenv("ASCA_RUNS_DIR", str(root))
+    monkeypatch.setenv("ASCA_CACHE_DIR", str(tmp_path / "cache"))
+    for page in ("classify", "attention", "runs"):
+        at = AppTest.from_file(str(ROOT / "workbench" / "pages" / f"{page}.py"), default_timeout=240).run()
+        if page != "runs":
+            at.selectbox(key="selected_run").set_value("bad").run()
+            assert len(at.error) == 1 and "bad/checkpoints/best.safetensors" in at.error[0].value, page
+            assert "\n" not in at.error[0].value
+        assert not at.exception, page
+        assert all(GENERIC_ERROR not in e.value for e in at.error), page
+
+
 # ------------------------------------------------------------------------------ uploads
 def _streamlit_config() -> dict:
     return tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
