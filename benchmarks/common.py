@@ -46,6 +46,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "date": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
         "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(),
         "usable_cores": affinity,
         "torch": torch.__version__,

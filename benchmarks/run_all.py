@@ -107,7 +107,7 @@ def run_section(name: str, quick: bool, threads: int | None, budget: float | Non
 def write_results(machine: dict, sections: list[dict], args: argparse.Namespace, seconds: float,
                   load_end: float) -> str:
     mode = "QUICK (reduced sizes and repeats: a smoke run, not the reference figures)" if args.quick else "full"
-    rows = [["date", machine["date"]], ["CPU", machine["cpu"]],
+    rows = [["date", machine["date"]], ["CPU", f"{machine['cpu']} ({machine['cpu_capability']} kernels)"],
             ["cores", f"{machine['cores']} ({machine['usable_cores']} usable)"],
             ["torch", machine["torch"]], ["torch threads", str(machine["torch_threads"])],
             ["Python / NumPy", f"{machine['python']} / {machine['numpy']}"], ["platform", machine["platform"]],
