@@ -29,7 +29,7 @@ from asca_core import audio
 from asca_core.cli import main as cli_main
 from asca_core.config import Config, load_config
 from asca_core.data import check_dataset, filter_readable, load_dataset
-from asca_core.errors import AscaError, AudioError, ConfigError, DatasetError
+from asca_core.errors import AudioError, ConfigError, DatasetError
 from audio_factory import (tone, write_empty, write_header_only, write_text, write_tone,
                            write_truncated, write_truncated_to_header)
 from fixtures_runs import PICO_CONFIG, PICO_LABELS, write_run
