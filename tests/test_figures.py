@@ -137,9 +137,10 @@ def test_attention_map_tokens_line_up_with_the_spectrogram():
     assert overlay.y[1] == pytest.approx(23.5)
     assert overlay.x[7] == pytest.approx(239.5 * HOP / SR)
     custom = np.asarray(clicks.customdata)
-    assert custom.shape == (40, 2)
+    assert custom.shape == (40, 3)
+    assert custom[:, 2].max() == 1.0  # the weight rides along for the hover text
     hit = np.argmin(np.abs(np.asarray(clicks.x) - overlay.x[7]) + np.abs(np.asarray(clicks.y) - overlay.y[1]))
-    assert custom[hit].tolist() == [1, 7]
+    assert custom[hit].tolist() == [1, 7, 1.0]
     rect = fig.layout.shapes[0]
     assert rect.y0 == pytest.approx(32 - 0.5) and rect.x0 == pytest.approx(96 * HOP / SR - 0.5 * HOP / SR)
 

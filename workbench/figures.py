@@ -48,11 +48,12 @@ __all__ = [
 DEFAULT_STAGES: tuple[tuple[str, int], ...] = (("S0", 2), ("S1", 4), ("S2", 8), ("S3", 16), ("S4", 32))
 
 SPEC_COLORS = "Magma"
+UNDERLAY = "Greys"  # spectrogram under an overlay: silence white, energy dark
 COLORS = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D",
           "#BAB0AC", "#EECA3B")
 # Overlays fade in from fully transparent, so the spectrogram stays readable where weights are low.
-HEAT_OVERLAY = [[0.0, "rgba(0,229,255,0)"], [0.15, "rgba(0,229,255,0.12)"],
-                [0.6, "rgba(80,255,160,0.5)"], [1.0, "rgba(255,255,80,0.85)"]]
+HEAT_OVERLAY = [[0.0, "rgba(255,200,0,0)"], [0.2, "rgba(255,170,0,0.15)"],
+                [0.6, "rgba(255,100,0,0.5)"], [1.0, "rgba(200,0,40,0.85)"]]
 SIGNED_OVERLAY = [[0.0, "rgba(40,120,255,0.95)"], [0.4, "rgba(40,120,255,0.25)"],
                   [0.5, "rgba(255,255,255,0)"], [0.6, "rgba(255,60,40,0.25)"],
                   [1.0, "rgba(255,60,40,0.95)"]]
@@ -500,23 +501,30 @@ def attention_map(spec: Any, attn: Any, sample_rate: int, hop_length: int, *,
     frame_s = hop_length / sample_rate
     freqs = _bin_freqs(spec.shape[0], sample_rate, f_min, f_max, freqs_hz)
     xs, ys = _token_centres(a.shape, spec.shape, frame_s, t0)
-    fig = go.Figure(_spec_trace(spec, sample_rate=sample_rate, hop_length=hop_length, freqs=freqs, t0=t0,
-                                colorscale="Greys_r", showscale=False))
+    background = _spec_trace(spec, sample_rate=sample_rate, hop_length=hop_length, freqs=freqs, t0=t0,
+                             colorscale=UNDERLAY, showscale=False)
     # the colour range spans the map's own min..max: nearly uniform attention still shows its
     # structure, and the colour bar keeps the true weights
     low, peak = _range(a)
-    fig.add_trace(go.Heatmap(z=a, x=xs, y=ys, colorscale=HEAT_OVERLAY, zmin=low, zmax=peak,
-                             colorbar=dict(title=dict(text=colorbar_title, side="right"), thickness=12),
-                             hovertemplate="token (%{y:.0f}, %{x:.2f} s)<br>weight %{z:.4f}<extra></extra>"))
+    overlay = go.Heatmap(z=a, x=xs, y=ys, colorscale=HEAT_OVERLAY, zmin=low, zmax=peak,
+                         colorbar=dict(title=dict(text=colorbar_title, side="right"), thickness=12),
+                         hovertemplate="token (%{y:.0f}, %{x:.2f} s)<br>weight %{z:.4f}<extra></extra>")
+    fig = go.Figure([background, overlay])
     if clickable:
+        # hover and clicks go to one invisible marker per token (heatmap cells are not selectable)
+        background.update(hoverinfo="skip", hovertemplate=None)
+        overlay.update(hoverinfo="skip", hovertemplate=None)
+        fig = go.Figure([background, overlay])
         gx, gy = np.meshgrid(xs, ys)
         t_idx, f_idx = np.meshgrid(np.arange(a.shape[1]), np.arange(a.shape[0]))
         fig.add_trace(go.Scatter(x=gx.ravel(), y=gy.ravel(), mode="markers",
                                  marker=dict(size=max(6, min(30, 600 // max(a.shape))), opacity=0.0),
-                                 customdata=np.stack([f_idx.ravel(), t_idx.ravel()], 1),
-                                 hovertemplate="query token (%{customdata[0]}, %{customdata[1]})"
-                                               "<extra>click to select</extra>",
+                                 customdata=np.stack([f_idx.ravel(), t_idx.ravel(), a.ravel()], 1),
+                                 hovertemplate="token (%{customdata[0]:.0f}, %{customdata[1]:.0f}) · "
+                                               "%{x:.2f} s<br>weight %{customdata[2]:.4f}"
+                                               "<extra>click: make it the query</extra>",
                                  showlegend=False, name="tokens"))
+        fig.update_layout(hoverdistance=-1)  # the nearest token answers wherever the pointer is
     if query is not None:
         qi, qj = query
         hh, ww = spec.shape[0] / a.shape[0], spec.shape[1] / a.shape[1] * frame_s
@@ -547,7 +555,7 @@ def attention_heads(spec: Any, maps: Any, sample_rate: int, hop_length: int, *,
     times = t0 + (np.arange(spec_small.shape[1]) * factor + (factor - 1) / 2) * frame_s
     for h in range(heads):
         r, c = h // cols + 1, h % cols + 1
-        fig.add_trace(go.Heatmap(z=spec_small, x=times, y=np.arange(spec.shape[0]), colorscale="Greys_r",
+        fig.add_trace(go.Heatmap(z=spec_small, x=times, y=np.arange(spec.shape[0]), colorscale=UNDERLAY,
                                  showscale=False, hoverinfo="skip"), row=r, col=c)
         low, peak = _range(m[h])
         fig.add_trace(go.Heatmap(z=m[h], x=xs, y=ys, colorscale=HEAT_OVERLAY, zmin=low, zmax=peak, showscale=False,
@@ -655,7 +663,7 @@ def attribution_overlay(spec: Any, attr: Any, sample_rate: int, hop_length: int,
     freqs = _bin_freqs(spec.shape[0], sample_rate, f_min, f_max, freqs_hz)
     frame_s = hop_length / sample_rate
     fig = go.Figure(_spec_trace(spec, sample_rate=sample_rate, hop_length=hop_length, freqs=freqs, t0=t0,
-                                colorscale="Greys_r", showscale=False))
+                                colorscale=UNDERLAY, showscale=False))
     if a.shape != spec.shape:
         xs, ys = _token_centres(a.shape, spec.shape, frame_s, t0)
     else:

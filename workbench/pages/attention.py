@@ -13,8 +13,11 @@ def _apply_click(grid: tuple[int, int]) -> None:
     event = st.session_state.get(CLICK)
     points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else []
     cell = next((p.get("customdata") for p in points if p.get("customdata")), None)
-    if cell and tuple(cell) != st.session_state.get(SEEN):
-        st.session_state[SEEN] = tuple(cell)
+    if isinstance(cell, dict):  # plotly sends array customdata as {"0": f, "1": t, ...}
+        cell = [cell.get("0"), cell.get("1")]
+    cell = tuple(int(v) for v in cell[:2]) if cell and None not in cell[:2] else None
+    if cell and cell != st.session_state.get(SEEN):
+        st.session_state[SEEN] = cell
         st.session_state[QF] = min(int(cell[0]), grid[0] - 1)
         st.session_state[QT] = min(int(cell[1]), grid[1] - 1)
 

@@ -51,7 +51,7 @@ def render() -> None:
     top_k = c1.slider("Top classes", 1, min(10, len(clf.labels)), min(5, len(clf.labels)), key="cls_topk")
     hop = c2.slider("Window hop (s)", 0.25, clf.clip_seconds, clf.clip_seconds / 2, 0.25, key="cls_hop")
     pred = state.predict(str(run.path), stamp, str(path), top_k, None, hop)
-    st.audio(str(path))
+    st.audio(path.read_bytes(), format=state.audio_mime(path))
 
     left, right = st.columns([2, 3])
     top = pd.DataFrame(pred.top, columns=["class", "probability"])

@@ -16,10 +16,12 @@ def render() -> None:
     st.title("Data")
     st.caption("The built-in demo set, or any folder-per-class tree, CSV manifest, BirdCLEF 2023 "
                "or ESC-50 folder on this machine.")
-    c1, c2 = st.columns([4, 1])
+    c1, c2, c3 = st.columns([8, 2, 1], vertical_alignment="bottom")
     path = c1.text_input("Dataset", value="demo", key=state.KEYS["dataset"],
                          help="`demo`, a folder, or a manifest CSV path")
     fmt = c2.selectbox("Format", FORMATS, key=state.KEYS["format"])
+    if c3.button("Reload", icon=":material/refresh:", help="Read the dataset again (files added or changed)"):
+        state.dataset_table.clear()
     table, facts = state.dataset_table(path, fmt)
     hours = table["duration"].sum() / 3600
     m = st.columns(5)

@@ -25,7 +25,8 @@ def _form() -> None:
     }
     c = st.columns(4)
     values["train.batch_size"] = c[0].number_input("Batch size", 1, 1024, cfg.train.batch_size, key=f"tr_batch_{preset}")
-    values["train.lr"] = c[1].number_input("Learning rate", 1e-6, 1.0, cfg.train.lr, format="%.1e", key=f"tr_lr_{preset}")
+    values["train.lr"] = c[1].number_input("Learning rate", 1e-6, 1.0, cfg.train.lr, step=1e-4, format="%.1e",
+                                          key=f"tr_lr_{preset}")
     values["features.clip_seconds"] = c[2].number_input("Clip (s)", 0.5, 60.0, cfg.features.clip_seconds,
                                                         key=f"tr_clip_{preset}")
     values["augment.mixup"] = c[3].checkbox("Mixup", cfg.augment.mixup, key=f"tr_mixup_{preset}")
@@ -69,7 +70,7 @@ def _panel(name: str, live: bool) -> None:
             st.plotly_chart(figures.training_curves({name: info.metrics}), key=f"curves_{name}")
         st.caption("Console")
         st.code("\n".join(jobs.read_console(info.path, 6000).splitlines()[-25:]) or "(no output yet)",
-                language="log")
+                language="log", wrap_lines=True)
     state.guarded(body)
 
 

@@ -1,0 +1,194 @@
+"""The app in a real browser: Debian's chromium drives `streamlit run app.py` on a free port.
+
+Every page is visited and must render without an exception; a real recording is uploaded on the
+Classify page and the prediction and its attribution must appear. Full-page screenshots (1280 px
+wide) are written to ``docs/screenshots/<page>.png`` for the README.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from fixtures_app import tiny_demo, tiny_run  # noqa: F401 - pytest fixtures
+from fixtures_runs import demo_run  # noqa: F401 - pytest fixture
+from workbench.state import GENERIC_ERROR
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
+RECORDING = "fsdd/recordings/0_george_0.wav"
+# Streamlit scrolls inside its main section, so a full-page shot needs the window as tall as it.
+CONTENT_HEIGHT = """() => {
+  const block = document.querySelector('[data-testid=stMainBlockContainer]');
+  const main = document.querySelector('[data-testid=stMain]');
+  return Math.ceil(Math.max(block ? block.getBoundingClientRect().height + 140 : 0,
+                            main ? main.scrollHeight : 0, 700));
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_run, demo_run):  # noqa: F811
+    """``streamlit run app.py`` on a free loopback port; its runs folder holds the session's tiny
+    run and the demo preset's run (the newest, so the pages open on it)."""
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} is not installed (scripts/setup.sh test installs Debian's chromium)")
+    runs = tmp_path_factory.mktemp("browser-runs")
+    shutil.copytree(tiny_run, runs / tiny_run.name)
+    shutil.copytree(demo_run, runs / "demo")
+    (runs / "demo" / "config.yaml").touch()  # runs are listed newest first
+    port = _free_port()
+    env = dict(os.environ, ASCA_RUNS_DIR=str(runs),
+               ASCA_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "asca-cache"))
+    log = tmp_path_factory.mktemp("browser-log") / "streamlit.txt"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                                 "--server.address", "127.0.0.1", "--server.headless", "true",
+                                 "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start:\n{log.read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        server_log = log.read_text(errors="replace")
+        if "Traceback" in server_log:
+            print(server_log)
+
+
+@pytest.fixture(scope="module")
+def browser_page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(240_000)
+        yield page
+        browser.close()
+
+
+def settle(page) -> None:
+    """Wait until the script has run to its end (a fresh server first shows only a skeleton)."""
+    page.wait_for_selector(IDLE)
+    page.wait_for_timeout(800)  # a rerun triggered by the first render (fragments, widgets)
+    page.wait_for_selector(IDLE)
+
+
+def check_clean(page) -> None:
+    assert page.locator("[data-testid=stException]").count() == 0
+    text = page.inner_text("body")
+    assert "Traceback" not in text
+    assert GENERIC_ERROR not in text
+    assert page.locator("[data-testid=stAlertContentError]").count() == 0, text
+
+
+def screenshot(page, name: str) -> Path:
+    from PIL import Image
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": 1280, "height": page.evaluate(CONTENT_HEIGHT)})
+    page.wait_for_timeout(1500)  # plotly redraws at the new size
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    # a 256-colour palette keeps the committed screenshots small
+    Image.open(path).convert("RGB").quantize(colors=256).save(path, optimize=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    return path
+
+
+def visit(page, server: str, path: str, title: str) -> None:
+    page.goto(f"{server}/{path}")
+    settle(page)
+    page.get_by_role("heading", name=title).first.wait_for()
+    check_clean(page)
+
+
+def test_every_page_renders_in_chromium(browser_page, server, shared_data):
+    page = browser_page
+    visit(page, server, "", "Data")
+    assert page.locator(".js-plotly-plot").count() >= 5  # counts, durations, wave, spectrogram, tokens
+    screenshot(page, "data")
+
+    visit(page, server, "augment", "Augment")
+    page.get_by_role("tab", name="Whole pipeline").click()
+    settle(page)
+    check_clean(page)
+    screenshot(page, "augment")
+
+    visit(page, server, "train", "Train")
+    assert page.get_by_text("finished").count() >= 1
+    page.get_by_text("New training run").click()  # show the form in the screenshot
+    page.get_by_role("button", name="Start training").wait_for()
+    check_clean(page)
+    screenshot(page, "train")
+
+    visit(page, server, "runs", "Runs")
+    assert page.locator(".js-plotly-plot").count() >= 3  # curves, per-class AP, confusion
+    screenshot(page, "runs")
+    page.get_by_role("tab", name="Layout ablation").click()
+    settle(page)
+    check_clean(page)
+
+    visit(page, server, "attention", "Attention")
+    assert page.locator(".js-plotly-plot").count() >= 4
+    screenshot(page, "attention")
+
+    visit(page, server, "classify", "Classify")
+    page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(str(shared_data / RECORDING))
+    page.get_by_text("Listen to the explanation").wait_for()
+    settle(page)
+    page.locator(".js-plotly-plot", has_text="Integrated gradients for").wait_for()
+    check_clean(page)
+    assert page.locator("[data-testid=stDataFrame]").count() >= 1  # the top-k table
+    screenshot(page, "classify")
+
+
+def test_clicking_the_attention_map_moves_the_query(browser_page, server):
+    page = browser_page
+    visit(page, server, "attention", "Attention")
+    column = page.locator("input[type=range][aria-label='Query time column']")
+    assert column.input_value() != "0"
+    plot = page.locator(".js-plotly-plot").first
+    plot.scroll_into_view_if_needed()
+    box = plot.locator(".nsewdrag").first.bounding_box()
+    x, y = box["x"] + box["width"] * 0.04, box["y"] + box["height"] * 0.5  # the first time column
+    page.mouse.move(x, y)
+    page.mouse.click(x, y)
+    page.wait_for_timeout(500)
+    settle(page)
+    check_clean(page)
+    assert column.input_value() == "0"
