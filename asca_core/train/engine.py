@@ -579,8 +579,9 @@ class Trainer:
         if done <= 0:
             return "?"
         per_step = (time.monotonic() - self._session_started) / done
-        # validation time is not counted: an estimate, shown as whole minutes
-        return f"{per_step * (self.total_steps - self.step) / 60:.0f}min"
+        # an estimate from this session's pace (validation included), as h:mm:ss
+        seconds = int(per_step * (self.total_steps - self.step))
+        return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
     def _bar(self, epoch: int, initial: int):
         if not self.env.is_main or self.progress is False:
