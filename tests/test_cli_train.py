@@ -8,7 +8,7 @@ import json
 import pytest
 from train_factory import make_tiny_data, run_cli, write_tiny_yaml
 
-from asca_core.train.engine import fit
+from asca_core.train.engine import evaluate, fit
 from asca_core.train.runstore import RunStore
 
 
@@ -87,7 +87,7 @@ def test_eval_json_matches_training_evaluation(trained):
     assert out["acc"] == pytest.approx(logged["acc"]) and out["map"] == pytest.approx(logged["map"])
     assert len(out["per_class"]["ap"]) == len(out["labels"]) == 8
     assert sum(map(sum, out["confusion"])) == 8
-    val = json.loads(run_cli("eval", str(trained), "--json", "--split", "val", "--checkpoint", "last").stdout)
+    val = evaluate(trained, split="val", checkpoint="last")  # the same function, in-process
     best_row = RunStore(trained).metrics()[-1]
     assert val["split"] == "val" and val["acc"] == pytest.approx(best_row["val_acc"])
     assert val["loss"] == pytest.approx(best_row["val_loss"], rel=1e-5)
@@ -98,10 +98,11 @@ def test_eval_table_and_other_dataset(trained, data):
     assert result.returncode == 0, result.stderr
     assert "accuracy" in result.stdout and "confusion matrix" in result.stdout
     # the same files as "another dataset": every clip, official split selectable
-    other = json.loads(run_cli("eval", str(trained), "--data", str(data), "--json").stdout)
+    other = evaluate(trained, data=str(data))
     assert other["n"] == 48 and other["split"] == "all"
-    test_only = json.loads(run_cli("eval", str(trained), "--data", str(data), "--split", "test", "--json").stdout)
+    test_only = evaluate(trained, data=str(data), split="test")
     assert test_only["n"] == 8
+    assert test_only["acc"] == pytest.approx(evaluate(trained)["acc"])  # the run's own test split
 
 
 def test_train_prints_run_dir_and_final_metrics(config, tmp_path):
