@@ -121,7 +121,8 @@ def make_cache(cfg: Config) -> _MemoryCache:
     from ..utils import cache_dir
 
     root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_dir() / "waves"
-    return _MemoryCache(FeatureCache(root))
+    # every DataLoader worker holds its own copy: share one budget between them
+    return _MemoryCache(FeatureCache(root), budget_bytes=(1 << 30) // max(1, cfg.data.num_workers))
 
 
 def _collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
