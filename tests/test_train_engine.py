@@ -289,3 +289,26 @@ def test_relative_data_paths(tmp_path, monkeypatch):
 
     with pytest.raises(DatasetError, match="not found"):
         resolve_data_path("missing.csv", project / "configs" / "x.yaml")
+
+
+def test_stopped_ablation_stops_and_continues(data, tmp_path, monkeypatch):
+    from asca_core.train.ablate import run_ablation
+
+    cfg = tiny_config(data, "train.epochs=1")
+    real_step = engine.Trainer._train_step
+
+    def step_then_stop(self, epoch, wave, target):
+        real_step(self, epoch, wave, target)
+        if self.step == 2:
+            self.stop.requested = True
+
+    monkeypatch.setattr(engine.Trainer, "_train_step", step_then_stop)
+    first = run_ablation(cfg, ["CCCT", "CCCC"], 1, tmp_path / "abl", progress=False)
+    assert first["state"] == "stopped" and first["stopped_at"].endswith("CCCT-seed0")
+    assert not (tmp_path / "abl" / "CCCC-seed0").exists()  # the next variant never started
+    monkeypatch.setattr(engine.Trainer, "_train_step", real_step)
+    lines: list[str] = []
+    second = run_ablation(cfg, ["CCCT", "CCCC"], 1, tmp_path / "abl", progress=False, echo=lines.append)
+    assert second["state"] == "finished" and [r["layout"] for r in second["table"]] == ["CCCT", "CCCC"]
+    assert any("resumed from epoch 0, batch 2" in line for line in lines)
+    assert RunStore(tmp_path / "abl" / "CCCT-seed0").status()["steps"] == 4

@@ -246,6 +246,9 @@ def _ablate(args: argparse.Namespace) -> int:
     print(f"ablation folder: {out}", flush=True)
     echo = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     summary = run_ablation(cfg, layouts, args.seeds, out, echo=echo, progress=False if args.quiet else None)
+    if summary["state"] != "finished":
+        print(f"stopped during {summary['stopped_at']}; run the same command again to continue")
+        return 130
     print(summary["markdown"])
     print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.html'}")
     return 0

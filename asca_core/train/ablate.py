@@ -24,15 +24,16 @@ METRICS = ("test_acc", "test_map", "test_auc", "test_cmap", "val_acc", "val_map"
 
 
 def _run_one(cfg: Config, run_dir: Path, echo: Callable[[str], None] | None,
-             progress: bool | None) -> None:
+             progress: bool | None) -> bool:
+    """Train (or resume, or reuse) one variant; False when it was stopped before finishing."""
     from .engine import fit
 
     store = RunStore(run_dir)
     if store.exists() and store.status().get("state") == "finished":
         if echo:
             echo(f"{run_dir.name}: finished earlier, reused")
-        return
-    fit(cfg, run_dir, resume=store.exists(), echo=echo, progress=progress)
+        return True
+    return fit(cfg, run_dir, resume=store.exists(), echo=echo, progress=progress)["state"] == "finished"
 
 
 def _collect(run_dir: Path) -> dict[str, Any]:
@@ -143,7 +144,8 @@ def run_ablation(cfg: Config, layouts: Sequence[str], seeds: int, out_dir: str |
 
     Seeds are ``cfg.train.seed + i``; the data split (``data.seed``) is the same for every run, and
     each seed gives every layout the same sampler order, crops and augmentation draws.
-    Returns ``{"table", "runs", "markdown"}``.
+    A run stopped by SIGINT/SIGTERM stops the ablation (``state`` "stopped"); calling this again
+    with the same arguments resumes it. Returns ``{"state", "table", "runs", "markdown"}``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,7 +160,10 @@ def run_ablation(cfg: Config, layouts: Sequence[str], seeds: int, out_dir: str |
             run_dir = out / f"{layout}-seed{seed}"
             if echo:
                 echo(f"=== {layout}, seed {seed} -> {run_dir}")
-            _run_one(run_cfg, run_dir, echo, progress)
+            if not _run_one(run_cfg, run_dir, echo, progress):
+                # SIGINT/SIGTERM stop the whole ablation; the same command continues it
+                return {"state": "stopped", "table": [], "runs": per_run, "markdown": "",
+                        "stopped_at": str(run_dir)}
             if layout not in costs:
                 costs[layout] = _cost(run_cfg, len(RunStore(run_dir).labels()))
             params, macs = costs[layout]
@@ -171,7 +176,7 @@ def run_ablation(cfg: Config, layouts: Sequence[str], seeds: int, out_dir: str |
     atomic_write_text(out / "results.csv", to_csv(table))
     atomic_write_text(out / "runs.csv", to_csv(per_run))
     write_html(out / "results.html", table, markdown, title)
-    return {"table": table, "runs": per_run, "markdown": markdown}
+    return {"state": "finished", "table": table, "runs": per_run, "markdown": markdown}
 
 
 __all__ = ["run_ablation", "summarize", "to_markdown", "to_csv", "write_html", "METRICS"]
