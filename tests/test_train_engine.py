@@ -310,5 +310,5 @@ def test_stopped_ablation_stops_and_continues(data, tmp_path, monkeypatch):
     lines: list[str] = []
     second = run_ablation(cfg, ["CCCT", "CCCC"], 1, tmp_path / "abl", progress=False, echo=lines.append)
     assert second["state"] == "finished" and [r["layout"] for r in second["table"]] == ["CCCT", "CCCC"]
-    assert any("resumed from epoch 0, batch 2" in line for line in lines)
+    assert any("resumed in epoch 1 after batch 2" in line for line in lines)
     assert RunStore(tmp_path / "abl" / "CCCT-seed0").status()["steps"] == 4

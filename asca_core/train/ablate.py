@@ -33,7 +33,9 @@ def _run_one(cfg: Config, run_dir: Path, echo: Callable[[str], None] | None,
         if echo:
             echo(f"{run_dir.name}: finished earlier, reused")
         return True
-    return fit(cfg, run_dir, resume=store.exists(), echo=echo, progress=progress)["state"] == "finished"
+    if store.exists():  # continue with the run's own resolved config (normalisation included)
+        return fit(store.config(), run_dir, resume=True, echo=echo, progress=progress)["state"] == "finished"
+    return fit(cfg, run_dir, echo=echo, progress=progress)["state"] == "finished"
 
 
 def _collect(run_dir: Path) -> dict[str, Any]:

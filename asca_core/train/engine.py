@@ -674,8 +674,9 @@ class Trainer:
         if self.env.is_main:
             self.run.truncate_metrics(self.epoch)
         if resumed:
-            where = f"epoch {self.epoch}" + (f", batch {self.batch}" if self.batch else "")
-            self.log(f"resumed from {where} (step {self.step})")
+            where = (f"in epoch {self.epoch + 1} after batch {self.batch}" if self.batch
+                     else f"after epoch {self.epoch}")
+            self.log(f"resumed {where} (step {self.step})")
         self.log(f"training {cfg.train.epochs} epochs x {self.steps_per_epoch} steps, batch "
                  f"{cfg.train.batch_size} per process, lr {cfg.train.lr:g}, warm-up {self.warmup_steps} steps")
         epochs_this_call = 0
