@@ -337,13 +337,19 @@ def test_deletion_and_insertion_curve_end_points(clf):
     with torch.no_grad():
         p_full = torch.sigmoid(clf.model(x))[0, attr.target].item()
         p_base = torch.sigmoid(clf.model(torch.full_like(x, silence_value(clf.extractor))))[0, attr.target].item()
-    deletion = deletion_curve(clf, attr, steps=10)
-    insertion = insertion_curve(clf, attr, steps=10)
+    deletion = deletion_curve(clf, attr, steps=10, baseline="silence")
+    insertion = insertion_curve(clf, attr, steps=10, baseline="silence")
+    assert deletion.baseline == "silence"
     assert deletion.fractions.shape == deletion.probs.shape == (11,)
     assert deletion.probs[0] == pytest.approx(p_full, abs=1e-5) and deletion.probs[-1] == pytest.approx(p_base, abs=1e-5)
     assert insertion.probs[0] == pytest.approx(p_base, abs=1e-5) and insertion.probs[-1] == pytest.approx(p_full, abs=1e-5)
     assert deletion.auc == pytest.approx(np.trapezoid(deletion.probs, deletion.fractions))
-    shuffled = deletion_curve(clf, attr, values=random_map(attr.map.shape, seed=1), steps=10)
+    shuffled = deletion_curve(clf, attr, values=random_map(attr.map.shape, seed=1), steps=10, baseline="silence")
+    blurred = deletion_curve(clf, attr, steps=10)  # default: cells replaced by a blurred copy
+    reference = make_baseline(x, "blur", clf.extractor)
+    with torch.no_grad():
+        p_blur = torch.sigmoid(clf.model(reference))[0, attr.target].item()
+    assert blurred.baseline == "blur" and blurred.probs[-1] == pytest.approx(p_blur, abs=1e-5)
     assert shuffled.probs[0] == pytest.approx(deletion.probs[0]) and not np.allclose(shuffled.probs, deletion.probs)
     long_attr = attribute(clf, _call(seconds=3.0), method="saliency")
     with pytest.raises(AscaError, match="one-window"):
