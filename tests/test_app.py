@@ -203,3 +203,30 @@ def test_without_a_model_the_pages_offer_the_quick_demo(tmp_path, monkeypatch):
     finally:
         for run in runs:
             jobs.stop_run(run.path)
+
+
+def test_train_page_offers_stop_for_a_live_run_and_resume_for_a_stopped_one(tmp_path, monkeypatch, tiny_run):  # noqa: F811
+    import os
+    import shutil
+
+    monkeypatch.setenv("ASCA_RUNS_DIR", str(tmp_path))
+    stopped = tmp_path / "stopped-run"
+    shutil.copytree(tiny_run, stopped)
+    status = json.loads((stopped / "status.json").read_text())
+    (stopped / "status.json").write_text(json.dumps({**status, "state": "stopped", "epoch": 1, "epochs": 5}))
+    live = tmp_path / "live-run"
+    live.mkdir()
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_acc": 0.2 * e, "val_map": 0.25 * e}
+            for e in (1, 2)]
+    (live / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # this test process stands in for the trainer: its pid is alive
+    (live / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid(), "epoch": 2,
+                                                  "epochs": 8, "batch": 3, "batches": 6}))
+    at = ok(page("train").run())
+    assert at.selectbox(key="tr_selected").value == "live-run"  # the active run is shown first
+    assert at.button(key="stop_live-run").label == "Stop"
+    assert "epoch 2/8, batch 3/6" in " ".join(m.value for m in at.markdown)
+    assert len(figures_of(at)[0].data) == 4  # train/val loss, accuracy, mAP
+    at.selectbox(key="tr_selected").set_value("stopped-run").run()
+    assert ok(at).button(key="resume_stopped-run").label == "Resume"
+    assert not [b for b in at.button if b.key == "stop_stopped-run"]

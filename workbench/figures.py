@@ -151,6 +151,9 @@ def _spec_trace(spec: np.ndarray, *, sample_rate: int, hop_length: int, freqs: n
     spec, factor = _pool_time(spec, max_frames)
     frame_s = hop_length / sample_rate
     times = t0 + (np.arange(spec.shape[1]) * factor + (factor - 1) / 2) * frame_s
+    if colorscale == UNDERLAY and zmin is None and zmax is None and spec.size:
+        # under an overlay only the loud cells matter: the noise floor (below the median) stays white
+        zmin, zmax = float(np.percentile(spec, 50)), float(np.percentile(spec, 99.5))
     kwargs: dict[str, Any] = {}
     if spec.size <= _MAX_HOVER_CELLS:
         kwargs["customdata"] = np.broadcast_to(freqs[:, None].round(0), spec.shape)
@@ -212,6 +215,10 @@ def spectrogram(spec: Any, sample_rate: int, hop_length: int, *, f_min: float = 
     """
     spec = _np(spec, 2)
     freqs = _bin_freqs(spec.shape[0], sample_rate, f_min, f_max, freqs_hz)
+    if zmin is None and spec.size:
+        # from the 1st percentile: a few empty mel bands or padded frames at the silence floor
+        # would otherwise take half of the colour range
+        zmin = float(np.percentile(spec, 1.0))
     fig = go.Figure(_spec_trace(spec, sample_rate=sample_rate, hop_length=hop_length, freqs=freqs, t0=t0,
                                 max_frames=max_frames, colorscale=colorscale, zmin=zmin, zmax=zmax))
     _spec_axes(fig, freqs)
@@ -252,7 +259,7 @@ def duration_histogram(durations: Sequence[float], *, clip_seconds: float | None
                                  hovertemplate="%{x} s: %{y} clips<extra></extra>"))
     if clip_seconds:
         fig.add_vline(x=clip_seconds, line_dash="dash", line_color=COLORS[3],
-                      annotation_text=f"training crop {clip_seconds:g} s", annotation_position="top right")
+                      annotation_text=f"training crop {clip_seconds:g} s", annotation_position="top left")
     fig.update_xaxes(title_text="duration (s)", rangemode="tozero")
     fig.update_yaxes(title_text="clips")
     return _layout(fig, title=title, height=height, bargap=0.05)
@@ -556,6 +563,7 @@ def attention_heads(spec: Any, maps: Any, sample_rate: int, hop_length: int, *,
     for h in range(heads):
         r, c = h // cols + 1, h % cols + 1
         fig.add_trace(go.Heatmap(z=spec_small, x=times, y=np.arange(spec.shape[0]), colorscale=UNDERLAY,
+                                 zmin=float(np.percentile(spec_small, 50)), zmax=float(np.percentile(spec_small, 99.5)),
                                  showscale=False, hoverinfo="skip"), row=r, col=c)
         low, peak = _range(m[h])
         fig.add_trace(go.Heatmap(z=m[h], x=xs, y=ys, colorscale=HEAT_OVERLAY, zmin=low, zmax=peak, showscale=False,

@@ -16,7 +16,7 @@ def render() -> None:
     st.title("Data")
     st.caption("The built-in demo set, or any folder-per-class tree, CSV manifest, BirdCLEF 2023 "
                "or ESC-50 folder on this machine.")
-    c1, c2, c3 = st.columns([8, 2, 1], vertical_alignment="bottom")
+    c1, c2, c3 = st.columns([6, 2, 1.4], vertical_alignment="bottom")
     path = c1.text_input("Dataset", value="demo", key=state.KEYS["dataset"],
                          help="`demo`, a folder, or a manifest CSV path")
     fmt = c2.selectbox("Format", FORMATS, key=state.KEYS["format"])

@@ -68,8 +68,8 @@ def _panel(name: str, live: bool) -> None:
                        "Resume continues from the last checkpoint.")
         if info.metrics:
             st.plotly_chart(figures.training_curves({name: info.metrics}), key=f"curves_{name}")
-        st.caption("Console")
-        st.code("\n".join(jobs.read_console(info.path, 6000).splitlines()[-25:]) or "(no output yet)",
+        st.caption("Console (last lines)")
+        st.code("\n".join(jobs.read_console(info.path, 8000).splitlines()[-15:]) or "(no output yet)",
                 language="log", wrap_lines=True)
     state.guarded(body)
 
