@@ -181,8 +181,8 @@ def explain(run_dir: str, stamp: float, path: str, start: float, method: str,
 
     clf = classifier(run_dir, stamp)
     wave = load_audio(path, clf.sample_rate, offset=start, duration=clf.clip_seconds)
-    # a recording shorter than one window is padded with silence here, as the model pads it, so the
-    # map covers the whole window (the faithfulness curves need map and model input to match)
+    # a recording shorter than one window is padded with silence, as the model pads it, so the map
+    # and its listenable explanation cover the whole window the model hears
     wave = np.pad(wave, (0, max(0, int(round(clf.clip_seconds * clf.sample_rate)) - wave.size)))
     options: dict[str, Any] = {"n_steps": 16} if method == "integrated_gradients" else {}
     attr = attribute(clf, wave, method=method, target=target, sample_rate=clf.sample_rate, **options)
