@@ -75,6 +75,17 @@ def test_an_old_status_does_not_hide_a_newer_job(tmp_path):
     assert jobs.run_info(path).state == "starting"
 
 
+def test_a_resume_right_after_a_stop_is_not_mistaken_for_the_stop(tmp_path):
+    # the old process wrote "stopped" in the same second the new job started
+    now = time.time()
+    from datetime import datetime, timezone
+
+    stamp = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
+    path = _run(tmp_path, "quick", {"state": "stopped", "pid": _dead_pid(), "updated": stamp},
+                {"pid": os.getpid(), "started_ts": now})
+    assert jobs.run_info(path).state == "starting"
+
+
 def test_finished_children_and_reused_pids_are_not_alive():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     time.sleep(1.0)  # exited but not reaped: a zombie still answers kill(pid, 0)

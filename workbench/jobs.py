@@ -224,8 +224,10 @@ def run_info(run_dir: str | Path) -> RunInfo:
     job_pid = job.get("pid") if isinstance(job.get("pid"), int) else None
     status_pid = status.get("pid") if isinstance(status.get("pid"), int) else None
     launched = float(job.get("started_ts") or 0.0)
-    # status.json stamps whole seconds: allow one second of rounding
-    status_current = _status_time(status) + 1.0 >= launched
+    if status_pid and job_pid:  # the trainer writes its pid: the status is this job's own
+        status_current = status_pid == job_pid or _status_time(status) > launched + 1.0
+    else:  # status.json stamps whole seconds: allow one second of rounding
+        status_current = _status_time(status) + 1.0 >= launched
     pid, start_time = job_pid, job.get("start_time")
     if status_pid and (job_pid is None or (status_pid != job_pid and _status_time(status) > launched)):
         pid, start_time = status_pid, None  # a process started from a terminal after the app's job
