@@ -10,7 +10,6 @@ finish the run. Resuming replays the same seeded stream, so every trial ends wit
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import signal
@@ -72,7 +71,8 @@ def every_file_loads(run_dir: Path) -> list[str]:
 def kill_at_random(config: Path, run_dir: Path, delay: float) -> tuple[bool, list[str]]:
     """Start training, SIGKILL it ``delay`` s after config.yaml appears.
 
-    Returns whether the process was still running when killed, and the files present then.
+    Returns whether the kill ended the process (rather than training finishing first), and the
+    files present just before the kill.
     """
     proc = cli_popen("train", "--config", str(config), "--run-dir", str(run_dir), "--quiet")
     try:
@@ -82,14 +82,15 @@ def kill_at_random(config: Path, run_dir: Path, delay: float) -> tuple[bool, lis
             assert time.monotonic() < deadline, "the run folder never appeared"
             time.sleep(0.005)
         time.sleep(delay)
-        alive = proc.poll() is None
         files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
-        os.kill(proc.pid, signal.SIGKILL)
+        proc.send_signal(signal.SIGKILL)  # a no-op when training has already ended
+        proc.communicate()
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate()
-    return alive, files
+            proc.communicate()
+    # Killed, not finished: the exit status says which of the two won the race.
+    return proc.returncode == -signal.SIGKILL, files
 
 
 def run_trial(config: Path, run_dir: Path, rng: random.Random) -> tuple[str, dict]:
