@@ -131,7 +131,7 @@ def test_ablate_writes_tables(config, tmp_path):
     result = run_cli("ablate", "--config", str(config), "--layouts", "CCCT,CCCC", "--seeds", "2",
                      "--out", str(out), "--set", "train.epochs=1", "--quiet", timeout=600)
     assert result.returncode == 0, result.stderr
-    for name in ("results.md", "results.csv", "runs.csv", "results.html", "ablation.json"):
+    for name in ("results.md", "results.csv", "runs.csv", "results.html", "results.svg", "ablation.json"):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["layout"] for r in rows] == ["CCCT", "CCCC"]
@@ -142,7 +142,9 @@ def test_ablate_writes_tables(config, tmp_path):
     assert sorted(r["run"] for r in runs) == ["CCCC-seed0", "CCCC-seed1", "CCCT-seed0", "CCCT-seed1"]
     md = (out / "results.md").read_text()
     assert "| CCCT | 2 |" in md and "±" in md
-    assert "plotly" in (out / "results.html").read_text().lower()
+    svg = (out / "results.svg").read_text()
+    assert svg.startswith("<svg") and svg.count("<rect") == 2 and ">CCCT<" in svg and ">CCCC<" in svg
+    assert svg in (out / "results.html").read_text() and "<script" not in svg
     # both layouts saw the same split and the same sampler / augmentation stream per seed
     a = RunStore(out / "CCCT-seed0").config()
     b = RunStore(out / "CCCC-seed0").config()

@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one value, e.g. --set train.lr=3e-4 (repeatable)")
     train.add_argument("--run-dir", metavar="DIR",
-                       help="run directory (default: $ASCA_RUNS_DIR or ./runs, /<config>-<time>)")
+                       help="run directory (default: RUNS/<config>-<time>, RUNS being $ASCA_RUNS_DIR or ./runs)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --run-dir from its last checkpoint")
     train.add_argument("--nproc", type=int, default=1, metavar="N",
@@ -50,13 +50,15 @@ def register(subparsers) -> None:
     ab = subparsers.add_parser(
         "ablate", help="train layout variants (CCCT vs CCTT vs CCCC ...) and tabulate them",
         description="Train every layout with every seed on the same splits and augmentation "
-                    "stream; write results.md, results.csv and results.html (mean +- std).")
-    ab.add_argument("--config", "-c", required=True, metavar="FILE")
-    ab.add_argument("--layouts", default="CCCT,CCTT,CCCC", metavar="L1,L2,...")
+                    "stream; write mean +- std tables (results.md, results.csv) and a chart (results.svg, results.html).")
+    ab.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config of every variant")
+    ab.add_argument("--layouts", default="CCCT,CCTT,CCCC", metavar="L1,L2,...",
+                    help="comma-separated layouts to train (default: CCCT,CCTT,CCCC)")
     ab.add_argument("--seeds", type=int, default=2, metavar="N", help="seeds per layout (default: 2)")
-    ab.add_argument("--out", metavar="DIR", help="output folder (default: runs folder/ablate-<config>-<time>)")
-    ab.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ab.add_argument("--quiet", action="store_true")
+    ab.add_argument("--out", metavar="DIR", help="output folder (default: RUNS/ablate-<config>-<time>)")
+    ab.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one value for every variant (repeatable)")
+    ab.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     ab.set_defaults(func=_ablate)
 
 
@@ -250,7 +252,7 @@ def _ablate(args: argparse.Namespace) -> int:
         print(f"stopped during {summary['stopped_at']}; run the same command again to continue")
         return 130
     print(summary["markdown"])
-    print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.html'}")
+    print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.svg'}, {out / 'results.html'}")
     return 0
 
 

@@ -4,7 +4,7 @@ Runs go to ``OUT/<layout>-seed<s>/`` (ordinary run directories); a finished run 
 interrupted one resumed, so an ablation can be continued by running the command again. The
 summary is written as ``results.md``, ``results.csv`` (one row per layout: mean and std of each
 metric, parameters, GMACs, training minutes), ``runs.csv`` (one row per run) and
-``results.html`` (a plotly figure).
+``results.svg`` with ``results.html`` (the chart and the table, self-contained).
 """
 
 from __future__ import annotations
@@ -123,21 +123,58 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def write_html(path: Path, table: list[dict[str, Any]], markdown: str, title: str) -> None:
-    """The ablation figure as a standalone HTML page (plotly, drawn by workbench.figures)."""
-    metric = "test_map" if any(r.get("test_map") is not None for r in table) else "val_map"
-    try:
-        # Figures are presentation and live in workbench; imported here only to write this file.
-        from workbench.figures import ablation as ablation_figure
-    except ImportError:
-        rows = "".join(f"<tr><td>{r['layout']}</td><td>{r.get(metric)}</td></tr>" for r in table)
-        atomic_write_text(path, f"<html><body><h3>{title}</h3><table>{rows}</table></body></html>\n")
-        return
-    fig = ablation_figure(table, label="layout", metric=metric, error=f"{metric}_std", cost="gmacs",
-                          cost_title="GMACs per clip", metric_title=metric.replace("_", " "), title=title)
-    body = fig.to_html(full_html=True, include_plotlyjs="cdn")
-    table_html = "<pre>" + markdown.replace("&", "&amp;").replace("<", "&lt;") + "</pre>"
-    atomic_write_text(path, body.replace("</body>", table_html + "</body>"))
+def _esc(text: Any) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def to_svg(table: list[dict[str, Any]], metric: str, title: str) -> str:
+    """A self-contained bar chart of ``metric`` per layout: the mean over seeds, a ±1 std whisker
+    and each layout's GMACs (attention layouts blue, all-conv grey). No scripts, nothing to fetch."""
+    width, bar_h, gap, left, top = 640, 28, 14, 70, 48
+    plot_w = width - left - 150
+    height = top + len(table) * (bar_h + gap) + 40
+    values = [r.get(metric) for r in table]
+    hi = max([1.0] + [float(v) + float(r.get(f"{metric}_std") or 0.0) for v, r in zip(values, table) if v is not None])
+    x = lambda v: left + plot_w * float(v) / hi  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13">',
+             f'<text x="{left}" y="22" font-size="15" font-weight="bold">{_esc(title)}</text>',
+             f'<text x="{left}" y="40" fill="#555">{_esc(metric.replace("_", " "))} '
+             f'(mean ± std over seeds)</text>']
+    for tick in np.linspace(0.0, hi, 5):
+        tx = x(tick)
+        parts.append(f'<line x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" y2="{height - 34}" stroke="#ddd"/>')
+        parts.append(f'<text x="{tx:.1f}" y="{height - 18}" text-anchor="middle" fill="#555">{tick:.2f}</text>')
+    for i, row in enumerate(table):
+        y = top + i * (bar_h + gap) + gap / 2
+        parts.append(f'<text x="{left - 8}" y="{y + bar_h * 0.68:.1f}" text-anchor="end" '
+                     f'font-weight="bold">{_esc(row["layout"])}</text>')
+        mean, std = row.get(metric), float(row.get(f"{metric}_std") or 0.0)
+        if mean is None:
+            parts.append(f'<text x="{left + 4}" y="{y + bar_h * 0.68:.1f}" fill="#888">n/a</text>')
+            continue
+        colour = "#4c78a8" if "T" in row["layout"] else "#9d9d9d"
+        parts.append(f'<rect x="{left}" y="{y:.1f}" width="{x(mean) - left:.1f}" height="{bar_h}" fill="{colour}"/>')
+        if std > 0:
+            cy = y + bar_h / 2
+            parts.append(f'<line x1="{x(mean - std):.1f}" y1="{cy:.1f}" x2="{x(min(hi, mean + std)):.1f}" '
+                         f'y2="{cy:.1f}" stroke="#222" stroke-width="1.5"/>')
+        cost = f" · {row['gmacs']:.3f} GMACs" if row.get("gmacs") is not None else ""
+        parts.append(f'<text x="{left + plot_w + 8}" y="{y + bar_h * 0.68:.1f}">{mean:.3f}{_esc(cost)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def write_html(path: Path, table: list[dict[str, Any]], markdown: str, title: str) -> str:
+    """Write the ablation chart as ``results.svg`` beside ``path`` and a standalone HTML page
+    holding the chart and the table; returns the SVG."""
+    metric = "test_acc" if any(r.get("test_acc") is not None for r in table) else "val_acc"
+    svg = to_svg(table, metric, title)
+    atomic_write_text(Path(path).with_suffix(".svg"), svg)
+    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{_esc(title)}</title></head>"
+            f"<body>\n{svg}<pre>{_esc(markdown)}</pre>\n</body></html>\n")
+    atomic_write_text(path, page)
+    return svg
 
 
 def run_ablation(cfg: Config, layouts: Sequence[str], seeds: int, out_dir: str | Path, *,
@@ -181,4 +218,4 @@ def run_ablation(cfg: Config, layouts: Sequence[str], seeds: int, out_dir: str |
     return {"state": "finished", "table": table, "runs": per_run, "markdown": markdown}
 
 
-__all__ = ["run_ablation", "summarize", "to_markdown", "to_csv", "write_html", "METRICS"]
+__all__ = ["run_ablation", "summarize", "to_markdown", "to_csv", "to_svg", "write_html", "METRICS"]
