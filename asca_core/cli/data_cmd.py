@@ -33,13 +33,15 @@ def register(subparsers) -> None:
                        choices=("auto", "folder", "csv", "birdclef", "esc50"),
                        help="force a format instead of detecting it (default: auto)")
     check.add_argument("--json", action="store_true", help="print a JSON report")
-    check.add_argument("--val-fraction", type=float, default=0.15, metavar="F")
-    check.add_argument("--test-fraction", type=float, default=0.15, metavar="F")
+    check.add_argument("--val-fraction", type=float, default=0.15, metavar="F",
+                       help="validation share of a stratified split (default: 0.15)")
+    check.add_argument("--test-fraction", type=float, default=0.15, metavar="F",
+                       help="test share when the dataset has no split or fold column (default: 0.15)")
     check.add_argument("--test-fold", type=int, default=None, metavar="K",
                        help="use fold K as the test set (ESC-50 protocol)")
     check.add_argument("--group-column", default=None, metavar="NAME",
                        help="keep each value of this column on one side of the split")
-    check.add_argument("--seed", type=int, default=0, metavar="S")
+    check.add_argument("--seed", type=int, default=0, metavar="S", help="split seed (default: 0)")
     check.add_argument("--quick", action="store_true",
                        help="read headers only (no decoding); faster on large datasets")
     check.set_defaults(func=_check)

@@ -74,7 +74,7 @@ def _ablation() -> None:
                            placeholder="runs/ablation")
     if not folder:
         st.info("No ablation yet. Run one from a terminal, e.g. `asca ablate --config configs/demo.yaml "
-                "--layouts CCCC CCCT CCTT --seeds 2 --out runs/ablation`, then open it here.")
+                "--layouts CCCT,CCTT,CCCC --seeds 2 --out runs/ablation`, then open it here.")
         return
     path = Path(folder).expanduser()
     if not (path / "results.csv").is_file():
