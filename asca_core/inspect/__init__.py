@@ -1,4 +1,5 @@
-"""Inspection tools: attention capture, relative-bias tables, rollout (and attributions).
+"""Inspection tools: attention capture, relative-bias tables, rollout, Captum attributions and
+their faithfulness (deletion / insertion curves, agreement with attention).
 
 Sub-modules load on first use, so importing this package stays cheap (Captum is only imported
 by the attribution helpers).
@@ -16,6 +17,12 @@ _EXPORTS = {
     "relative_bias_tables": "attention",
     "attention_rollout": "attention",
     "query_attention": "attention",
+    "Attribution": "attribution",
+    "attribute": "attribution",
+    "explain_audio": "attribution",
+    "deletion_curve": "faithfulness",
+    "insertion_curve": "faithfulness",
+    "attention_agreement": "faithfulness",
 }
 
 __all__ = sorted(_EXPORTS)
