@@ -1,7 +1,10 @@
 """Write the README's model table: parameters and GMACs of every registered model.
 
-    .venv/bin/python scripts/model_table.py            # prints and writes docs/model_table.md
+    .venv/bin/python scripts/model_table.py            # prints it and updates README.md
     .venv/bin/python scripts/model_table.py --num-classes 10 --out -
+
+In a file holding the markers ``<!-- model-table:start -->`` and ``<!-- model-table:end -->`` only
+the text between them is replaced; any other file is overwritten.
 
 Besides each registered model at its default layout, the table lists the layout variants of
 ``asca_tiny`` (the layout ablation; C-C-C-C is the all-convolution baseline) and CoAtNet-0 proper
@@ -23,6 +26,7 @@ from asca_core.models import build_model, count_params, describe_model, gmacs, l
 from asca_core.utils import setup_torch  # noqa: E402
 
 SIZES = ((128, 320), (224, 224))
+START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"
 
 
 def rows() -> list[tuple[str, dict]]:
@@ -63,10 +67,18 @@ def table(num_classes: int) -> str:
     return "\n".join(lines) + "\n" + note
 
 
+def splice(document: str, text: str) -> str:
+    """``document`` with the text between the model-table markers replaced by ``text``."""
+    head, _, rest = document.partition(START)
+    _, _, tail = rest.partition(END)
+    return f"{head}{START}\n{text}{END}{tail}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-classes", type=int, default=264, help="classifier outputs (264 = BirdCLEF 2023)")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "model_table.md"), help="output file, or - for stdout only")
+    parser.add_argument("--out", default=str(ROOT / "README.md"),
+                        help="file to update (between the markers, if it has them), or - for stdout only")
     args = parser.parse_args(argv)
     setup_torch(num_threads=1)
     text = table(args.num_classes)
@@ -74,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.out != "-":
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        old = out.read_text() if out.is_file() else ""
+        out.write_text(splice(old, text) if START in old and END in old else text)
         print(f"wrote {out}", file=sys.stderr)
 
 

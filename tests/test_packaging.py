@@ -43,3 +43,17 @@ def test_asca_console_script_lists_every_command():
                             capture_output=True, text=True, check=True)
     for command in ("demo-data", "data", "train", "eval", "ablate", "predict"):
         assert re.search(rf"\b{command}\b", result.stdout), command
+
+
+def test_readme_model_table_is_current():
+    """The README's model table is what scripts/model_table.py computes from the registry now."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import model_table
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    readme = (ROOT / "README.md").read_text()
+    assert model_table.START in readme and model_table.END in readme
+    current = readme.split(model_table.START, 1)[1].split(model_table.END, 1)[0].strip()
+    assert current == model_table.table(264).strip(), "run scripts/model_table.py to update README.md"
+    assert model_table.splice(readme, model_table.table(264)) == readme
