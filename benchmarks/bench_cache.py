@@ -19,7 +19,6 @@ of 32) without and with the cache, the figure a user feels.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import SHARED_DATA, alternate, fmt, load_average, md_table, save_json, section
+from common import SHARED_DATA, alternate, fmt, load_average, md_table, quick_main, section
 
 
 def _loader(dataset, batch_size: int):
@@ -154,12 +153,7 @@ def run(quick: bool = False) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    result = run(args.quick)
-    print(result["markdown"])
-    print(f"wrote {save_json('cache', result['data'])}")
+    quick_main(run, "cache", __doc__)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ speed compares the same computation.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import numpy as np
 import torch
 
-from common import alternate, fmt, load_average, md_table, save_json, section
+from common import alternate, fmt, load_average, md_table, quick_main, section
 
 SAMPLE_RATE = 16000
 SECONDS = 3.0
@@ -113,12 +112,7 @@ def run(quick: bool = False) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    result = run(args.quick)
-    print(result["markdown"])
-    print(f"wrote {save_json('features', result['data'])}")
+    quick_main(run, "features", __doc__)
 
 
 if __name__ == "__main__":

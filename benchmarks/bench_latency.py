@@ -17,7 +17,6 @@ Peers measured in the same run:
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from common import alternate, fmt, load_average, md_table, save_json, section
+from common import alternate, fmt, load_average, md_table, quick_main, section
 
 FILE_RATE = 32000
 RECORDING_SECONDS = 60.0
@@ -122,12 +121,7 @@ def run(quick: bool = False) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    result = run(args.quick)
-    print(result["markdown"])
-    print(f"wrote {save_json('latency', result['data'])}")
+    quick_main(run, "latency", __doc__)
 
 
 if __name__ == "__main__":

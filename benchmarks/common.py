@@ -117,3 +117,14 @@ def save_json(name: str, data: dict[str, Any]) -> Path:
 def section(title: str, markdown: str, data: dict[str, Any]) -> dict[str, Any]:
     """What every ``run()`` returns: a RESULTS.md section and its raw numbers."""
     return {"title": title, "markdown": markdown, "data": data}
+
+
+def quick_main(run: Callable[[bool], dict[str, Any]], name: str, doc: str | None) -> None:
+    """Command line of a benchmark whose only option is ``--quick``: run, print, save the JSON."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(doc or name).splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="reduced sizes and repeats (a smoke run)")
+    result = run(parser.parse_args().quick)
+    print(result["markdown"])
+    print(f"wrote {save_json(name, result['data'])}")
