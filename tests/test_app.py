@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import plotly.io as pio
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from fixtures_app import runs_root, tiny_demo, tiny_run  # noqa: F401 - pytest fixtures

@@ -542,7 +542,7 @@ def test_cli_training_skips_broken_files_and_names_undecodable_ones(sandbox, cor
                cwd=sandbox["work"])
     assert proc.returncode == 0, proc.stderr
     log = (sandbox["runs"] / "ok" / "log.txt").read_text()
-    assert f"11 clips, 2 classes (single-label)" in log and f"{len(header_broken)} skipped" in log
+    assert "11 clips, 2 classes (single-label)" in log and f"{len(header_broken)} skipped" in log
     assert json.loads((sandbox["runs"] / "ok" / "status.json").read_text())["state"] == "finished"
     assert changed_outside(before, snapshot(sandbox["root"], corpus),
                            [sandbox["cache"], sandbox["runs"]]) == []

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import AscaError
-from ..features import FeatureExtractor, frames_for, normalize
+from ..features import FeatureExtractor, normalize
 
 METHODS = ("integrated_gradients", "saliency", "occlusion", "gradcam_conv", "gradcam_attention")
 BASELINES = ("silence", "blur")
