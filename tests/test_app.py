@@ -11,7 +11,6 @@ from streamlit.testing.v1 import AppTest
 
 from fixtures_app import runs_root, tiny_demo, tiny_run  # noqa: F401 - pytest fixtures
 from workbench import jobs
-from workbench.state import QUICK_DEMO_EPOCHS
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDD_CLIP = "fsdd/recordings/0_george_0.wav"
@@ -197,8 +196,9 @@ def test_without_a_model_the_pages_offer_the_quick_demo(tmp_path, monkeypatch):
         assert command[:3] == ["-m", "asca_core.cli", "train"]
         config = command[command.index("--config") + 1]
         overrides = [command[i + 1] for i, arg in enumerate(command) if arg == "--set"]
-        cfg = load_config(config, overrides)  # the preset (or the defaults) with the quick override
-        assert cfg.train.epochs == QUICK_DEMO_EPOCHS and cfg.data.path == "demo"
+        assert Path(config).resolve() == (ROOT / "configs" / "demo.yaml").resolve() and not overrides
+        cfg = load_config(config, overrides)  # the demo preset as shipped
+        assert cfg.data.path == "demo" and cfg.model.name == "asca_tiny" and cfg.train.epochs >= 20
     finally:
         for run in runs:
             jobs.stop_run(run.path)
