@@ -131,6 +131,19 @@ def test_resume_at_epoch_boundary_equals_uninterrupted(finished_run, data, tmp_p
     assert _rows_without_time(straight) == _rows_without_time(paused)
 
 
+def test_resume_sweeps_half_written_files_of_a_killed_writer(data, tmp_path):
+    run_dir = tmp_path / "killed"
+    fit(tiny_config(data), run_dir, stop_after_epochs=1, progress=False)
+    stale = [run_dir / ".status.json.x1.tmp", run_dir / "checkpoints" / ".last.safetensors.x2.tmp",
+             run_dir / "eval" / ".epoch_002.json.x3.tmp"]
+    for path in stale:
+        path.write_text("{half")  # what kill -9 leaves behind in the middle of an atomic write
+    result = fit(RunStore(run_dir).config(), run_dir, resume=True, progress=False)
+    assert result["state"] == "finished"
+    assert not list(run_dir.rglob(".*.tmp"))
+    json.loads((run_dir / "eval" / "epoch_002.json").read_text())
+
+
 def test_resume_mid_epoch_with_ema_equals_uninterrupted(data, tmp_path, monkeypatch):
     cfg = tiny_config(data, "train.ema=true", "train.ema_decay=0.9")
     straight = tmp_path / "straight"

@@ -307,7 +307,7 @@ class Trainer:
         if self.env.is_main:
             run.path.mkdir(parents=True, exist_ok=True)
             run.checkpoints_dir.mkdir(exist_ok=True)
-            for stale in list(run.path.glob(".*.tmp")) + list(run.checkpoints_dir.glob(".*.tmp")):
+            for stale in run.path.rglob(".*.tmp"):  # run files, checkpoints/, eval/
                 stale.unlink(missing_ok=True)  # half-written files of a killed process
             if not self.resume:
                 run.write_config(self.cfg)
