@@ -24,7 +24,8 @@ fi
 extras=""
 [ "$want" = test ] && extras="[test]"
 stamp="$VENV/.installed-${want}"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+current() { [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ]; }  # installed since pyproject.toml changed
+if ! current "$stamp" && ! { [ "$want" = app ] && current "$VENV/.installed-test"; }; then
   echo "installing asca-workbench$extras into $VENV (first time: a few minutes, about 6 GB)"
   "$VENV/bin/python" -m pip install --quiet --progress-bar off -e ".$extras"
   touch "$stamp"
