@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ModelError
-from ..models.attention import MultiHeadAttention
+from ..models.attention import MultiHeadAttention, capture_sinks
 
 
 @dataclass
@@ -79,19 +79,19 @@ def capture_attention(model: nn.Module, detach: bool = True) -> Iterator[dict[st
     they switch back. Each forward overwrites the previous maps. A model without attention yields
     an empty dict. ``detach=False`` keeps the maps in the autograd graph.
 
+    The capture belongs to the calling thread: forwards of the same model in other threads are
+    neither recorded nor slowed, and each thread may hold its own capture of a shared model.
+
     Shapes: dict values hold probs (B, heads, N, N).
     """
     modules = _attention_modules(model)
     if any(attn.capture is not None for _, attn, _ in modules):
         raise ModelError("attention is already being captured on this model; close the other capture first")
     maps: dict[str, AttentionMap] = {}
-    try:
-        for name, attn, stride in modules:
-            attn.capture = partial(_store, maps, name, stride, attn.prefix_tokens, detach)
+    sinks = {attn: partial(_store, maps, name, stride, attn.prefix_tokens, detach)
+             for name, attn, stride in modules}
+    with capture_sinks(sinks):
         yield maps
-    finally:
-        for _, attn, _ in modules:
-            attn.capture = None
 
 
 def relative_bias_tables(model: nn.Module, input_size: tuple[int, int] | None = None) -> dict[str, BiasTable]:

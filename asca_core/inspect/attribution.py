@@ -17,12 +17,16 @@ the input grid. A recording longer than one window is attributed window by windo
 disk) and stitched into one full-length map, so memory is bounded by one window's batch.
 
 Hooks that Captum (or this module) registers are always removed, even when the forward fails.
+They are never registered on the classifier's own model: each call hooks a private copy of the
+module tree that shares the model's parameters and buffers (:func:`private_model`), so threads
+sharing one classifier (browser sessions of the app) can attribute and predict at once.
 :func:`explain_audio` turns a map into sound: only the most attributed time-frequency cells of the
 recording's STFT are kept and resynthesised.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -135,6 +139,22 @@ def hooks_removed(model: nn.Module) -> Iterator[None]:
                 for key in list(hooks):
                     if key not in known.get(name, ()):
                         del hooks[key]
+
+
+def private_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s module tree that shares its parameters, buffers and caches.
+
+    Hooks registered on the copy and its train/eval flags are its own, so hooking it never changes
+    what a forward of ``model`` in another thread computes; no weight is copied.
+    """
+    from ..models.attention import RelativePositionBias
+
+    memo: dict[int, Any] = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    for module in model.modules():
+        if isinstance(module, RelativePositionBias):
+            # shared, not copied: another thread may add an entry while the copy is made
+            memo[id(module._index_cache)] = module._index_cache
+    return copy.deepcopy(model, memo)
 
 
 # -- geometry -----------------------------------------------------------------------------------
@@ -345,8 +365,7 @@ def _grid_view(model: nn.Module, block: nn.Module, spec: Tensor) -> Iterator[nn.
 
 
 # -- one window ---------------------------------------------------------------------------------
-def _forward_fn(classifier, output: str) -> Callable[[Tensor], Tensor]:
-    model = classifier.model
+def _forward_fn(classifier, model: nn.Module, output: str) -> Callable[[Tensor], Tensor]:
     if output == "logit":
         return model
     if output == "prob":
@@ -365,8 +384,8 @@ def attribute_input(classifier, spec: Tensor, method: str, target: int, baseline
     """
     extractor = extractor or classifier.extractor
     opts = {**_DEFAULTS, **options}
-    model = classifier.model
-    forward = _forward_fn(classifier, opts["output"])
+    model = private_model(classifier.model)
+    forward = _forward_fn(classifier, model, opts["output"])
     spec = spec.detach().to(classifier.device).float()
     meta: dict[str, Any] = {}
     from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion, Saliency

@@ -4,18 +4,42 @@
 scalar per 2-D offset between a query and a key on the (freq, time) token grid. The fast path
 gathers the table into a ``(1, heads, N, N)`` float mask for ``F.scaled_dot_product_attention``;
 the explicit path computes the softmax maps itself and runs only while
-:func:`asca_core.inspect.capture_attention` has set :attr:`MultiHeadAttention.capture`.
+:func:`asca_core.inspect.capture_attention` is open in the calling thread.
+
+Capture sinks live in a context variable, not on the modules: a model shared by several threads
+(the app's cached model serves every browser session) keeps the fast path and its outputs in every
+thread but the one capturing, and two threads can capture the same model at once.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import contextvars
+from contextlib import contextmanager
+from typing import Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 CaptureSink = Callable[[Tensor, tuple[int, int]], None]
+
+# {attention module: sink} of the current thread (each thread starts with its own empty context).
+_SINKS: contextvars.ContextVar[Mapping[nn.Module, CaptureSink] | None] = contextvars.ContextVar(
+    "asca_attention_capture", default=None)
+
+
+@contextmanager
+def capture_sinks(sinks: Mapping[nn.Module, CaptureSink]) -> Iterator[None]:
+    """Route the softmax maps of these attention modules to their sinks in this thread only.
+
+    Other threads running the same modules meanwhile see no sink and take the fused path. The
+    routing ends on exit, also after an exception.
+    """
+    token = _SINKS.set({**(_SINKS.get() or {}), **sinks})
+    try:
+        yield
+    finally:
+        _SINKS.reset(token)
 
 
 def relative_index(grid: tuple[int, int], table_grid: tuple[int, int],
@@ -127,18 +151,27 @@ class MultiHeadAttention(nn.Module):
         self.proj = nn.Linear(dim_out, dim_out)
         table_grid = (window, window) if window else rel_grid
         self.rel_bias = RelativePositionBias(self.num_heads, table_grid) if table_grid else None
-        # Set by asca_core.inspect.capture_attention: receives (probs (B, heads, N, N), grid).
-        self.capture: CaptureSink | None = None
+
+    @property
+    def capture(self) -> CaptureSink | None:
+        """This thread's sink for (probs (B, heads, N, N), grid), set by
+        :func:`asca_core.inspect.capture_attention`; None outside a capture."""
+        if torch.compiler.is_compiling():
+            return None  # a compiled graph takes the fused path
+        sinks = _SINKS.get()
+        return sinks.get(self) if sinks else None
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        sink = self.capture  # read once: the same forward computes and delivers the maps
         if self.window is None:
-            out, probs = self._attend(x, grid, None)
+            out, probs = self._attend(x, grid, None, sink is not None)
             if probs is not None:
-                self.capture(probs, grid)
+                sink(probs, grid)
             return out
-        return self._forward_windows(x, grid)
+        return self._forward_windows(x, grid, sink)
 
-    def _attend(self, x: Tensor, grid: tuple[int, int], key_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _attend(self, x: Tensor, grid: tuple[int, int], key_mask: Tensor | None,
+                explicit: bool = False) -> tuple[Tensor, Tensor | None]:
         B, N, _ = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         # q, k, v: (B, heads, N, d)
@@ -152,7 +185,7 @@ class MultiHeadAttention(nn.Module):
         if mask is not None:
             mask = mask.to(q.dtype)  # SDPA wants the mask in the query's dtype under autocast
         probs = None
-        if self.capture is None:
+        if not explicit:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
             scores = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)  # (B, heads, N, N)
@@ -163,7 +196,7 @@ class MultiHeadAttention(nn.Module):
         out = out.transpose(1, 2).reshape(B, N, -1)  # (B, N, heads * d)
         return self.proj(out), probs
 
-    def _forward_windows(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+    def _forward_windows(self, x: Tensor, grid: tuple[int, int], sink: CaptureSink | None = None) -> Tensor:
         B, _, C = x.shape
         h, w = grid
         # A grid smaller than the window attends globally through the window's table sub-range.
@@ -180,10 +213,10 @@ class MultiHeadAttention(nn.Module):
             valid = window_partition(valid, (kh, kw))[..., 0]  # (nW, n)
             key_mask = torch.zeros(valid.shape, device=x.device, dtype=x.dtype).masked_fill(~valid, float("-inf"))
             key_mask = key_mask[:, None, None, :].repeat(B, 1, 1, 1)  # (B * nW, 1, 1, n)
-        out, probs = self._attend(windows, (kh, kw), key_mask)
+        out, probs = self._attend(windows, (kh, kw), key_mask, sink is not None)
         out = window_reverse(out, (kh, kw), (hp, wp))[:, :h, :w]  # (B, h, w, dim_out)
         if probs is not None:
-            self.capture(_windows_to_grid(probs, (kh, kw), (h, w), (hp, wp)), grid)
+            sink(_windows_to_grid(probs, (kh, kw), (h, w), (hp, wp)), grid)
         return out.reshape(B, h * w, -1)
 
 
