@@ -39,6 +39,7 @@ class DataConfig:
     test_fraction: float = 0.15
     test_fold: int | None = None  # ESC-50 style: this fold is the test set
     group_column: str | None = None  # keep each group (speaker, recording) on one side
+    test_group: str | None = None  # leave-one-group-out: clips of this group_column value are the test set
     seed: int = 0
     cache_dir: str | None = None  # decoded-audio cache; None = the user cache folder
     balanced_sampling: bool = False
@@ -57,6 +58,10 @@ class DataConfig:
         _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
         _check(self.max_clips_per_class is None or self.max_clips_per_class > 0,
                f"data.max_clips_per_class must be positive, got {self.max_clips_per_class}")
+        _check(self.test_group is None or self.group_column is not None,
+               f"data.test_group={self.test_group!r} needs data.group_column (the column it is a value of)")
+        _check(self.test_group is None or self.test_fold is None,
+               "data.test_group and data.test_fold cannot both be set: one of them picks the test set")
 
 
 @dataclass
@@ -200,6 +205,7 @@ class TrainConfig:
     num_threads: int | None = None
     deterministic: bool = True
     patience: int | None = None  # stop after this many epochs without a better val_map
+    budget_seconds: float | None = None  # wall-clock budget: epochs re-planned, training ends in time
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
@@ -219,6 +225,8 @@ class TrainConfig:
                f"train.num_threads must be >= 1, got {self.num_threads}")
         _check(self.patience is None or self.patience >= 1,
                f"train.patience must be >= 1, got {self.patience}")
+        _check(self.budget_seconds is None or 30.0 <= self.budget_seconds <= 7 * 24 * 3600.0,
+               f"train.budget_seconds must be between 30 and 604800 (7 days), got {self.budget_seconds}")
 
 
 SECTIONS: dict[str, type] = {
@@ -375,11 +383,16 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
         raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    return Config.from_dict(apply_overrides(raw, overrides))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` items to a nested config dict (changed in place and returned)."""
     for item in overrides:
         section, name, value = _parse_override(item)
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise ConfigError(f"config section {section!r} must be a mapping")
         raw[section][name] = value
-    return Config.from_dict(raw)
+    return raw
 

@@ -18,11 +18,19 @@ from ..errors import CheckpointError, ConfigError, DatasetError
 
 def register(subparsers) -> None:
     train = subparsers.add_parser(
-        "train", help="train a model from a YAML config into a run directory",
-        description="Train a model described by a YAML config (see configs/). Writes a run "
-                    "directory: config.yaml, status.json, metrics.jsonl, labels.json, "
-                    "checkpoints/, log.txt. Relative data paths are looked up in the current "
-                    "directory, then above the config file's folder, then in it.")
+        "train", help="train a model on a dataset (automatic recipe) or from a YAML config",
+        description="Train a model into a run directory: config.yaml, recipe.json, status.json, "
+                    "metrics.jsonl, labels.json, checkpoints/, log.txt. Given only DATA, the whole "
+                    "recipe (front end, loss, augmentation, protocol, epochs) is resolved from the "
+                    "dataset and a short speed probe so that training ends within --budget; it is "
+                    "printed with the reason for every choice. --config FILE trains a YAML preset "
+                    "instead (relative data paths are looked up in the current directory, then above "
+                    "the config file's folder, then in it).")
+    train.add_argument("data", nargs="?", metavar="DATA",
+                       help="dataset folder or manifest, or 'demo' (with --config: replaces data.path)")
+    train.add_argument("--budget", metavar="DURATION",
+                       help="wall-clock budget, e.g. 3m, 15m, 1h (default with DATA alone: 15m); "
+                            "epochs are planned to fit and training stops in time")
     train.add_argument("--config", "-c", metavar="FILE", help="YAML config (configs/demo.yaml ...)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one value, e.g. --set train.lr=3e-4 (repeatable)")
@@ -95,6 +103,34 @@ def resolve_data_path(path: str, config_file: str | Path | None = None) -> str:
     raise DatasetError(f"data.path {path!r} not found (tried {tried})")
 
 
+def dataset_name(data: str) -> str:
+    """A short name for run folders: the dataset's folder for a manifest, else its own name."""
+    path = Path(data)
+    if data == "demo":
+        return "demo"
+    return path.parent.name if path.suffix.lower() == ".csv" else path.name
+
+
+def resolve_train_config(data: str | None, config: str | None, overrides: list[str], budget: str | None,
+                         run_dir: str | None = None, resume: bool = False,
+                         echo: Any = None) -> tuple[Any, Any]:
+    """The config ``asca train`` runs and, for an automatic recipe, the :class:`Recipe` behind it."""
+    from ..train.recipe import DEFAULT_BUDGET_SECONDS, parse_duration, resolve_recipe
+
+    seconds = parse_duration(budget) if budget else None
+    if resume or config:
+        items = list(overrides)
+        if data and not resume:
+            items.append(f"data.path={data}")
+        if seconds:
+            items.append(f"train.budget_seconds={seconds}")
+        return load_train_config(config, items, run_dir, resume), None
+    if not data:
+        raise ConfigError("asca train needs a dataset (asca train DATA) or --config FILE (e.g. configs/demo.yaml)")
+    recipe = resolve_recipe(resolve_data_path(data), seconds or DEFAULT_BUDGET_SECONDS, overrides, echo=echo)
+    return recipe.config, recipe
+
+
 def load_train_config(config: str | None, overrides: list[str], run_dir: str | None, resume: bool):
     """The config a train command runs: the preset (+ overrides), or the run's own when resuming."""
     from ..config import load_config
@@ -115,19 +151,26 @@ def load_train_config(config: str | None, overrides: list[str], run_dir: str | N
 def _train(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
-    # configuration mistakes are reported before torch is even imported
-    cfg = load_train_config(args.config, args.overrides, args.run_dir, args.resume)
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     is_main = int(os.environ.get("RANK", "0")) == 0
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config)
+    echo = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    if args.nproc > 1 and not under_torchrun and not args.config and not args.resume:
+        raise ConfigError("--nproc needs --config FILE: the automatic recipe's speed probe measures one process")
+    # configuration mistakes are reported before a model is built
+    cfg, recipe = resolve_train_config(args.data, args.config, args.overrides, args.budget, args.run_dir,
+                                       args.resume, echo=echo if is_main else None)
+    if recipe is not None and is_main:
+        print(recipe.describe(), flush=True)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(
+        args.config or (dataset_name(args.data) if args.data else None))
     if args.nproc > 1 and not under_torchrun:
         return _launch(args, run_dir)
     if is_main:
         print(f"run directory: {run_dir}", flush=True)
     from ..train.engine import fit
 
-    echo = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    result = fit(cfg, run_dir, resume=args.resume, progress=False if args.quiet else None, echo=echo)
+    result = fit(cfg, run_dir, resume=args.resume, progress=False if args.quiet else None, echo=echo,
+                 recipe=recipe.to_dict() if recipe is not None else None)
     if is_main:
         print(format_result(result))
     return 0 if result["state"] == "finished" else 130
@@ -140,6 +183,10 @@ def _launch(args: argparse.Namespace, run_dir: Path) -> int:
     cli_args = ["train", "--run-dir", str(run_dir)]
     if args.config:
         cli_args += ["--config", str(Path(args.config).resolve())]
+    if args.data:
+        cli_args.append(str(Path(args.data).resolve()) if args.data != "demo" else "demo")
+    if args.budget:
+        cli_args += ["--budget", args.budget]
     for item in args.overrides:
         cli_args += ["--set", item]
     if args.resume:
@@ -178,6 +225,8 @@ def format_result(result: dict[str, Any]) -> str:
     if test:
         lines.append(f"test (best checkpoint, {test.get('n')} clips): acc {_fmt(test.get('acc'))}  "
                      f"mAP {_fmt(test.get('map'))}  AUC {_fmt(test.get('auc'))}  cmAP {_fmt(test.get('cmap'))}")
+    if result.get("seconds") is not None:
+        lines.append(f"time: {result['seconds'] / 60:.1f} min" + (f"; {result['trend']}" if result.get("trend") else ""))
     lines.append(f"run directory: {result['run_dir']}")
     return "\n".join(lines)
 

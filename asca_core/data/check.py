@@ -22,7 +22,7 @@ import soundfile as sf
 from .. import audio as _audio
 from ..errors import AscaError, AudioError, DatasetError
 from .formats import FORMAT_NAMES, DatasetIndex, load_dataset
-from .splits import make_splits, official_split_counts
+from .splits import make_splits, official_split_counts, resolve_protocol
 
 _HEAD_SECONDS = 0.5  # decoded at the start of each file: catches non-audio behind a valid header
 _TAIL_SECONDS = 0.25  # decoded at the end of compressed files: catches truncation
@@ -141,6 +141,7 @@ class CheckReport:
     problems: list[tuple[str, str]]  # (file, reason): skipped rows and unreadable files
     unreadable: int
     fatal: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. groups a split would ignore
 
     @property
     def ok(self) -> bool:
@@ -163,6 +164,7 @@ class CheckReport:
             "splits": self.splits, "split_method": self.split_method,
             "problems": [{"file": f, "reason": r} for f, r in self.problems],
             "unreadable": self.unreadable, "ok": self.ok, "fatal": self.fatal,
+            "warnings": self.warnings,
         }
 
     def format_text(self) -> str:
@@ -209,6 +211,7 @@ class CheckReport:
                                    f"test {self.splits['test']:,}  ({self.split_method})"))
         elif self.split_method:
             rows.append(("Splits", self.split_method))
+        rows.extend(("Warning", w) for w in self.warnings)
         if self.problems:
             rows.append(("Problems", f"{len(self.problems)} file(s) skipped, "
                                      f"{self.unreadable} of them unreadable:"))
@@ -256,25 +259,6 @@ def _columns(counts: dict[str, int], width: int = 72) -> list[str]:
     return lines
 
 
-def _split_method(index: DatasetIndex, *, val_fraction: float, test_fraction: float,
-                  test_fold: int | None, group_column: str | None, seed: int) -> str:
-    if group_column:
-        by = f", grouped by {group_column}"
-    elif index.clips and all(c.group for c in index.clips):
-        by = ", grouped by source recording"
-    else:
-        by = ""
-    if test_fold is not None:
-        return f"fold {test_fold} is test; val carved from the other folds ({val_fraction:.0%}){by}"
-    if any(c.split for c in index.clips):
-        parts = set(c.split for c in index.clips if c.split)
-        carved = [p for p in ("val", "test") if p not in parts]
-        note = f"; {' and '.join(carved)} carved from train" if carved else ""
-        return f"official split column{note}{by}"
-    train = 1.0 - val_fraction - test_fraction
-    return f"stratified, seed {seed}, {train:.0%}/{val_fraction:.0%}/{test_fraction:.0%}{by}"
-
-
 def check_dataset(path: str | Path, format: str = "auto", *, val_fraction: float = 0.15,
                   test_fraction: float = 0.15, test_fold: int | None = None,
                   group_column: str | None = None, seed: int = 0, deep: bool = True) -> CheckReport:
@@ -316,6 +300,7 @@ def check_dataset(path: str | Path, format: str = "auto", *, val_fraction: float
     fatal: list[str] = []
     classes = {k: v for k, v in usable.label_counts().items() if v} if usable.clips else {}
     split_sizes: dict[str, int] = {}
+    warnings: list[str] = []
     method = ""
     if not usable.clips:
         fatal.append(f"no usable clips ({len(index.clips)} listed, "
@@ -324,11 +309,12 @@ def check_dataset(path: str | Path, format: str = "auto", *, val_fraction: float
         if len(classes) < 2:
             fatal.append(f"only {len(classes)} class with usable clips; a classifier needs two or more")
         try:
+            protocol = resolve_protocol(usable, test_fold, group_column)
+            warnings = list(protocol.warnings)
             splits = make_splits(usable, val_fraction=val_fraction, test_fraction=test_fraction,
-                                 test_fold=test_fold, group_column=group_column, seed=seed)
+                                 test_fold=protocol.test_fold, group_column=protocol.group_column, seed=seed)
             split_sizes = {k: len(v) for k, v in splits.items()}
-            method = _split_method(usable, val_fraction=val_fraction, test_fraction=test_fraction,
-                                   test_fold=test_fold, group_column=group_column, seed=seed)
+            method = protocol.description
             if not split_sizes["train"]:
                 fatal.append("the split leaves no training clips")
         except DatasetError as exc:
@@ -346,7 +332,7 @@ def check_dataset(path: str | Path, format: str = "auto", *, val_fraction: float
         official_split=official_split_counts(usable),
         folds=dict(sorted(Counter(c.fold for c in usable.clips if c.fold is not None).items())),
         splits=split_sizes, split_method=method,
-        problems=sorted(problems.items()), unreadable=unreadable, fatal=fatal,
+        problems=sorted(problems.items()), unreadable=unreadable, fatal=fatal, warnings=warnings,
     )
 
 

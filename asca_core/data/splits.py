@@ -3,7 +3,8 @@
 Precedence (first that applies):
 
 1. ``test_fold`` given: that fold is the test set (the ESC-50 protocol); validation is carved
-   from the other folds.
+   from the other folds. ``test_group`` given: the clips of that value of the group column are
+   the test set (leave-one-group-out, e.g. one speaker); validation is carved from the rest.
 2. The dataset has an official ``split`` column: it is used as is; a part it lacks (usually
    ``val``) is carved from its ``train`` part.
 3. Otherwise a stratified split by ``seed`` into train/val/test with the given fractions.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -26,17 +28,106 @@ from ..errors import DatasetError
 from .formats import DatasetIndex
 
 SPLITS = ("train", "val", "test")
+# Manifest columns that name where a clip came from: clips sharing a value are near-duplicates
+# (one speaker, one source recording) and must not straddle a split.
+GROUP_COLUMNS = ("group", "speaker", "speaker_id", "source", "source_id", "src_file", "source_file",
+                 "recording", "recording_id", "session", "subject", "participant", "individual",
+                 "author", "user_id", "client_id", "site")
+
+
+@dataclass
+class Protocol:
+    """How a dataset is split by default: test fold, group column and the reason, in words."""
+
+    test_fold: int | None
+    group_column: str | None
+    groups: int
+    description: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def detect_group_column(index: DatasetIndex) -> str | None:
+    """The first of :data:`GROUP_COLUMNS` present on every clip whose values repeat.
+
+    A column where every clip has its own value groups nothing and is not returned. The format's
+    own grouping (ESC-50's ``src_file``) is reported as ``"group"``.
+    """
+    if not index.clips:
+        return None
+    if all(c.group for c in index.clips):
+        return "group"
+    for name in GROUP_COLUMNS:
+        values = [c.meta.get(name) for c in index.clips]
+        if any(v in (None, "") for v in values):
+            continue
+        if len(set(values)) < len(values):
+            return name
+    return None
+
+
+def resolve_protocol(index: DatasetIndex, test_fold: int | None = None,
+                     group_column: str | None = None) -> Protocol:
+    """The default, leak-free protocol for ``index`` (explicit arguments win).
+
+    A ``fold`` column makes its lowest fold the test set; a group-like column (speaker, source
+    recording, ...) keeps each group on one side of every split that is carved; an official
+    ``split`` column is used as it is.
+    """
+    folds = sorted({c.fold for c in index.clips if c.fold is not None})
+    if test_fold is None and folds:
+        test_fold = folds[0]
+    if group_column is None:
+        group_column = detect_group_column(index)
+    groups = 0
+    if group_column is not None:
+        groups = len(set(_groups(index, group_column) or []))
+    warnings: list[str] = []
+    by = f", grouped by '{group_column}' ({groups:,} groups)" if group_column else ""
+    if test_fold is not None:
+        text = f"fold {test_fold} of {len(folds)} is the test set; validation carved from the other folds{by}"
+        if group_column:
+            shared = _shared_groups(index, group_column, [i for i, c in enumerate(index.clips)
+                                                           if c.fold == test_fold])
+            if shared:
+                warnings.append(f"{shared} group(s) of '{group_column}' have clips in fold {test_fold} and in "
+                                "other folds: test results include clips of groups seen in training")
+    elif any(c.split for c in index.clips):
+        text = f"the official split column{by}"
+        if group_column:
+            shared = _shared_groups(index, group_column, [i for i, c in enumerate(index.clips) if c.split == "test"])
+            if shared:
+                text = (f"the official split column; its test set shares {shared} of {groups} '{group_column}' "
+                        "groups with train, so validation is carved the same way (not by group)")
+                warnings.append(f"the official test set shares {shared} '{group_column}' group(s) with train: "
+                                f"its scores are on seen {group_column}s; `asca cv --by {group_column}` measures "
+                                "unseen ones")
+                group_column, groups = None, 0
+    else:
+        text = f"stratified train/val/test split{by}"
+    if group_column is None and "not by group" not in text:
+        candidates = [n for n in GROUP_COLUMNS if index.clips and all(n in c.meta for c in index.clips)]
+        if candidates:
+            warnings.append(f"column '{candidates[0]}' looks like a group but every clip has its own value")
+    return Protocol(test_fold, group_column, groups, text, warnings)
+
+
+def _shared_groups(index: DatasetIndex, column: str, test: list[int]) -> int:
+    groups = _groups(index, column) or []
+    inside = {groups[i] for i in test}
+    outside = {groups[i] for i in range(len(groups)) if i not in set(test)}
+    return len(inside & outside)
 
 
 def make_splits(index: DatasetIndex, *, val_fraction: float = 0.15, test_fraction: float = 0.15,
                 test_fold: int | None = None, group_column: str | None = None, seed: int = 0,
-                official: bool = True) -> dict[str, list[int]]:
+                official: bool = True, test_group: str | None = None) -> dict[str, list[int]]:
     """Split the clips of ``index`` into ``{"train", "val", "test"}`` lists of clip indices.
 
     ``val_fraction`` and ``test_fraction`` are fractions of the whole dataset for a stratified
     split, and ``val_fraction`` is the fraction of the remaining train pool when validation is
     carved from an official split or from the non-test folds. ``group_column`` names a column of
     the manifest (``Clip.meta``) or ``"group"``; ``official=False`` ignores a split column.
+    ``test_group`` (a value of ``group_column``) makes that group the test set.
     """
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not (0.0 <= value < 1.0):
@@ -50,6 +141,21 @@ def make_splits(index: DatasetIndex, *, val_fraction: float = 0.15, test_fractio
     keys = _stratify_keys(index)
     groups = _groups(index, group_column)
     rng = np.random.default_rng(seed)
+
+    if test_group is not None:
+        if group_column is None:
+            raise DatasetError(f"test_group={test_group!r} needs a group column (e.g. group_column='speaker')")
+        if test_fold is not None:
+            raise DatasetError("test_group and test_fold cannot both pick the test set")
+        assert groups is not None
+        test = [i for i, g in enumerate(groups) if g == str(test_group)]
+        if not test:
+            values = sorted({g for g in groups if not g.startswith("\x00")})
+            shown = ", ".join(values[:10]) + (f", ... ({len(values)} values)" if len(values) > 10 else "")
+            raise DatasetError(f"test_group={test_group!r} not found in column {group_column!r}; values: {shown}")
+        held = set(test)
+        train, val = _carve([i for i in range(n) if i not in held], keys, groups, val_fraction, rng)
+        return _result(train, val, test)
 
     if test_fold is not None:
         folds = sorted({c.fold for c in index.clips if c.fold is not None})

@@ -87,7 +87,7 @@ def prepare_data(cfg: Config, check_files: bool = True) -> DataBundle:
         raise DatasetError(f"{cfg.data.path}: no readable clips")
     splits = make_splits(index, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
                          test_fold=cfg.data.test_fold, group_column=cfg.data.group_column,
-                         seed=cfg.data.seed)
+                         seed=cfg.data.seed, test_group=cfg.data.test_group)
     if not splits["train"]:
         raise DatasetError(f"{cfg.data.path}: the train split is empty")
     return DataBundle(index, splits, list(index.classes), bool(index.multi_label), skipped)
@@ -258,6 +258,10 @@ class Trainer:
         self.best_val_loss = math.inf
         self.best_epoch = 0
         self.bad_epochs = 0
+        self.started = time.monotonic()  # the budget counts from here (set-up and decoding included)
+        self.seconds_before = 0.0  # wall time of earlier sessions of a resumed run
+        self.epoch_seconds: list[float] = []
+        self.eval_seconds = 0.0
         self._deterministic_before = (torch.are_deterministic_algorithms_enabled(),
                                       torch.is_deterministic_algorithms_warn_only_enabled())
 
@@ -334,6 +338,7 @@ class Trainer:
         self.log(f"data {cfg.data.path}: {len(d.index.clips)} clips, {len(d.labels)} classes "
                  f"({'multi' if d.multi_label else 'single'}-label), splits {sizes}"
                  + (f", {len(d.skipped)} skipped" if d.skipped else ""))
+        self._warn_about_protocol()
         self.val_split = "val" if d.splits["val"] else ("test" if d.splits["test"] else "")
         if not d.splits["val"]:
             self.log(f"no validation clips: {'selecting on the test split' if self.val_split else 'no selection'}")
@@ -341,6 +346,20 @@ class Trainer:
         self.features_cfg_ready()
         self._build_model()
         self._build_loaders()
+
+    def _warn_about_protocol(self) -> None:
+        from ..data.splits import resolve_protocol
+
+        cfg = self.cfg.data
+        auto = resolve_protocol(self.data.index)
+        if cfg.group_column is None and auto.group_column is not None:
+            self.log(f"warning: column '{auto.group_column}' groups the clips ({auto.groups} groups) but this "
+                     f"split ignores it: set data.group_column={auto.group_column} to keep groups apart")
+        if cfg.test_fold is None and auto.test_fold is not None and not any(c.split for c in self.data.index.clips):
+            self.log(f"warning: the dataset has a fold column but data.test_fold is not set: "
+                     f"data.test_fold={auto.test_fold} follows its protocol")
+        for line in auto.warnings:
+            self.log(f"note: {line}")
 
     def features_cfg_ready(self) -> None:
         """Normalisation statistics from training clips (no augmentation), once per run."""
@@ -582,6 +601,8 @@ class Trainer:
         per_step = (time.monotonic() - self._session_started) / done
         # an estimate from this session's pace (validation included), as h:mm:ss
         seconds = int(per_step * (self.total_steps - self.step))
+        if self.cfg.train.budget_seconds:
+            seconds = min(seconds, int(max(0.0, self.cfg.train.budget_seconds - self.elapsed())))
         return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
     def _bar(self, epoch: int, initial: int):
@@ -626,7 +647,9 @@ class Trainer:
         row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
         details: dict[str, Any] = {}
         if self.val_split:
+            eval_started = time.monotonic()
             metrics, val_loss = self.evaluate_split(self.val_split)
+            self.eval_seconds = time.monotonic() - eval_started
             row.update(val_loss=val_loss, val_acc=metrics["acc"], val_map=metrics["map"],
                        val_auc=metrics["auc"], val_cmap=metrics["cmap"])
             details = {"epoch": epoch, "split": self.val_split, "labels": self.data.labels, **metrics}
@@ -654,8 +677,12 @@ class Trainer:
             self.save_last()
             self.run.write_status(epoch=epoch, steps=self.step, best_epoch=self.best_epoch,
                                   best_val_map=self.best_val_map if math.isfinite(self.best_val_map) else None,
-                                  batch=0, batches=self.steps_per_epoch)
-        self.log(_format_row(row, self.cfg.train.epochs) + ("  *best" if improved else ""))
+                                  batch=0, batches=self.steps_per_epoch, epochs=self.cfg.train.epochs,
+                                  train_seconds=round(self.elapsed(), 1))
+        left = ""
+        if self.cfg.train.budget_seconds:
+            left = f"  budget left {_clock(max(0.0, self.cfg.train.budget_seconds - self.elapsed()))}"
+        self.log(_format_row(row, self.cfg.train.epochs) + left + ("  *best" if improved else ""))
         return row
 
     def _is_better(self, row: dict[str, Any]) -> bool:
@@ -682,7 +709,11 @@ class Trainer:
         epochs_this_call = 0
         start_epoch = self.epoch + 1
         self._session_started, self._session_first_step = time.monotonic(), self.step
-        for epoch in range(start_epoch, cfg.train.epochs + 1):
+        if resumed:
+            self.seconds_before = float(self.run.status().get("train_seconds") or 0.0)
+        epoch = start_epoch - 1
+        while epoch < self.cfg.train.epochs:
+            epoch += 1
             started = time.monotonic()
             finished = self.train_epoch(epoch)
             if not finished:
@@ -691,7 +722,11 @@ class Trainer:
                          "checkpoint written")
                 return self._finish("stopped")
             self.end_epoch(epoch, time.monotonic() - started)
+            self.epoch_seconds.append(time.monotonic() - started)
             epochs_this_call += 1
+            if cfg.train.budget_seconds and epoch < self.cfg.train.epochs and self._budget_says_stop(epoch, epochs_this_call):
+                break
+            cfg = self.cfg  # the budget may have re-planned the number of epochs
             if cfg.train.patience and self.bad_epochs >= cfg.train.patience:
                 self.log(f"early stop: no better val_map for {self.bad_epochs} epochs")
                 break
@@ -704,6 +739,61 @@ class Trainer:
                 return self._finish("stopped")
         return self._finish("finished")
 
+    # ----------------------------------------------------------------- budget
+    def elapsed(self) -> float:
+        """Wall seconds this run has trained, earlier sessions of a resumed run included."""
+        return self.seconds_before + time.monotonic() - self.started
+
+    def _final_test_seconds(self) -> float:
+        d = self.data.splits
+        n_val = max(1, len(d["val"]) if self.val_split == "val" else len(d["test"]))
+        return 5.0 + self.eval_seconds * (len(d["test"]) / n_val)
+
+    def _budget_says_stop(self, epoch: int, epochs_this_call: int) -> bool:
+        """Re-plan the epochs after the first two epochs; stop when the next one would overrun.
+
+        The first epoch also decodes every clip, so the plan made from it is refined after the
+        second. Changing ``train.epochs`` stretches the cosine schedule; it is saved in the run's
+        config so a resume follows the same plan.
+        """
+        budget = float(self.cfg.train.budget_seconds or 0.0)
+        recent = self.epoch_seconds[1:] if len(self.epoch_seconds) > 1 else self.epoch_seconds
+        per_epoch = float(np.median(recent[-3:]))
+        left = budget - self.elapsed() - self._final_test_seconds()
+        if epochs_this_call <= 2:
+            planned = int(min(self.cfg.train.epochs * 4, max(epoch, epoch + math.floor(left / per_epoch))))
+            if planned != self.cfg.train.epochs:
+                self.log(f"budget: {per_epoch:.1f} s per epoch, {_clock(max(0.0, left))} left: "
+                         f"{planned} epochs instead of {self.cfg.train.epochs}")
+                self._set_epochs(planned)
+        if epoch >= self.cfg.train.epochs:
+            return True
+        if per_epoch > left:
+            self.log(f"budget: stopping after epoch {epoch} (the next epoch would end past the budget)")
+            return True
+        return False
+
+    def _set_epochs(self, epochs: int) -> None:
+        self.cfg = self.cfg.replace("train.epochs", int(epochs))
+        self.total_steps = self.steps_per_epoch * self.cfg.train.epochs
+        if self.env.is_main:
+            self.run.write_config(self.cfg)
+            self.run.write_status(epochs=self.cfg.train.epochs)
+
+    def _trend(self) -> str | None:
+        """Whether the validation curve was still rising at the end (more time would help)."""
+        rows = [r for r in (self.run.metrics() if self.env.is_main else []) if r.get("val_acc") is not None]
+        if len(rows) < 6:
+            return None
+        key = "val_map" if self.data.multi_label else "val_acc"
+        values = [float(r.get(key) or 0.0) for r in rows]
+        k = max(2, len(values) // 5)
+        last, before = float(np.mean(values[-k:])), float(np.mean(values[-2 * k:-k]))
+        if last - before > 0.005:
+            return (f"validation {key} still rising at the end ({before:.3f} -> {last:.3f} over the last "
+                    f"{2 * k} epochs): a longer budget would likely help")
+        return f"validation {key} had levelled off ({before:.3f} -> {last:.3f}): more time is unlikely to help much"
+
     def _finish(self, state: str) -> dict[str, Any]:
         result: dict[str, Any] = {"state": state, "run_dir": str(self.run.path), "epoch": self.epoch,
                                   "steps": self.step, "best_epoch": self.best_epoch,
@@ -714,9 +804,14 @@ class Trainer:
         has_best = ddp.broadcast_object(self.run.has_checkpoint("best") if self.env.is_main else None)
         if state == "finished" and self.data.splits["test"] and has_best:
             result["test"] = self._final_test()
+        trend = self._trend() if state == "finished" else None
+        if trend:
+            result["trend"] = trend
+            self.log(trend)
+        result["seconds"] = round(self.elapsed(), 1)
         if self.env.is_main:
             self.run.write_status(state=state, epoch=self.epoch, steps=self.step, best_epoch=self.best_epoch,
-                                  best_val_map=result["best_val_map"],
+                                  best_val_map=result["best_val_map"], train_seconds=result["seconds"],
                                   **({"test_acc": result["test"]["acc"], "test_map": result["test"]["map"]}
                                      if "test" in result else {}))
         ddp.barrier()
@@ -743,6 +838,11 @@ def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 def _fmt(value: Any) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.4f}"
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def _format_row(row: dict[str, Any], epochs: int) -> str:
@@ -777,12 +877,14 @@ def predict(model: nn.Module, features: nn.Module, loader: DataLoader, device: t
 
 # ------------------------------------------------------------------------------------ public
 def fit(cfg: Config | None, run_dir: str | Path, resume: bool = False, *, progress: bool | None = None,
-        echo: Callable[[str], None] | None = None, stop_after_epochs: int | None = None) -> dict[str, Any]:
+        echo: Callable[[str], None] | None = None, stop_after_epochs: int | None = None,
+        recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``) and return final metrics.
 
     ``cfg`` may be None when resuming (the run's config.yaml is used). ``progress``: tqdm bars on
     stderr (None = only on a terminal). ``echo`` receives every log line. ``stop_after_epochs``
     ends this call (state ``stopped``) after that many epochs, to be continued with ``resume``.
+    ``recipe`` (:meth:`asca_core.train.recipe.Recipe.to_dict`) is stored as ``RUN/recipe.json``.
     Under torchrun every process calls ``fit``; only rank 0 writes the run directory.
 
     Returns ``{"state", "run_dir", "epoch", "steps", "best_epoch", "best_val_map", "last"
@@ -795,6 +897,8 @@ def fit(cfg: Config | None, run_dir: str | Path, resume: bool = False, *, progre
     trainer = Trainer(cfg, run_dir, resume, progress, echo, stop_after_epochs)
     trainer.setup()
     trainer.prepare_run_dir()
+    if recipe is not None and trainer.env.is_main and not resume:
+        atomic_write_json(trainer.run.path / "recipe.json", recipe)  # the reasons behind config.yaml
     trainer.stop.install()
     try:
         trainer.build()
