@@ -371,11 +371,15 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """Read a YAML preset (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
     raw: dict[str, Any] = {}
     if path is not None:
+        from .fileio import read_text
+
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        try:  # a folder, FIFO, device, binary or unreadable file: one line, never a hang
+            text = read_text(path, ConfigError)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""

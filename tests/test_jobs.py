@@ -47,7 +47,8 @@ def test_states_come_from_status_and_live_processes(tmp_path):
     dead = _dead_pid()
     gone = _run(tmp_path, "gone", {"state": "running", "pid": dead, "epoch": 3, "epochs": 10})
     done = _run(tmp_path, "done", {"state": "finished", "pid": dead, "epoch": 10, "epochs": 10})
-    live = _run(tmp_path, "live", {"state": "running", "pid": os.getpid(), "epoch": 1})
+    me = jobs._proc_start_time(os.getpid())
+    live = _run(tmp_path, "live", {"state": "running", "pid": os.getpid(), "pid_start": me, "epoch": 1})
     # fit() called in this very process (a notebook): its pid lives on after the run finished
     notebook = _run(tmp_path, "notebook", {"state": "finished", "pid": os.getpid(), "epoch": 2})
     assert jobs.run_info(notebook).state == "finished"
@@ -71,7 +72,8 @@ def test_a_job_that_died_before_any_status_is_failed_with_its_message(tmp_path):
 def test_an_old_status_does_not_hide_a_newer_job(tmp_path):
     # a resumed run: status.json still says "stopped" from before, the new process runs
     old = {"state": "stopped", "pid": _dead_pid(), "updated": "2020-01-01T00:00:00+00:00"}
-    path = _run(tmp_path, "resumed", old, {"pid": os.getpid(), "started_ts": time.time()})
+    path = _run(tmp_path, "resumed", old, {"pid": os.getpid(), "start_time": jobs._proc_start_time(os.getpid()),
+                                           "started_ts": time.time()})
     assert jobs.run_info(path).state == "starting"
 
 
@@ -82,7 +84,7 @@ def test_a_resume_right_after_a_stop_is_not_mistaken_for_the_stop(tmp_path):
 
     stamp = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
     path = _run(tmp_path, "quick", {"state": "stopped", "pid": _dead_pid(), "updated": stamp},
-                {"pid": os.getpid(), "started_ts": now})
+                {"pid": os.getpid(), "start_time": jobs._proc_start_time(os.getpid()), "started_ts": now})
     assert jobs.run_info(path).state == "starting"
 
 

@@ -10,6 +10,11 @@ therefore loses nothing, and runs started from a terminal show up too::
     info = run_info(run)            # state, epoch, metrics so far
     stop_run(run)                   # SIGTERM: the trainer saves a checkpoint and marks "stopped"
     resume_run(run)                 # asca train --resume --run-dir RUN
+
+Liveness comes from the run's lock (``RUN/.lock``, held by the one process training it) and from
+pid + start time, never from a bare pid, so a reused pid never looks running and Stop never
+signals a stranger. The app's trainings share one training slot per machine (a lock file in the
+cache folder): one trains, the others wait in state ``queued``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from asca_core.errors import AscaError, CheckpointError, ConfigError
-from asca_core.utils import runs_dir
+from asca_core.fileio import read_json, read_json_lines, read_yaml_mapping
+from asca_core.train.runstore import (SLOT_ENV, RunLock, atomic_write_json, check_labels, checkpoint_labels,
+                                      process_start_time, same_process)
+from asca_core.utils import cache_dir, runs_dir
 
 JOB_FILE = "job.json"
 CONSOLE_FILE = "console.txt"
@@ -49,20 +57,12 @@ def list_presets() -> dict[str, Path]:
 
 
 # ----------------------------------------------------------------------------- processes
-def _proc_start_time(pid: int) -> int | None:
-    """Kernel start time of a process (clock ticks since boot), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name may contain spaces and parentheses: fields start after the last ")"
-    fields_ = stat[stat.rfind(")") + 2:].split()
-    if fields_ and fields_[0] == "Z":  # a zombie has finished; only its exit status is left
-        return -1
-    try:
-        return int(fields_[19])
-    except (IndexError, ValueError):
-        return None
+_proc_start_time = process_start_time
+
+
+def training_slot_path() -> Path:
+    """The lock file the app's trainings take turns on (``$ASCA_TRAINING_SLOT`` or the cache folder's)."""
+    return Path(os.environ.get(SLOT_ENV) or cache_dir() / "training.lock")
 
 
 def pid_alive(pid: Any, start_time: int | None = None) -> bool:
@@ -97,11 +97,15 @@ class RunInfo:
     """What the app shows about one run directory."""
 
     path: Path
-    state: str  # starting | running | stopping | finished | failed | stopped | PROCESS_GONE
+    # starting | queued | running | stopping | finished | failed | stopped | PROCESS_GONE | damaged
+    state: str
     status: dict[str, Any] = field(default_factory=dict)
     job: dict[str, Any] = field(default_factory=dict)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     pid: int | None = None
+    pid_start: int | None = None  # the kernel start time of ``pid``: it identifies the process
+    problem: str | None = None  # the first damaged file, as one line (state "damaged")
+    raw_config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -110,7 +114,7 @@ class RunInfo:
     @property
     def active(self) -> bool:
         """A process is working on this run right now."""
-        return self.state in ("starting", "running", "stopping")
+        return self.state in ("starting", "queued", "running", "stopping")
 
     @property
     def epoch(self) -> int:
@@ -123,35 +127,29 @@ class RunInfo:
 
     @property
     def has_model(self) -> bool:
-        return (self.path / "checkpoints" / "best.safetensors").is_file() and \
+        return self.problem is None and (self.path / "checkpoints" / "best.safetensors").is_file() and \
             (self.path / "labels.json").is_file()
 
     @property
     def can_resume(self) -> bool:
-        return not self.active and self.state != "finished" and \
+        return self.problem is None and not self.active and self.state != "finished" and \
             (self.path / "checkpoints" / "last.safetensors").is_file()
 
     @property
     def error(self) -> str | None:
-        return self.status.get("error") or self.job.get("error")
+        return self.problem or self.status.get("error") or self.job.get("error")
 
     @property
     def config(self) -> dict[str, Any]:
-        """The run's ``config.yaml`` as nested dicts (``{}`` before the trainer writes it)."""
-        import yaml
-
-        try:
-            raw = yaml.safe_load((self.path / "config.yaml").read_text())
-        except (OSError, yaml.YAMLError):
-            return {}
-        return raw if isinstance(raw, dict) else {}
+        """The run's ``config.yaml`` as nested dicts (``{}`` before the trainer writes it or when damaged)."""
+        return self.raw_config
 
     @property
     def model(self) -> str | None:
         """``"asca_tiny CCCT"``: the model name and layout of the run."""
-        model = self.config.get("model") or {}
-        if not model.get("name"):
-            return self.job.get("model")
+        model = self.config.get("model")
+        if not isinstance(model, dict) or not model.get("name"):
+            return str(self.job["model"]) if self.job.get("model") else None
         return f"{model['name']} {model.get('layout', '')}".strip()
 
     def best(self, key: str = "val_map") -> float | None:
@@ -180,32 +178,66 @@ class RunInfo:
         }
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
+class _Reader:
+    """Reads a run's files; a missing file is a default, a damaged one is noted as a problem."""
 
+    def __init__(self) -> None:
+        self.problems: list[str] = []
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return rows
-    for line in lines:
+    def __call__(self, read: Any, *args: Any, default: Any = None) -> Any:
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line being written right now
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+            return read(*args)
+        except FileNotFoundError:
+            return default
+        except AscaError as exc:
+            self.problems.append(" ".join(str(exc).split()))
+            return default
+
+
+_INT_FIELDS = {"status.json": ("pid", "pid_start", "epoch", "epochs", "steps", "batch", "batches", "best_epoch"),
+               JOB_FILE: ("pid", "start_time", "epochs")}
+
+
+def _check_fields(path: Path, value: dict[str, Any]) -> dict[str, Any]:
+    for key in _INT_FIELDS.get(path.name, ()):
+        item = value.get(key)
+        if item is not None and (isinstance(item, bool) or not isinstance(item, int)):
+            raise CheckpointError(f"{path}: {key!r} must be a whole number, not {item!r}"[:300])
+    for key in ("started_ts", "stop_requested"):
+        item = value.get(key)
+        if item is not None and (isinstance(item, bool) or not isinstance(item, (int, float))):
+            raise CheckpointError(f"{path}: {key!r} must be a number, not {item!r}"[:300])
+    return value
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return _check_fields(path, read_json(path, dict))
 
 
 def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / f).is_file() for f in ("config.yaml", "status.json", JOB_FILE))
+    return path.is_dir() and any((path / f).exists() for f in ("config.yaml", "status.json", JOB_FILE))
+
+
+def _read_run(path: Path) -> tuple[dict, dict, list, dict, list[str]]:
+    """status, job, metrics rows, config and the problems of a run's files (each one line)."""
+    read = _Reader()
+    status = read(_read_json, path / "status.json", default={})
+    job = read(_read_json, path / JOB_FILE, default={})
+    metrics = read(read_json_lines, path / "metrics.jsonl", default=[])
+    config = read(read_yaml_mapping, path / "config.yaml", default={})
+    labels = read(read_json, path / "labels.json", list)
+    if labels is not None:
+        labels = read(check_labels, labels, str(path / "labels.json"))
+    best = path / "checkpoints" / "best.safetensors"
+    if labels is not None and best.exists():
+        header = read(checkpoint_labels, best)
+        if header is not None and header != labels:
+            read.problems.append(f"{path / 'labels.json'} does not match the classes in {best}")
+    read(read_json, path / "eval.json", dict)
+    epoch = status.get("best_epoch") or status.get("epoch")
+    if isinstance(epoch, int) and epoch > 0:  # the epoch details the Runs page shows
+        read(read_json, path / "eval" / f"epoch_{epoch:03d}.json", dict)
+    return status, job, metrics, config, read.problems
 
 
 def run_info(run_dir: str | Path) -> RunInfo:
@@ -213,14 +245,13 @@ def run_info(run_dir: str | Path) -> RunInfo:
 
     A status still saying ``running`` whose process is gone (killed, machine restarted) is
     reported as ``stopped (process gone)``; a job whose process ended before writing any status
-    (a bad config, a missing dataset) as ``failed`` with the last console line as its error.
+    (a bad config, a missing dataset) as ``failed`` with the last console line as its error; a
+    run with a file that cannot be read back as ``damaged``, naming the file.
     """
     path = Path(run_dir)
     if not is_run_dir(path):
         raise CheckpointError(f"not a run directory: {path}")
-    status = _read_json(path / "status.json")
-    job = _read_json(path / JOB_FILE)
-    metrics = _read_metrics(path / "metrics.jsonl")
+    status, job, metrics, config, problems = _read_run(path)
     job_pid = job.get("pid") if isinstance(job.get("pid"), int) else None
     status_pid = status.get("pid") if isinstance(status.get("pid"), int) else None
     launched = float(job.get("started_ts") or 0.0)
@@ -230,20 +261,29 @@ def run_info(run_dir: str | Path) -> RunInfo:
         status_current = _status_time(status) + 1.0 >= launched
     pid, start_time = job_pid, job.get("start_time")
     if status_pid and (job_pid is None or (status_pid != job_pid and _status_time(status) > launched)):
-        pid, start_time = status_pid, None  # a process started from a terminal after the app's job
-    alive = pid_alive(pid, start_time)
+        pid, start_time = status_pid, status.get("pid_start")  # started from a terminal after the app's job
+    holder = RunLock.holder(path)  # the process training the run holds its lock
+    if holder is not None:
+        alive = True
+        if isinstance(holder.get("pid"), int):
+            pid, start_time = holder["pid"], holder.get("pid_start")
+    else:  # never a bare pid: only the process that started at the recorded time counts
+        alive = isinstance(start_time, int) and pid_alive(pid, start_time) and same_process(pid, start_time)
     recorded = status.get("state")
     stop_asked = float(job.get("stop_requested") or 0.0) >= launched > 0
-    if recorded in ("finished", "failed", "stopped") and (status_current or job_pid is None):
+    if problems:
+        state = "damaged"
+    elif recorded in ("finished", "failed", "stopped") and (status_current or job_pid is None) \
+            and (holder is None or holder.get("pid") == status_pid):
         state = recorded  # also while the process is still exiting, or for fit() run in a notebook
     elif alive:
         if stop_asked and pid == job_pid:
             state = "stopping"
-        elif recorded == "running" and (status_pid == pid if status_pid else status_current):
-            state = "running"
+        elif recorded in ("running", "queued") and (status_pid == pid if status_pid else status_current):
+            state = recorded
         else:
             state = "starting"
-    elif recorded == "running":
+    elif recorded in ("running", "queued"):
         state = PROCESS_GONE
     elif recorded in ("unknown", None) and job_pid is None:
         state = "unknown"
@@ -254,7 +294,9 @@ def run_info(run_dir: str | Path) -> RunInfo:
         job = {**job, "error": job.get("error") or _last_console_error(path)}
     else:
         state = recorded or "unknown"
-    return RunInfo(path=path, state=state, status=status, job=job, metrics=metrics, pid=pid)
+    return RunInfo(path=path, state=state, status=status, job=job, metrics=metrics, pid=pid,
+                   pid_start=start_time if isinstance(start_time, int) else None,
+                   problem=problems[0] if problems else None, raw_config=config)
 
 
 def _status_time(status: dict[str, Any]) -> float:
@@ -351,7 +393,8 @@ def train_command(config: str | Path | None = None, overrides: Sequence[str] = (
 
 
 def _launch(cmd: list[str], run_dir: Path, extra: dict[str, Any]) -> RunInfo:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # the app's trainings take turns on one slot: two sharing the cores each run many times slower
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{SLOT_ENV: str(training_slot_path())})
     with open(run_dir / CONSOLE_FILE, "ab") as console:
         shown = ["asca"] + cmd[3:] if cmd[1:3] == ["-m", "asca_core.cli"] else cmd
         console.write(f"$ {' '.join(shown)}\n".encode())
@@ -360,7 +403,7 @@ def _launch(cmd: list[str], run_dir: Path, extra: dict[str, Any]) -> RunInfo:
                                 cwd=str(PROJECT_ROOT), env=env, start_new_session=True)
     job = {"pid": proc.pid, "start_time": _proc_start_time(proc.pid), "started_ts": time.time(),
            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": cmd[1:], **extra}
-    (run_dir / JOB_FILE).write_text(json.dumps(job, indent=2) + "\n")
+    atomic_write_json(run_dir / JOB_FILE, job)
     return run_info(run_dir)
 
 
@@ -387,8 +430,14 @@ def start_training(config: str | Path | None, overrides: Sequence[str] = (), *,
 def resume_run(run_dir: str | Path) -> RunInfo:
     """Continue a stopped or interrupted run from its last checkpoint."""
     info = run_info(run_dir)
+    holder = RunLock.holder(info.path)
+    if holder is not None:
+        who = f"process {holder['pid']}" if isinstance(holder.get("pid"), int) else "another process"
+        raise CheckpointError(f"run {info.name} is being trained by {who}: wait for it to end or stop it first")
     if info.active:
         raise CheckpointError(f"run {info.name} is still {info.state}")
+    if info.problem:
+        raise CheckpointError(info.problem)
     if not info.can_resume:
         raise CheckpointError(f"run {info.name} has no checkpoint to resume from")
     job = {k: v for k, v in info.job.items() if k in ("epochs", "model", "preset", "overrides")}
@@ -399,22 +448,50 @@ def resume_run(run_dir: str | Path) -> RunInfo:
 def stop_run(run_dir: str | Path) -> bool:
     """Ask the run's process (and its process group) to stop with SIGTERM; False if none runs.
 
-    The trainer finishes the current step, saves ``last`` and marks the run ``stopped``.
+    The trainer finishes the current step, saves ``last`` and marks the run ``stopped``. Only
+    the process identified by pid and start time is signalled, never whatever has its pid now.
     """
     info = run_info(run_dir)
-    if not info.active or info.pid is None:
+    if not info.active or info.pid is None or info.pid_start is None:
+        return False
+    if not _terminate(info.pid, info.pid_start):
         return False
     try:
-        if os.getpgid(info.pid) == info.pid:  # a session leader we started: reach its children too
-            os.killpg(info.pid, signal.SIGTERM)
-        else:  # started elsewhere (a terminal): only the trainer itself
-            os.kill(info.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    job = _read_json(info.path / JOB_FILE)
+        job = _read_json(info.path / JOB_FILE)
+    except (FileNotFoundError, AscaError):
+        job = {}
     if job:
         job["stop_requested"] = time.time()
-        (info.path / JOB_FILE).write_text(json.dumps(job, indent=2) + "\n")
+        atomic_write_json(info.path / JOB_FILE, job)
+    return True
+
+
+def _terminate(pid: int, start_time: int) -> bool:
+    """SIGTERM to process ``pid`` (its whole group when it leads one) if it started at ``start_time``.
+
+    A pidfd pins the identity: once it is open and the start time matches, the signal reaches
+    that very process even if it exits and its pid is reused in between.
+    """
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except (AttributeError, OSError):  # no pidfd (old kernel): the start time check alone
+        handle = None
+    try:
+        if process_start_time(pid) != start_time:
+            return False
+        if os.getpgid(pid) == pid:  # a session leader we started: reach its children too
+            os.killpg(pid, signal.SIGTERM)
+        elif handle is not None:  # started elsewhere (a terminal): only the trainer itself
+            signal.pidfd_send_signal(handle, signal.SIGTERM)
+        else:
+            os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    finally:
+        if handle is not None:
+            os.close(handle)
     return True
 
 
@@ -424,5 +501,5 @@ def finished_runs(root: str | Path | None = None) -> list[RunInfo]:
 
 
 __all__ = ["RunInfo", "PROCESS_GONE", "list_presets", "presets_dir", "pid_alive", "run_info",
-           "list_runs", "finished_runs", "read_console", "new_run_dir", "train_command",
+           "training_slot_path", "list_runs", "finished_runs", "read_console", "new_run_dir", "train_command",
            "start_training", "resume_run", "stop_run", "is_run_dir"]

@@ -138,9 +138,15 @@ def load_train_config(config: str | None, overrides: list[str], run_dir: str | N
     if resume:
         if not run_dir:
             raise ConfigError("--resume needs --run-dir DIR (the run to continue)")
+        from ..train.runstore import RunLock
+
         stored = Path(run_dir) / "config.yaml"
-        if not stored.is_file():
+        if not stored.exists():
             raise CheckpointError(f"cannot resume: {run_dir} holds no run (no config.yaml)")
+        holder = RunLock.holder(run_dir)
+        if holder is not None:  # refused before anything is read or written
+            who = f"process {holder['pid']}" if isinstance(holder.get("pid"), int) else "another process"
+            raise CheckpointError(f"run {run_dir} is being trained by {who}: wait for it to end or stop it first")
         return load_config(stored, overrides)
     if not config:
         raise ConfigError("asca train needs --config FILE (e.g. configs/demo.yaml)")
@@ -236,12 +242,13 @@ def _find_run(name: str) -> Path:
     from ..utils import runs_dir
 
     path = Path(name)
-    if path.exists():
-        return path
-    candidate = runs_dir() / name
-    if candidate.exists():
-        return candidate
-    raise CheckpointError(f"run not found: {name}")
+    if not path.exists() and (runs_dir() / name).exists():
+        path = runs_dir() / name
+    if not path.exists():
+        raise CheckpointError(f"run not found: {name}")
+    if not path.is_dir() and path.suffix != ".safetensors":
+        raise CheckpointError(f"{path} is not a run directory or a .safetensors checkpoint")
+    return path
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..config import Config
 from ..errors import AscaError, CheckpointError
-from .runstore import RunStore, atomic_write_bytes
+from .runstore import RunStore, atomic_write_bytes, check_labels
 
 FORMAT = "asca-checkpoint/1"
 
@@ -50,9 +50,7 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu"
     """Read a safetensors file: ``(tensors, metadata)``; CheckpointError if missing or corrupt."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    path = _regular_file(path)
     try:
         tensors: dict[str, Tensor] = {}
         with safe_open(str(path), framework="pt", device=str(device)) as handle:
@@ -68,14 +66,23 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     """Only the header metadata of a safetensors file (no tensors are read)."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    path = _regular_file(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             return dict(handle.metadata() or {})
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {exc}") from exc
+
+
+def _regular_file(path: str | Path) -> Path:
+    """``path`` when it is a regular file; opening a FIFO would wait for a writer forever."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "a special file (FIFO, socket or device)"
+        raise CheckpointError(f"{path} is {kind}, not a checkpoint file")
+    return path
 
 
 def checkpoint_metadata(cfg: Config, labels: list[str], epoch: int, **extra: Any) -> dict[str, str]:
@@ -111,10 +118,19 @@ def config_from_metadata(metadata: Mapping[str, str], source: str) -> tuple[Conf
         raise CheckpointError(f"{source} is not an ASCA checkpoint (format "
                               f"{metadata.get('format')!r}, expected {FORMAT!r})")
     try:
-        cfg = Config.from_dict(yaml.safe_load(metadata["config"]))
+        raw = yaml.safe_load(metadata["config"])
+        if not isinstance(raw, dict):
+            raise CheckpointError("its config is not a mapping of sections")
+        cfg = Config.from_dict(raw)
         labels = json.loads(metadata["labels"])
     except (KeyError, yaml.YAMLError, json.JSONDecodeError, AscaError) as exc:
-        raise CheckpointError(f"{source} has an unreadable config or label list: {exc}") from exc
+        detail = f"no {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())
+        raise CheckpointError(f"{source} has an unreadable config or label list: {detail}") from None
+    check_labels(labels, f"{source} (header)")
+    try:
+        int(metadata.get("epoch", 0))
+    except ValueError:
+        raise CheckpointError(f"{source}: the epoch in its header is not a number") from None
     return cfg, labels
 
 
@@ -149,17 +165,23 @@ def load_model_from_run(run_dir: str | Path, checkpoint: str = "best",
         if not path.is_dir():
             raise CheckpointError(f"run directory not found: {path}")
         ckpt_path = store.checkpoint_path(checkpoint)
-        if not ckpt_path.is_file():
+        if not ckpt_path.exists():
             other = "last" if checkpoint == "best" else "best"
             hint = f" (the run has a {other} checkpoint)" if store.has_checkpoint(other) else ""
             raise CheckpointError(f"run {path} has no {checkpoint} checkpoint yet{hint}")
     state, metadata = load_tensors(ckpt_path, device="cpu")
     cfg, labels = config_from_metadata(metadata, str(ckpt_path))
+    if path.suffix != ".safetensors" and store.labels_path.exists() and store.labels() != labels:
+        raise CheckpointError(f"{store.labels_path} does not match the classes in {ckpt_path} "
+                              f"({len(store.labels())} vs {len(labels)} names, or a different order)")
     try:
         model = model_from_config(cfg, len(labels))
     except AscaError as exc:
         raise CheckpointError(f"{ckpt_path} describes a model this version cannot build: {exc}") from exc
-    load_weights(model, state, str(ckpt_path))
+    try:
+        load_weights(model, state, str(ckpt_path))
+    except CheckpointError as exc:  # most often a label list of another length than the head
+        raise CheckpointError(f"{exc}; its header lists {len(labels)} classes") from None
     return model.to(device).eval(), cfg, labels
 
 

@@ -50,7 +50,8 @@ from . import ddp
 from .checkpoint import (checkpoint_metadata, load_model_from_run, load_tensors, load_weights,
                          model_from_config, read_metadata, save_model, save_tensors)
 from .metrics import compute_metrics
-from .runstore import RunStore, atomic_write_json, json_safe, now_iso
+from .runstore import (SLOT_ENV, RunLock, RunStore, TrainingSlot, atomic_write_json, json_safe, now_iso,
+                       process_start_time, sweep_temporaries, unusable_run_dir, wait_for_slot)
 from .schedule import cosine_lr, set_lr
 
 STATE_FORMAT = "asca-train-state/1"
@@ -305,14 +306,15 @@ class Trainer:
             elif not self.resume and run.exists():
                 problem = (f"run directory {run.path} already holds a run: "
                            "pass --resume to continue it or choose another --run-dir")
+            elif not self.resume and run.path.exists():
+                problem = unusable_run_dir(run.path)
         problem = ddp.broadcast_object(problem)
         if problem:
             raise CheckpointError(problem)
         if self.env.is_main:
             run.path.mkdir(parents=True, exist_ok=True)
             run.checkpoints_dir.mkdir(exist_ok=True)
-            for stale in run.path.rglob(".*.tmp"):  # run files, checkpoints/, eval/
-                stale.unlink(missing_ok=True)  # half-written files of a killed process
+            sweep_temporaries(run.path)  # half-written files of a killed process, by their own names only
             if not self.resume:
                 run.write_config(self.cfg)
                 status = {"started": now_iso()}
@@ -322,7 +324,8 @@ class Trainer:
                              epochs=self.cfg.train.epochs, steps=run.status().get("steps", 0),
                              best_epoch=run.status().get("best_epoch"),
                              best_val_map=run.status().get("best_val_map"),
-                             pid=os.getpid(), world_size=self.env.world_size,
+                             pid=os.getpid(), pid_start=process_start_time(os.getpid()),
+                             world_size=self.env.world_size,
                              device=str(self.device), **status)
         ddp.barrier()
 
@@ -492,8 +495,14 @@ class Trainer:
     def load_last(self) -> bool:
         """Restore weights, optimizer and counters from the last checkpoint (False if none)."""
         state_path = self.run.checkpoints_dir / "last.state.safetensors"
-        if not state_path.is_file():
-            return False
+        if not state_path.exists():
+            trained = len(self.run.metrics())
+            if trained or self.run.has_checkpoint("best"):  # starting over would overwrite them
+                raise CheckpointError(f"cannot resume {self.run.path}: its resume state {state_path} is missing, "
+                                      f"though the run has trained ({trained} epoch(s) in metrics.jsonl"
+                                      f"{', a best checkpoint' if self.run.has_checkpoint('best') else ''}); "
+                                      "its files are left as they are")
+            return False  # killed before its first checkpoint: nothing to lose, start from scratch
         tensors, meta = load_tensors(state_path)
         try:
             state = json.loads(meta["state"])
@@ -896,11 +905,32 @@ def fit(cfg: Config | None, run_dir: str | Path, resume: bool = False, *, progre
         cfg = RunStore(run_dir).config()
     trainer = Trainer(cfg, run_dir, resume, progress, echo, stop_after_epochs)
     trainer.setup()
+    # One writer per run: rank 0 holds RUN/.lock from before the first write until fit returns.
+    lock, problem = RunLock(trainer.run.path), None
+    if trainer.env.is_main:
+        try:
+            lock.acquire(fresh=not resume)
+        except CheckpointError as exc:
+            problem = str(exc)
+    problem = ddp.broadcast_object(problem)
+    if problem:
+        raise CheckpointError(problem)
+    try:
+        return _fit_locked(trainer, resume, recipe)
+    finally:
+        lock.release()
+
+
+def _fit_locked(trainer: Trainer, resume: bool, recipe: dict[str, Any] | None) -> dict[str, Any]:
     trainer.prepare_run_dir()
     if recipe is not None and trainer.env.is_main and not resume:
         atomic_write_json(trainer.run.path / "recipe.json", recipe)  # the reasons behind config.yaml
     trainer.stop.install()
+    slot = TrainingSlot(os.environ[SLOT_ENV]) if os.environ.get(SLOT_ENV) and not trainer.env.distributed else None
     try:
+        # trainings launched with a shared slot (the app's) take turns instead of sharing the cores
+        if slot is not None and not wait_for_slot(slot, trainer.run, lambda: trainer.stop.requested, trainer.log):
+            return _queued_result(trainer)
         trainer.build()
         return trainer.run_loop()
     except KeyboardInterrupt:
@@ -916,10 +946,21 @@ def fit(cfg: Config | None, run_dir: str | Path, resume: bool = False, *, progre
             trainer.log(f"failed: {message}")
         raise
     finally:
+        if slot is not None:
+            slot.release()
         trainer.stop.restore()
         ddp.shutdown_distributed()
         enabled, warn_only = trainer._deterministic_before  # fit() may run inside the app's process
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def _queued_result(trainer: Trainer) -> dict[str, Any]:
+    """fit()'s result for a run stopped while it waited for the training slot."""
+    status = trainer.run.write_status(state="stopped")
+    trainer.log("stopped while queued; nothing was trained in this session")
+    return json_safe({"state": "stopped", "run_dir": str(trainer.run.path), "epoch": status.get("epoch", 0),
+                      "steps": status.get("steps", 0), "best_epoch": status.get("best_epoch") or 0,
+                      "best_val_map": status.get("best_val_map")})
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | None = None,

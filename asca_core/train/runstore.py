@@ -17,9 +17,12 @@ killed at any moment sees either the old or the new version, never half a file.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import re
+import stat
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -30,8 +33,21 @@ import yaml
 
 from ..config import Config
 from ..errors import AscaError, CheckpointError
+from ..fileio import read_json, read_json_lines, read_text
 
-STATES = ("running", "finished", "failed", "stopped")
+STATES = ("queued", "running", "finished", "failed", "stopped")
+LOCK_FILE = ".lock"  # flock()ed by the one process writing the run, for as long as it trains
+SLOT_ENV = "ASCA_TRAINING_SLOT"  # a lock file: trainings given the same one run one at a time
+# Files a launcher (the app) may put into a run folder before the trainer starts.
+LAUNCHER_FILES = ("job.json", "console.txt", "requested.yaml")
+# The files the program writes into each folder of a run; their temporaries are
+# ``.<name>.<8 random characters>.tmp`` (see atomic_write_bytes).
+_OWN_FILES = {
+    "": re.compile(r"config\.yaml|status\.json|metrics\.jsonl|labels\.json|eval\.json|recipe\.json"),
+    "checkpoints": re.compile(r"(best|last|last\.state)\.safetensors|last\.state\.json"),
+    "eval": re.compile(r"epoch_\d{3,}\.json"),
+}
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp")
 
 
 def _file_mode() -> int:
@@ -150,66 +166,58 @@ class RunStore:
         return f"RunStore({str(self.path)!r})"
 
     # ------------------------------------------------------------------ readers
+    # Every reader names the file and the problem in one CheckpointError line, whatever is there
+    # instead of the file the trainer wrote: a folder, a FIFO, binary junk, JSON of another type.
     def exists(self) -> bool:
         return self.config_path.is_file()
 
     def config(self) -> Config:
         """The resolved config of the run (CheckpointError when missing or unreadable)."""
-        if not self.config_path.is_file():
+        if not self.config_path.exists():
             raise CheckpointError(f"not a run directory (no config.yaml): {self.path}")
+        from ..fileio import read_yaml_mapping
+
+        raw = read_yaml_mapping(self.config_path)
         try:
-            raw = yaml.safe_load(self.config_path.read_text())
             return Config.from_dict(raw)
-        except (yaml.YAMLError, AscaError) as exc:
-            raise CheckpointError(f"unreadable config.yaml in {self.path}: {exc}") from exc
+        except AscaError as exc:
+            raise CheckpointError(f"{self.config_path} is not a usable config: {exc}") from exc
 
     def labels(self) -> list[str]:
-        if not self.labels_path.is_file():
-            raise CheckpointError(f"run has no labels.json: {self.path}")
         try:
-            labels = json.loads(self.labels_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"unreadable labels.json in {self.path}") from exc
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise CheckpointError(f"labels.json in {self.path} must be a list of class names")
-        return labels
+            labels = read_json(self.labels_path, list)
+        except FileNotFoundError:
+            raise CheckpointError(f"run has no labels.json: {self.path}") from None
+        return check_labels(labels, str(self.labels_path))
 
     def status(self) -> dict[str, Any]:
         """``status.json`` as a dict; ``{}`` when the run has not written one yet."""
         try:
-            return json.loads(self.status_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            return read_json(self.status_path, dict)
+        except FileNotFoundError:
             return {}
 
     def state(self) -> str:
         """The recorded state, or ``"crashed"`` for a run marked running whose process is gone."""
         status = self.status()
         state = status.get("state", "unknown")
-        if state == "running" and not _pid_alive(status.get("pid")):
+        if state in ("running", "queued") and not trainer_alive(self.path, status):
             return "crashed"
         return state
 
     def metrics(self) -> list[dict[str, Any]]:
         """One dict per finished epoch, in order."""
-        if not self.metrics_path.is_file():
+        try:
+            return read_json_lines(self.metrics_path)
+        except FileNotFoundError:
             return []
-        rows = []
-        for line in self.metrics_path.read_text().splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return rows
 
     def eval_details(self, epoch: int | None = None) -> dict[str, Any]:
         """Per-epoch details (``epoch``) or the final evaluation (``None``); ``{}`` if absent."""
         path = self.path / "eval.json" if epoch is None else self.eval_dir / f"epoch_{epoch:03d}.json"
         try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            return read_json(path, dict)
+        except FileNotFoundError:
             return {}
 
     def has_checkpoint(self, which: str = "best") -> bool:
@@ -259,16 +267,289 @@ class RunStore:
             handle.write(f"{stamp} {message}\n")
 
 
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
+def check_labels(labels: Any, source: str) -> list[str]:
+    """``labels`` when it is a non-empty list of distinct class names; one line naming ``source`` otherwise."""
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+        raise CheckpointError(f"{source}: the labels must be a non-empty list of class names")
+    if len(set(labels)) != len(labels):
+        raise CheckpointError(f"{source}: the labels name a class twice")
+    return labels
+
+
+def checkpoint_labels(path: str | Path) -> list[str]:
+    """The class names in a safetensors checkpoint's header, read without loading any tensor.
+
+    A safetensors file starts with the length of its JSON header (8 bytes, little-endian);
+    the header's ``__metadata__`` holds the labels as a JSON string.
+    """
+    path = Path(path)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CheckpointError(f"{path} is not a regular file")
+        head = os.pread(fd, 8, 0)
+        size = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < size <= 100 << 20:
+            raise CheckpointError(f"{path} is not a safetensors checkpoint")
+        header = os.pread(fd, size, 8)
+    finally:
+        os.close(fd)
+    try:
+        meta = json.loads(header.decode("utf-8")).get("__metadata__") or {}
+        labels = json.loads(meta["labels"])
+    except (UnicodeDecodeError, ValueError, KeyError, AttributeError, TypeError):
+        raise CheckpointError(f"{path} has no readable label list in its header") from None
+    return check_labels(labels, f"{path} (header)")
+
+
+# ---------------------------------------------------------------------- processes and locks
+def process_start_time(pid: int) -> int | None:
+    """Kernel start time of a process (clock ticks since boot), to tell a reused pid apart.
+
+    ``-1`` for a zombie (finished, only its exit status left); None when unknown.
+    """
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name may contain spaces and parentheses: fields start after the last ")"
+    fields = text[text.rfind(")") + 2:].split()
+    if fields and fields[0] == "Z":
+        return -1
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def same_process(pid: Any, start_time: Any) -> bool:
+    """True while ``pid`` runs and started at ``start_time``: a bare pid is never trusted."""
+    if not isinstance(pid, int) or pid <= 0 or not isinstance(start_time, int) or start_time < 0:
         return False
-    except PermissionError:
+    return process_start_time(pid) == start_time
+
+
+def trainer_alive(run_dir: str | Path, status: dict[str, Any]) -> bool:
+    """Whether a process is training ``run_dir``: its lock is held, or the pid and start time
+    that status.json records belong to a running process."""
+    if RunLock.holder(run_dir) is not None:
         return True
+    return same_process(status.get("pid"), status.get("pid_start"))
+
+
+def _me() -> dict[str, Any]:
+    return {"pid": os.getpid(), "pid_start": process_start_time(os.getpid())}
+
+
+class _FileLock:
+    """An exclusive ``flock`` on a file, with the holder's pid and start time written in it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def _try(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise CheckpointError(f"{self.path} cannot be used as a lock file: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        data = (json.dumps(_me()) + "\n").encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        os.close(fd)  # closing drops the flock; a killed process's locks go with it
+
+    @staticmethod
+    def holder_of(path: str | Path) -> dict[str, Any] | None:
+        """``{"pid", "pid_start"}`` of the process holding the lock at ``path``, None when free.
+
+        The lock is only probed (a shared lock taken and dropped at once), never waited for.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    info = json.loads(os.pread(fd, 200, 0).decode())
+                except (OSError, ValueError):
+                    info = {}
+                return info if isinstance(info, dict) else {}
+            except OSError:  # not a file one can lock (a folder, a FIFO): nobody holds it
+                return None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+
+def _holder_text(holder: dict[str, Any]) -> str:
+    pid = holder.get("pid")
+    return f"process {pid}" if isinstance(pid, int) else "another process"
+
+
+class RunLock(_FileLock):
+    """The one-writer lock of a run folder (``RUN/.lock``), held for the whole of training."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        super().__init__(Path(run_dir) / LOCK_FILE)
+        self.run_dir = Path(run_dir)
+
+    def acquire(self, fresh: bool = False, patience: float = 15.0) -> None:
+        """Take the lock or raise CheckpointError naming the process that trains the run.
+
+        ``fresh``: a new run is about to be created here, so a folder holding anything else is
+        refused before the lock file is written into it. Another reader probing the lock holds
+        it for microseconds, and the worker processes of a killed trainer hold it until they
+        notice (seconds): both are waited for, a live trainer is not.
+        """
+        if fresh and self.run_dir.exists() and not (self.run_dir / "config.yaml").exists():
+            problem = unusable_run_dir(self.run_dir)
+            if problem:
+                raise CheckpointError(problem)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise CheckpointError(f"run directory {self.run_dir} is not a folder")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + patience
+        probe_until = time.monotonic() + 1.0
+        while not self._try():
+            holder = self.holder_of(self.path)
+            if holder is None:
+                continue  # released in between
+            owner_alive = same_process(holder.get("pid"), holder.get("pid_start"))
+            if (owner_alive and time.monotonic() > probe_until) or time.monotonic() > deadline:
+                raise CheckpointError(f"run {self.run_dir} is being trained by {_holder_text(holder)}: "
+                                      "wait for it to end or stop it first")
+            time.sleep(0.05)
+
+    @staticmethod
+    def holder(run_dir: str | Path) -> dict[str, Any] | None:
+        """The process holding the run's lock (``{"pid", "pid_start"}``), None when free."""
+        return _FileLock.holder_of(Path(run_dir) / LOCK_FILE)
+
+
+class TrainingSlot(_FileLock):
+    """A machine-wide lock file: trainings that share it run one at a time, the rest wait."""
+
+    def acquire(self, wait: bool = True, poll: float = 0.5, give_up: Any = None) -> bool:
+        """Take the slot; with ``wait``, poll until free or ``give_up()`` says stop (False)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while not self._try():
+            if not wait or (give_up is not None and give_up()):
+                return False
+            time.sleep(poll)
+        return True
+
+    def holder(self) -> dict[str, Any] | None:
+        return self.holder_of(self.path)
+
+
+# ---------------------------------------------------------------------- folders
+def sweep_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete a killed writer's temporaries: only ``.<own file>.<random>.tmp`` in the run's own folders."""
+    removed = []
+    for sub, names in _OWN_FILES.items():
+        folder = Path(run_dir) / sub
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _TEMPORARY.fullmatch(entry.name)
+            if match and names.fullmatch(match["name"]) and entry.is_file(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def foreign_entries(run_dir: str | Path) -> list[str]:
+    """What a folder holds besides what a fresh run may already contain (launcher files, the lock,
+    the program's own temporaries, empty run sub-folders)."""
+    folder = Path(run_dir)
+    found = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        name = entry.name
+        if name in LAUNCHER_FILES or name == LOCK_FILE:
+            continue
+        match = _TEMPORARY.fullmatch(name)
+        if match and _OWN_FILES[""].fullmatch(match["name"]):
+            continue
+        if name in _OWN_FILES and entry.is_dir(follow_symlinks=False) and not foreign_in_sub(folder / name):
+            continue
+        found.append(name)
+    return found
+
+
+def unusable_run_dir(run_dir: str | Path) -> str | None:
+    """Why a new run cannot be created in the existing ``run_dir``, or None when it can."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        return f"run directory {path} is not a folder"
+    try:
+        foreign = foreign_entries(path)
+    except OSError as exc:
+        return f"run directory {path} cannot be listed: {exc.strerror or exc}"
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        return (f"run directory {path} is not empty and holds no run ({shown}): "
+                "choose a new or empty --run-dir")
+    return None
+
+
+def wait_for_slot(slot: TrainingSlot, run: RunStore, stop_requested: Any, log: Any) -> bool:
+    """Take the training slot, marking the run ``queued`` while another training holds it.
+
+    False when a stop was requested before the slot came free.
+    """
+    if slot.acquire(wait=False):
+        return True
+    holder = slot.holder() or {}
+    run.write_status(state="queued")
+    log(f"queued: {_holder_text(holder)} is training on this machine; this run starts when it ends")
+    if not slot.acquire(wait=True, give_up=stop_requested):
+        return False
+    run.write_status(state="running")
+    log("the training slot is free: starting")
     return True
+
+
+def foreign_in_sub(folder: Path) -> bool:
+    names = _OWN_FILES[folder.name]
+    for entry in os.scandir(folder):
+        match = _TEMPORARY.fullmatch(entry.name)
+        if not (match and names.fullmatch(match["name"])):
+            return True
+    return False
 
 
 def list_runs(root: str | Path | None = None) -> list[RunStore]:
@@ -280,9 +561,16 @@ def list_runs(root: str | Path | None = None) -> list[RunStore]:
         return []
     runs = [RunStore(p) for p in root.iterdir() if p.is_dir() and (p / "config.yaml").is_file()]
 
-    # config.yaml is written once, when the run is created
-    return sorted(runs, key=lambda r: r.config_path.stat().st_mtime, reverse=True)
+    def created(run: RunStore) -> float:  # config.yaml is written when the run is created
+        try:
+            return run.config_path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    return sorted(runs, key=created, reverse=True)
 
 
 __all__ = ["RunStore", "list_runs", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
-           "json_safe", "STATES"]
+           "json_safe", "STATES", "RunLock", "TrainingSlot", "process_start_time", "same_process",
+           "trainer_alive", "check_labels", "sweep_temporaries", "foreign_entries", "LOCK_FILE",
+           "LAUNCHER_FILES", "SLOT_ENV", "unusable_run_dir", "wait_for_slot", "checkpoint_labels"]

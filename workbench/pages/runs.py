@@ -5,19 +5,42 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from asca_core.errors import AscaError
 from asca_core.train.runstore import RunStore
 from asca_core.utils import runs_dir
 from workbench import figures, jobs, state
 
 
 def _evaluation(info: jobs.RunInfo) -> dict:
-    """The final test evaluation, else the validation details of the best (or last) epoch."""
+    """The final test evaluation, else the validation details of the best (or last) epoch.
+
+    ``{}`` for a damaged run (its table row says so); a damaged file never hides the other runs.
+    """
+    if info.problem:
+        return {}
     store = RunStore(info.path)
-    details = store.eval_details()
-    if details.get("labels"):
-        return details
-    epoch = info.status.get("best_epoch") or info.epoch
-    return store.eval_details(epoch) if epoch else {}
+    try:
+        details = store.eval_details()
+        if _usable(details):
+            return details
+        epoch = info.status.get("best_epoch") or info.epoch
+        details = store.eval_details(epoch) if epoch else {}
+    except AscaError as exc:
+        st.warning(f"{info.name}: {exc}", icon=":material/warning:")
+        return {}
+    return details if _usable(details) else {}
+
+
+def _usable(details: dict) -> bool:
+    """Details with labels, per-class scores and a confusion matrix of matching sizes (or none)."""
+    labels, per_class = details.get("labels"), details.get("per_class")
+    if not isinstance(labels, list) or not labels:
+        return False
+    if per_class is not None and not (isinstance(per_class, dict) and isinstance(per_class.get("ap"), list)
+                                      and len(per_class["ap"]) == len(labels)):
+        return False
+    confusion = details.get("confusion")
+    return confusion is None or (isinstance(confusion, list) and len(confusion) == len(labels))
 
 
 def _ablations() -> list[Path]:
@@ -34,6 +57,9 @@ def _compare(runs: list[jobs.RunInfo]) -> None:
     if not picked:
         st.info("Pick one or more runs.")
         return
+    for r in picked:
+        if r.problem:
+            st.warning(f"{r.name} is damaged: {r.problem}", icon=":material/warning:")
     rows = []
     for r in picked:
         row = r.summary()
@@ -105,6 +131,29 @@ def render() -> None:
             state.quick_demo_offer()
     with ablation:
         _ablation()
+    _cross_validation()
+
+
+def _cross_validation() -> None:
+    """The CV folders (``asca cv``) under the runs folder: one row per fold, mean ± std, a chart."""
+    from asca_core.train.cv import cv_summary, result_rows
+
+    root = runs_dir()
+    found = [p.parent for p in root.glob("*/cv.json")] if root.is_dir() else []
+    summaries = [s for s in (cv_summary(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)) if s]
+    st.subheader("Cross-validation")
+    if not summaries:
+        st.info("No cross-validation yet. Run one from a terminal, e.g. `asca cv DATA --budget 5m` (one run per "
+                "fold of its fold column) or `asca cv DATA --by speaker` (leave one speaker out); it shows here.")
+        return
+    names = [s["name"] for s in summaries]
+    summary = summaries[names.index(st.selectbox("Cross-validation folder", names, key="cv_folder"))]
+    by = summary["by"] or "fold"
+    st.caption(f"{summary['title']} · {summary['finished']} of {len(summary['rows'])} {by}s finished · "
+               f"`{summary['folder']}`")
+    st.dataframe(pd.DataFrame(result_rows(summary)).astype({"fold": str}), hide_index=True)
+    if summary["finished"]:
+        st.plotly_chart(figures.cv_figure(summary), key="cv_figure")
 
 
 state.training_sidebar(offer=False)

@@ -61,7 +61,13 @@ def _panel(name: str, live: bool) -> None:
             jobs.resume_run(info.path)
             st.rerun(scope="app")
         st.progress(state.run_fraction(info))
-        if info.state == "failed" and info.error:
+        if info.state == "damaged":
+            st.warning(f"This run cannot be read back: {info.problem}", icon=":material/warning:")
+        elif info.state == "queued":
+            st.info("Queued: another training is using this machine; this one starts when it ends "
+                    "(one at a time, as two would share the cores and each run many times slower).",
+                    icon=":material/hourglass_top:")
+        elif info.state == "failed" and info.error:
             st.error(info.error)
         elif info.state == jobs.PROCESS_GONE:
             st.warning("The training process ended without marking the run (killed or the machine restarted). "
