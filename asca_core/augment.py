@@ -291,6 +291,10 @@ def load_noise_bank(folder: str | Path, sample_rate: int, max_files: int = 200,
     if not root.is_dir():
         raise ConfigError(f"augment.noise_dir is not a folder: {root}")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _NOISE_EXTENSIONS)[:max_files]
+    real_root = root.resolve()
+    for p in files:  # compared after following symlinks: a link must not read files elsewhere
+        if real_root not in p.resolve().parents:
+            raise ConfigError(f"augment.noise_dir: {p} leads outside {root} (symlink to {p.resolve()})")
     if not files:
         raise ConfigError(f"augment.noise_dir holds no audio files: {root}")
     bank = [torch.from_numpy(load_audio(p, sample_rate, duration=max_seconds).copy()) for p in files]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -135,10 +136,14 @@ def save_upload(data: bytes, name: str) -> Path:
     folder = cache_dir() / "uploads" / hashlib.sha1(data).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
-    if not path.is_file():
+    # Reused only as a plain file of this folder: a symlink planted here must never be followed.
+    if path.is_symlink() or not path.is_file() or path.resolve().parent != folder.resolve():
         tmp = folder / f".{name}.part"
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        tmp.unlink(missing_ok=True)  # a link in its place would send the write elsewhere
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        tmp.replace(path)  # replaces a link itself, never its target
     return path
 
 

@@ -12,9 +12,10 @@ Four layouts are recognised (``detect_format``) and turned into one :class:`Data
 - ``esc50``: ESC-50, ``meta/esc50.csv`` + ``audio/``; label = ``category``, ``fold``, group =
   ``src_file`` (the recording a clip was cut from).
 
-Rows that point at missing files, files outside the dataset root or unsupported file types are
-not fatal: they land in ``DatasetIndex.problems`` as ``(file, reason)``. A manifest that cannot be
-read at all (missing columns, empty, not UTF-8, malformed rows) raises :class:`DatasetError`.
+Rows that point at missing files, files outside the dataset root (by ``../``, an absolute path or
+a symlink leading out) or unsupported file types are not fatal: they land in
+``DatasetIndex.problems`` as ``(file, reason)``. A manifest that cannot be read at all (missing
+columns, empty, not UTF-8, malformed rows) raises :class:`DatasetError`.
 """
 
 from __future__ import annotations
@@ -226,13 +227,25 @@ def _read_table(csv_path: Path, required: tuple[str, ...]) -> tuple[list[str], l
     return header, rows
 
 
+def _inside(root: Path, path: Path) -> bool:
+    """Whether ``path`` stays inside ``root`` once every symlink on the way is followed."""
+    try:
+        real, real_root = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    except (OSError, ValueError):  # a symlink loop, an unreadable folder, a NUL byte
+        return False
+    return real == real_root or real_root in real.parents
+
+
 def _resolve(root: Path, name: str, base: Path | None = None) -> tuple[Path | None, str | None]:
-    """Resolve a manifest path against ``base`` (default ``root``); refuse paths leaving ``root``."""
+    """Resolve a manifest path against ``base`` (default ``root``); refuse paths leaving ``root``,
+    written as ``../`` or reached through a symlink."""
     base = root if base is None else base
     candidate = Path(os.path.normpath(base / name))  # absolute names replace base here
     root_norm = Path(os.path.normpath(root))
     if candidate != root_norm and root_norm not in candidate.parents:
         return None, OUTSIDE_ROOT
+    if not _inside(root, candidate):
+        return None, f"{OUTSIDE_ROOT} (through a symlink)"
     return candidate, None
 
 
@@ -316,16 +329,25 @@ def _load_folder(root: Path) -> DatasetIndex:
         if entry.name.startswith("."):
             continue
         if entry.is_file():
-            if _is_audio(entry):
+            if _is_audio(entry) and not _inside(root, entry):
+                problems.append((entry.name, f"{OUTSIDE_ROOT} (through a symlink)"))
+            elif _is_audio(entry):
                 unlabelled.append(entry)
                 problems.append((entry.name, "not inside a class folder (expected ROOT/<label>/file)"))
             continue
         if not entry.is_dir():
             continue
+        if not _inside(root, entry):
+            problems.append((entry.name, f"{OUTSIDE_ROOT} (class folder through a symlink)"))
+            continue
         for file in sorted(p for p in entry.rglob("*") if p.is_file()):
             if any(part.startswith(".") for part in file.relative_to(root).parts):
                 continue
             if _is_audio(file):
+                if not _inside(root, file):
+                    problems.append((file.relative_to(root).as_posix(),
+                                     f"{OUTSIDE_ROOT} (through a symlink)"))
+                    continue
                 clips.append(Clip(path=file, labels=(entry.name,)))
     return _finish(root, "folder", clips, problems, unlabelled=unlabelled)
 
