@@ -261,9 +261,6 @@ CASES: dict[str, Case] = {}
 KNOWN: dict[str, str] = {
     "lib-wave-huge-amplitude": "finite samples of 3e29 give non-finite probabilities without an error",
     "lib-predict-rate-zero": "a wave's sample_rate of 0 reaches the resampler (ValueError)",
-    "lib-symlink-file-outside-root": "a file symlink leaving the dataset root is indexed",
-    "lib-symlink-folder-outside-root": "a class-folder symlink leaving the dataset root is indexed",
-    "lib-symlink-manifest-outside-root": "a manifest row through a symlinked folder leaving the root is indexed",
     "lib-config-features.n_fft=100000000": "no upper bound on features.n_fft",
     "lib-config-train.num_threads=100000": "no upper bound on train.num_threads",
     "lib-config-model.attn_window=100000": "no upper bound on model.attn_window",
