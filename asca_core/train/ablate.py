@@ -9,54 +9,14 @@ metric, parameters, GMACs, training minutes), ``runs.csv`` (one row per run) and
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from ..config import Config
 from .runstore import RunStore, atomic_write_json, atomic_write_text
+from .sweep import Bar, bar_chart_svg, collect, esc, mean_std, pm, to_csv, train_or_resume
 
 METRICS = ("test_acc", "test_map", "test_auc", "test_cmap", "val_acc", "val_map")
-
-
-def _run_one(cfg: Config, run_dir: Path, echo: Callable[[str], None] | None,
-             progress: bool | None) -> bool:
-    """Train (or resume, or reuse) one variant; False when it was stopped before finishing."""
-    from .engine import fit
-
-    store = RunStore(run_dir)
-    if store.exists() and store.status().get("state") == "finished":
-        if echo:
-            echo(f"{run_dir.name}: finished earlier, reused")
-        return True
-    if store.exists():  # continue with the run's own resolved config (normalisation included)
-        return fit(store.config(), run_dir, resume=True, echo=echo, progress=progress)["state"] == "finished"
-    return fit(cfg, run_dir, echo=echo, progress=progress)["state"] == "finished"
-
-
-def _collect(run_dir: Path) -> dict[str, Any]:
-    """Metrics of one finished run: best epoch's validation row and the test evaluation."""
-    store = RunStore(run_dir)
-    status = store.status()
-    rows = store.metrics()
-    best = next((r for r in rows if r.get("epoch") == status.get("best_epoch")), rows[-1] if rows else {})
-    test = store.eval_details()
-    return {
-        "run": run_dir.name,
-        "best_epoch": status.get("best_epoch"),
-        "epochs": len(rows),
-        "val_acc": best.get("val_acc"),
-        "val_map": best.get("val_map"),
-        "test_acc": test.get("acc"),
-        "test_map": test.get("map"),
-        "test_auc": test.get("auc"),
-        "test_cmap": test.get("cmap"),
-        "train_minutes": sum(r.get("seconds") or 0.0 for r in rows) / 60.0,
-    }
 
 
 def _cost(cfg: Config, num_classes: int) -> tuple[int, float]:
@@ -65,13 +25,6 @@ def _cost(cfg: Config, num_classes: int) -> tuple[int, float]:
 
     model = model_from_config(cfg, num_classes)
     return count_params(model), gmacs(model, tuple(cfg.features.input_size))
-
-
-def _mean_std(values: Sequence[Any]) -> tuple[float | None, float | None]:
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not vals:
-        return None, None
-    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
 
 
 def summarize(per_run: list[dict[str, Any]], layouts: Sequence[str]) -> list[dict[str, Any]]:
@@ -83,15 +36,9 @@ def summarize(per_run: list[dict[str, Any]], layouts: Sequence[str]) -> list[dic
                                "params": runs[0]["params"] if runs else None,
                                "gmacs": runs[0]["gmacs"] if runs else None}
         for key in METRICS + ("train_minutes",):
-            row[key], row[f"{key}_std"] = _mean_std([r.get(key) for r in runs])
+            row[key], row[f"{key}_std"] = mean_std([r.get(key) for r in runs])
         table.append(row)
     return table
-
-
-def _pm(mean: float | None, std: float | None, digits: int = 3, scale: float = 1.0) -> str:
-    if mean is None:
-        return "n/a"
-    return f"{mean * scale:.{digits}f} ± {(std or 0.0) * scale:.{digits}f}"
 
 
 def to_markdown(table: list[dict[str, Any]], title: str) -> str:
@@ -104,65 +51,21 @@ def to_markdown(table: list[dict[str, Any]], title: str) -> str:
         cells = [r["layout"], str(r["seeds"]),
                  f"{r['params'] / 1e6:.2f}" if r.get("params") else "n/a",
                  f"{r['gmacs']:.3f}" if r.get("gmacs") is not None else "n/a"]
-        cells += [_pm(r.get(k), r.get(f"{k}_std")) for k in keys]
-        cells.append(_pm(r.get("train_minutes"), r.get("train_minutes_std"), 1))
+        cells += [pm(r.get(k), r.get(f"{k}_std")) for k in keys]
+        cells.append(pm(r.get("train_minutes"), r.get("train_minutes_std"), 1))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Mean ± standard deviation over seeds; test metrics use each run's best "
                   "validation checkpoint."]
     return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return ""
-    out = io.StringIO(newline="")
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    return out.getvalue()
-
-
-def _esc(text: Any) -> str:
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def to_svg(table: list[dict[str, Any]], metric: str, title: str) -> str:
     """A self-contained bar chart of ``metric`` per layout: the mean over seeds, a ±1 std whisker
     and each layout's GMACs (attention layouts blue, all-conv grey). No scripts, nothing to fetch."""
-    width, bar_h, gap, left, top = 640, 28, 14, 70, 48
-    plot_w = width - left - 150
-    height = top + len(table) * (bar_h + gap) + 40
-    values = [r.get(metric) for r in table]
-    hi = max([1.0] + [float(v) + float(r.get(f"{metric}_std") or 0.0) for v, r in zip(values, table) if v is not None])
-    x = lambda v: left + plot_w * float(v) / hi  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13">',
-             f'<text x="{left}" y="22" font-size="15" font-weight="bold">{_esc(title)}</text>',
-             f'<text x="{left}" y="40" fill="#555">{_esc(metric.replace("_", " "))} '
-             f'(mean ± std over seeds)</text>']
-    for tick in np.linspace(0.0, hi, 5):
-        tx = x(tick)
-        parts.append(f'<line x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" y2="{height - 34}" stroke="#ddd"/>')
-        parts.append(f'<text x="{tx:.1f}" y="{height - 18}" text-anchor="middle" fill="#555">{tick:.2f}</text>')
-    for i, row in enumerate(table):
-        y = top + i * (bar_h + gap) + gap / 2
-        parts.append(f'<text x="{left - 8}" y="{y + bar_h * 0.68:.1f}" text-anchor="end" '
-                     f'font-weight="bold">{_esc(row["layout"])}</text>')
-        mean, std = row.get(metric), float(row.get(f"{metric}_std") or 0.0)
-        if mean is None:
-            parts.append(f'<text x="{left + 4}" y="{y + bar_h * 0.68:.1f}" fill="#888">n/a</text>')
-            continue
-        colour = "#4c78a8" if "T" in row["layout"] else "#9d9d9d"
-        parts.append(f'<rect x="{left}" y="{y:.1f}" width="{x(mean) - left:.1f}" height="{bar_h}" fill="{colour}"/>')
-        if std > 0:
-            cy = y + bar_h / 2
-            parts.append(f'<line x1="{x(mean - std):.1f}" y1="{cy:.1f}" x2="{x(min(hi, mean + std)):.1f}" '
-                         f'y2="{cy:.1f}" stroke="#222" stroke-width="1.5"/>')
-        cost = f" · {row['gmacs']:.3f} GMACs" if row.get("gmacs") is not None else ""
-        parts.append(f'<text x="{left + plot_w + 8}" y="{y + bar_h * 0.68:.1f}">{mean:.3f}{_esc(cost)}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
+    bars = [Bar(row["layout"], row.get(metric), float(row.get(f"{metric}_std") or 0.0),
+                f" · {row['gmacs']:.3f} GMACs" if row.get("gmacs") is not None else "",
+                "#4c78a8" if "T" in row["layout"] else "#9d9d9d") for row in table]
+    return bar_chart_svg(bars, title=title, subtitle=f"{metric.replace('_', ' ')} (mean ± std over seeds)")
 
 
 def write_html(path: Path, table: list[dict[str, Any]], markdown: str, title: str) -> str:
@@ -171,8 +74,8 @@ def write_html(path: Path, table: list[dict[str, Any]], markdown: str, title: st
     metric = "test_acc" if any(r.get("test_acc") is not None for r in table) else "val_acc"
     svg = to_svg(table, metric, title)
     atomic_write_text(Path(path).with_suffix(".svg"), svg)
-    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{_esc(title)}</title></head>"
-            f"<body>\n{svg}<pre>{_esc(markdown)}</pre>\n</body></html>\n")
+    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{esc(title)}</title></head>"
+            f"<body>\n{svg}<pre>{esc(markdown)}</pre>\n</body></html>\n")
     atomic_write_text(path, page)
     return svg
 
@@ -199,7 +102,7 @@ def run_ablation(cfg: Config, layouts: Sequence[str], seeds: int, out_dir: str |
             run_dir = out / f"{layout}-seed{seed}"
             if echo:
                 echo(f"=== {layout}, seed {seed} -> {run_dir}")
-            if not _run_one(run_cfg, run_dir, echo, progress):
+            if not train_or_resume(run_cfg, run_dir, echo, progress):
                 # SIGINT/SIGTERM stop the whole ablation; the same command continues it
                 return {"state": "stopped", "table": [], "runs": per_run, "markdown": "",
                         "stopped_at": str(run_dir)}
@@ -207,7 +110,7 @@ def run_ablation(cfg: Config, layouts: Sequence[str], seeds: int, out_dir: str |
                 costs[layout] = _cost(run_cfg, len(RunStore(run_dir).labels()))
             params, macs = costs[layout]
             per_run.append({"layout": layout, "seed": seed, "params": params, "gmacs": macs,
-                            **_collect(run_dir)})
+                            **collect(run_dir)})
     table = summarize(per_run, layouts)
     title = f"Layout ablation: {cfg.model.name} on {Path(cfg.data.path).parent.name or cfg.data.path}"
     markdown = to_markdown(table, title)
