@@ -42,6 +42,7 @@ __all__ = [
     "top_k_bars",
     "attribution_overlay",
     "deletion_insertion",
+    "cv_figure",
 ]
 
 #: CoAtNet stages: name and cumulative stride (S0 is the two-conv stem, S1 is always MBConv).
@@ -708,3 +709,29 @@ def deletion_insertion(fractions: Sequence[float], deletion: Sequence[float],
     fig.update_yaxes(title_text=f"p({target})" if target else "class probability", range=[0, 1.02])
     return _layout(fig, title=title, height=height,
                    legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"))
+
+
+# ----------------------------------------------------------------------------- cross-validation
+def cv_figure(summary: Mapping[str, Any], *, metric: str = "test_acc", title: str | None = None,
+              height: int = 340) -> go.Figure:
+    """Bar of ``metric`` per fold (or per held-out group) with the mean ± std as a band and line.
+
+    ``summary`` is :func:`asca_core.train.cv.cv_summary`'s dict; folds not finished yet are left out.
+    """
+    rows = [r for r in summary.get("rows", []) if r.get("state") == "finished"]
+    by = summary.get("by") or "fold"
+    names = [str(r["fold"]) if summary.get("by") else f"fold {r['fold']}" for r in rows]
+    ys = [r.get(metric) for r in rows]
+    fig = go.Figure(go.Bar(x=names, y=ys, marker_color=COLORS[0], showlegend=False,
+                           text=[f"{y:.3f}" if isinstance(y, (int, float)) else "" for y in ys],
+                           textposition="outside", hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
+    mean, std = (summary.get("mean") or {}).get(metric), (summary.get("std") or {}).get(metric)
+    if mean is not None and rows:
+        std = float(std or 0.0)
+        fig.add_hrect(y0=mean - std, y1=mean + std, fillcolor=COLORS[3], opacity=0.12, line_width=0)
+        fig.add_hline(y=mean, line=dict(color=COLORS[3], dash="dash", width=2),
+                      annotation_text=f"mean {mean:.3f} ± {std:.3f}", annotation_position="top left")
+    label = metric.replace("_", " ").replace("map", "mAP")
+    fig.update_xaxes(title_text=by)
+    fig.update_yaxes(title_text=label, rangemode="tozero")
+    return _layout(fig, title=title if title is not None else summary.get("title"), height=height)

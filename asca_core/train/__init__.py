@@ -19,6 +19,7 @@ _EXPORTS = {
     "save_model": "checkpoint",
     "load_model_from_run": "checkpoint",
     "run_ablation": "ablate",
+    "run_cv": "cv",
 }
 
 __all__ = sorted(_EXPORTS)
