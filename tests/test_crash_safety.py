@@ -134,3 +134,69 @@ def test_kill_9_at_random_moments_then_resume(tiny_yaml, tmp_path):
         assert tensors.keys() == reference.keys()
         different = [k for k in reference if not bool((tensors[k] == reference[k]).all())]
         assert not different, f"{context} differs from {reference_context} in {different[:3]}"
+
+
+MID_EPOCH_TRIALS = 10
+TRAINING_STARTED = "training "  # the log line written just before the first step of a session
+
+
+def kill_mid_epoch(config: Path, run_dir: Path, delay: float) -> tuple[bool, str]:
+    """Start training, SIGKILL it ``delay`` s after its first training step begins.
+
+    Returns whether the kill ended the process inside the epoch loop (not before training
+    started, not after it finished) and the log as it was at the kill.
+    """
+    proc = cli_popen("train", "--config", str(config), "--run-dir", str(run_dir), "--quiet")
+    log = run_dir / "log.txt"
+    try:
+        deadline = time.monotonic() + 300
+        while TRAINING_STARTED not in (log.read_text() if log.is_file() else ""):
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.005)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    text = log.read_text()
+    in_loop = proc.returncode == -signal.SIGKILL and len(RunStore(run_dir).metrics()) < EPOCHS
+    return in_loop, text
+
+
+def mid_epoch_trial(config: Path, run_dir: Path, rng: random.Random) -> tuple[str, dict]:
+    delay = rng.uniform(0.0, 1.5)
+    killed, log = kill_mid_epoch(config, run_dir, delay)
+    while not killed and delay > 0.01:  # training ended first: an earlier moment
+        delay *= rng.uniform(0.2, 0.8)
+        shutil.rmtree(run_dir)
+        killed, log = kill_mid_epoch(config, run_dir, delay)
+    done_epochs = len(RunStore(run_dir).metrics())
+    context = f"{run_dir.name}: killed {delay:.2f} s into training, {done_epochs} epochs done; log:\n{log[-800:]}"
+    assert killed, f"{context}: training always finished before the kill"
+    every_file_loads(run_dir)
+
+    done = run_cli("train", "--resume", "--run-dir", str(run_dir), "--quiet")
+    assert done.returncode == 0, f"{context}\n{done.stderr[-3000:]}"
+    assert "Traceback" not in done.stderr
+    store = RunStore(run_dir)
+    assert store.status()["state"] == "finished", context
+    assert [r["epoch"] for r in store.metrics()] == list(range(1, EPOCHS + 1)), context
+    assert "resumed" in store.log_path.read_text() or done_epochs == 0, context
+    checked = every_file_loads(run_dir)
+    assert {"checkpoints/best.safetensors", "checkpoints/last.safetensors", "metrics.jsonl"} <= set(checked)
+    return context, load_tensors(run_dir / "checkpoints" / "last.safetensors")[0]
+
+
+def test_kill_9_in_the_middle_of_an_epoch_ten_times_then_resume(tiny_yaml, tmp_path):
+    rngs = [random.Random(SEED * 7 + trial) for trial in range(MID_EPOCH_TRIALS)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        finals = list(pool.map(lambda t: mid_epoch_trial(tiny_yaml, tmp_path / f"mid{t}", rngs[t]),
+                               range(MID_EPOCH_TRIALS)))
+    assert len(finals) == MID_EPOCH_TRIALS
+    reference_context, reference = finals[0]
+    for context, tensors in finals[1:]:
+        different = [k for k in reference if not bool((tensors[k] == reference[k]).all())]
+        assert not different, f"{context} differs from {reference_context} in {different[:3]}"

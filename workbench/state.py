@@ -217,9 +217,13 @@ def attention(run_dir: str, stamp: float, path: str, start: float, block: str | 
 
 # ----------------------------------------------------------------------------- runs
 def model_runs() -> list[jobs.RunInfo]:
-    """Runs with a usable best checkpoint, finished ones first, newest first within each."""
-    runs = [r for r in jobs.list_runs() if r.has_model]
-    return sorted(runs, key=lambda r: r.state != "finished")
+    """Runs with a best checkpoint, finished ones first, newest first within each.
+
+    Damaged runs come last: listed as damaged, picking one shows the line naming its bad file.
+    """
+    runs = [r for r in jobs.list_runs()
+            if r.has_model or (r.problem and (r.path / "checkpoints" / "best.safetensors").exists())]
+    return sorted(runs, key=lambda r: (r.problem is not None, r.state != "finished"))
 
 
 def run_label(info: jobs.RunInfo) -> str:

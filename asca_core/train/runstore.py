@@ -41,13 +41,13 @@ SLOT_ENV = "ASCA_TRAINING_SLOT"  # a lock file: trainings given the same one run
 # Files a launcher (the app) may put into a run folder before the trainer starts.
 LAUNCHER_FILES = ("job.json", "console.txt", "requested.yaml")
 # The files the program writes into each folder of a run; their temporaries are
-# ``.<name>.<8 random characters>.tmp`` (see atomic_write_bytes).
+# ``.<name>.<random characters>.tmp`` (see atomic_write_bytes).
 _OWN_FILES = {
     "": re.compile(r"config\.yaml|status\.json|metrics\.jsonl|labels\.json|eval\.json|recipe\.json"),
     "checkpoints": re.compile(r"(best|last|last\.state)\.safetensors|last\.state\.json"),
     "eval": re.compile(r"epoch_\d{3,}\.json"),
 }
-_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp")
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]{1,16}\.tmp")
 
 
 def _file_mode() -> int:
