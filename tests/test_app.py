@@ -108,10 +108,25 @@ def test_train_page_lists_runs_and_builds_the_command(runs_root, tiny_run):  # n
     assert figures_of(at)  # the run's curves
     preset = at.selectbox(key="tr_preset").value
     at.number_input(key=f"tr_epochs_{preset}").set_value(7).run()
-    assert "--set train.epochs=7" in ok(at).code[0].value
+    assert any("--set train.epochs=7" in c.value for c in ok(at).code)
     at.text_area(key="tr_extra").input("train.lr=-1").run()
     at.button(key="tr_start").click().run()
     assert any("train.lr must be > 0" in e.value for e in at.error)
+    assert [r.name for r in jobs.list_runs()] == [tiny_run.name]  # nothing was started
+
+
+def test_train_page_offers_the_automatic_recipe_first(runs_root, tiny_run):  # noqa: F811
+    at = ok(page("train").run())
+    assert at.tabs[0].label.startswith("Auto")
+    at.number_input(key="tr_auto_minutes").set_value(5).run()
+    assert "asca train demo --budget 5m" in ok(at).code[0].value
+    at.text_area(key="tr_auto_extra").input("train.loss=hinge").run()
+    at.button(key="tr_auto_start").click().run()
+    assert any("train.loss must be bce or ce" in e.value for e in at.error)
+    at.text_area(key="tr_auto_extra").input("").run()
+    at.text_input(key="tr_auto_data").input("/no/such/dataset").run()
+    at.button(key="tr_auto_start").click().run()
+    assert any("/no/such/dataset" in e.value for e in at.error)
     assert [r.name for r in jobs.list_runs()] == [tiny_run.name]  # nothing was started
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from asca_core.errors import AscaError, CheckpointError, ConfigError
+from asca_core.errors import AscaError, CheckpointError, ConfigError, DatasetError
 from asca_core.fileio import read_json, read_json_lines, read_yaml_mapping
 from asca_core.train.runstore import (SLOT_ENV, RunLock, atomic_write_json, check_labels, checkpoint_labels,
                                       process_start_time, same_process)
@@ -424,6 +424,40 @@ def start_training(config: str | Path | None, overrides: Sequence[str] = (), *,
     cmd = train_command(Path(config).resolve(), overrides, run_dir.resolve())
     return _launch(cmd, run_dir, {"epochs": cfg.train.epochs, "model": cfg.model.name,
                                   "preset": Path(config).stem,
+                                  "overrides": list(overrides)})
+
+
+def auto_train_command(data: str, budget: str, overrides: Sequence[str] = (),
+                       run_dir: str | Path | None = None) -> list[str]:
+    """``asca train DATA --budget B``: the automatic recipe, run with this interpreter."""
+    cmd = [sys.executable, "-m", "asca_core.cli", "train", str(data), "--budget", str(budget)]
+    for item in overrides:
+        cmd += ["--set", str(item)]
+    if run_dir is not None:
+        cmd += ["--run-dir", str(run_dir)]
+    return cmd
+
+
+def start_auto_training(data: str, minutes: float, overrides: Sequence[str] = (), *,
+                        name: str | None = None, root: str | Path | None = None) -> RunInfo:
+    """Start ``asca train DATA --budget Nm`` (recipe resolved from the dataset) in the background.
+
+    The budget, the dataset path and the overrides are checked here first, so a mistake is an
+    error in the form rather than a dead process.
+    """
+    from asca_core.cli.train_cmd import dataset_name, resolve_data_path
+    from asca_core.config import load_config
+    from asca_core.train.recipe import parse_duration
+
+    budget = f"{float(minutes):g}m"
+    parse_duration(budget)
+    data = resolve_data_path(str(data).strip() or "demo")  # absolute, or "demo"
+    if data != "demo" and not Path(data).exists():
+        raise DatasetError(f"dataset not found: {data}")
+    load_config(None, list(overrides))
+    run_dir = new_run_dir(name or f"auto-{dataset_name(data)}", root)
+    cmd = auto_train_command(data, budget, overrides, run_dir.resolve())
+    return _launch(cmd, run_dir, {"preset": "auto", "budget": budget, "data": data,
                                   "overrides": list(overrides)})
 
 

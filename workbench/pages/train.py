@@ -7,7 +7,40 @@ from asca_core.models import list_models
 from workbench import figures, jobs, state
 
 
+AUTO = "Auto, N minutes"
+PRESET = "Preset and overrides"
+
+
+def _auto_form() -> None:
+    c1, c2, c3 = st.columns([3, 1, 2])
+    data = c1.text_input("Dataset", "demo", key="tr_auto_data",
+                         help="A dataset folder or CSV manifest on this machine, or 'demo'.")
+    minutes = c2.number_input("Minutes", 1, 24 * 60, 3, key="tr_auto_minutes",
+                              help="Training ends within this budget, final test included.")
+    name = c3.text_input("Run name", "auto", key="tr_auto_name")
+    extra = st.text_area("Overrides, one `section.key=value` per line (optional)", key="tr_auto_extra",
+                         placeholder="model.name=asca_pico\naugment.mixup=false", height=68)
+    overrides = [line.strip() for line in extra.splitlines() if line.strip()]
+    command = jobs.auto_train_command(data, f"{minutes:g}m", overrides)[3:]
+    st.code("asca " + " ".join(command), language="bash")
+    st.caption("The recipe (front end, loss, augmentation, protocol, epochs) is chosen from the dataset and a "
+               "short speed probe; the console below prints every choice with its reason.")
+    if st.button("Start training", type="primary", icon=":material/play_arrow:", key="tr_auto_start"):
+        info = jobs.start_auto_training(data, minutes, overrides, name=name)
+        st.session_state["tr_selected"] = info.name
+        st.toast(f"Started {info.name}")
+        st.rerun()
+
+
 def _form() -> None:
+    auto, preset = st.tabs([AUTO, PRESET])
+    with auto:
+        _auto_form()
+    with preset:
+        _preset_form()
+
+
+def _preset_form() -> None:
     presets = jobs.list_presets()
     c1, c2 = st.columns(2)
     preset = c1.selectbox("Preset", list(presets) or ["(defaults)"], key="tr_preset",
