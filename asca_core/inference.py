@@ -154,6 +154,11 @@ class Classifier:
         from .train.checkpoint import load_model_from_run
 
         model, cfg, labels = load_model_from_run(run_dir, checkpoint=checkpoint, device=device)
+        bad = [name for name, p in model.state_dict().items()
+               if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+        if bad:
+            raise AscaError(f"{run_dir}: the {checkpoint} checkpoint holds NaN or infinite weights "
+                            f"({len(bad)} tensor(s), first {bad[0]}); it cannot score anything")
         clf = cls(model, cfg, labels, device=device, **kwargs)
         clf.run_dir = Path(run_dir)
         return clf
@@ -255,8 +260,16 @@ class Classifier:
         extractor = self.extractor_for(window)
         out = []
         for i in range(0, waves.shape[0], self.batch_windows):
-            spec = extractor(waves[i:i + self.batch_windows].to(self.device))
-            out.append(self.probabilities(self.model(spec).float()).cpu())
+            chunk = waves[i:i + self.batch_windows]
+            spec = extractor(chunk.to(self.device))
+            if not bool(torch.isfinite(spec).all()):
+                peak = float(chunk.abs().max()) if bool(torch.isfinite(chunk).all()) else math.nan
+                raise AscaError(f"the spectrogram holds NaN or infinite values: the audio's peak amplitude "
+                                f"{peak:.3g} is far beyond the expected range of about -1 to 1")
+            probs = self.probabilities(self.model(spec).float())
+            if not bool(torch.isfinite(probs).all()):
+                raise AscaError("the model gave NaN or infinite probabilities for this audio")
+            out.append(probs.cpu())
         return torch.cat(out).numpy()
 
     def windows(self, audio: str | Path | np.ndarray | Tensor, sample_rate: int | None = None,
@@ -319,24 +332,31 @@ class Classifier:
             raise AscaError(f"top_k must be >= 1, got {top_k}")
         window, hop = self._window_hop(window, hop)
         stream, duration = self.windows(path_or_wave, sample_rate, window, hop)
+        source = str(path_or_wave) if isinstance(path_or_wave, (str, Path)) else "<wave>"
         starts: list[float] = []
         rows: list[np.ndarray] = []
         batch: list[np.ndarray] = []
+
+        def score() -> None:
+            try:
+                rows.append(self.predict_windows(np.stack(batch), window))
+            except AscaError as exc:  # non-finite numbers: say which recording and where
+                raise AscaError(f"{source}: windows from {starts[-len(batch)]:.2f} s: {exc}") from None
+
         for start, chunk in stream:
             starts.append(start)
             batch.append(chunk)
             if len(batch) == self.batch_windows:
-                rows.append(self.predict_windows(np.stack(batch), window))
+                score()
                 batch = []
         if batch:
-            rows.append(self.predict_windows(np.stack(batch), window))
+            score()
         probs = np.concatenate(rows).astype(np.float32)  # (N, K)
         timeline = [TimelineWindow(start=max(s, 0.0), end=min(s + window, duration), probs=p)
                     for s, p in zip(starts, probs)]
         probs_max, probs_mean = probs.max(axis=0), probs.mean(axis=0)
         chosen = probs_max if aggregate == "max" else probs_mean
         order = np.argsort(-chosen, kind="stable")[: int(top_k)]
-        source = str(path_or_wave) if isinstance(path_or_wave, (str, Path)) else "<wave>"
         return Prediction(source=source, duration=duration, labels=list(self.labels),
                           top=[(self.labels[i], float(chosen[i])) for i in order], probs=chosen,
                           probs_max=probs_max, probs_mean=probs_mean, timeline=timeline,

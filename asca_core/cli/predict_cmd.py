@@ -99,8 +99,11 @@ def _predict(args: argparse.Namespace) -> int:
             print(_format_prediction(pred, top_k), flush=True)
             predictions.append(pred.source)
     if args.json:
-        json.dump({"run": str(args.run), "checkpoint": args.checkpoint, "labels": clf.labels,
-                   "predictions": predictions, "errors": errors}, sys.stdout, indent=2)
+        from ..train.runstore import json_safe
+
+        json.dump(json_safe({"run": str(args.run), "checkpoint": args.checkpoint, "labels": clf.labels,
+                             "predictions": predictions, "errors": errors}),
+                  sys.stdout, indent=2, allow_nan=False)  # strict JSON: NaN is null
         sys.stdout.write("\n")
     if args.timeline_csv and not first_csv and not args.json:
         print(f"\ntimeline written to {args.timeline_csv}")

@@ -258,7 +258,9 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate(run, data=args.data, split=args.split, checkpoint=args.checkpoint,
                       device=args.device)
     if args.json:
-        print(json.dumps(result, indent=2))
+        from ..train.runstore import json_safe
+
+        print(json.dumps(json_safe(result), indent=2, allow_nan=False))  # strict JSON: NaN is null
     else:
         print(format_eval(result))
     return 0

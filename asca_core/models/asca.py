@@ -52,6 +52,21 @@ def _check(ok: bool, message: str) -> None:
         raise ModelError(message)
 
 
+def check_finite_outputs(model: nn.Module, logits: Tensor) -> Tensor:
+    """``logits`` unchanged; a ModelError when evaluation gives NaN or infinite scores.
+
+    Training leaves the check to the loss (one test per step, not two), and a compiled graph
+    leaves it to its caller (a data-dependent branch would break the graph).
+    """
+    if model.training or torch.compiler.is_compiling():
+        return logits
+    if not bool(torch.isfinite(logits).all()):
+        raise ModelError(f"{getattr(model, 'name', type(model).__name__)} gave NaN or infinite scores: "
+                         "its weights hold non-finite values or the input is far beyond the range it was "
+                         "trained on")
+    return logits
+
+
 def _input_size(value: Any) -> tuple[int, int]:
     try:
         f, t = (int(v) for v in value)
@@ -162,7 +177,7 @@ class ASCA(nn.Module):
         return x
 
     def forward(self, spec: Tensor) -> Tensor:
-        return self.head(self.forward_features(spec))
+        return check_finite_outputs(self, self.head(self.forward_features(spec)))
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters to exclude from weight decay (norms, biases, relative-bias tables)."""

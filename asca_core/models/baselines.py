@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ModelError
-from .asca import DEFAULT_INPUT_SIZE, _check
+from .asca import DEFAULT_INPUT_SIZE, _check, check_finite_outputs
 from .attention import MultiHeadAttention
 from .blocks import DropPath, Mlp, init_weights, no_weight_decay_names
 
@@ -115,7 +115,7 @@ class AST(nn.Module):
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1 + h * w, dim)
         for block in self.blocks:
             x = block(x, (h, w))
-        return self.head(self.norm(x[:, 0]))
+        return check_finite_outputs(self, self.head(self.norm(x[:, 0])))
 
     def stage_strides(self) -> dict[str, int]:
         return {"blocks": self.patch_stride}

@@ -588,8 +588,8 @@ class Trainer:
             logits = self.forward_model(spec)
         loss = loss_per_example(logits, target, cfg.train.loss, cfg.train.label_smoothing).mean()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}, step {self.step}; "
-                                     "lower train.lr or check the data")
+            raise AscaError(f"training loss became {loss.item()} at epoch {epoch}, step {self.step}; "
+                            "lower train.lr or check the data")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.train.grad_clip:
