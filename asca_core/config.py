@@ -22,6 +22,24 @@ import yaml
 from .errors import ConfigError
 
 LAYOUTS = ("CCCC", "CCCT", "CCTT", "CTTT")
+# Upper bounds: every accepted value must fit in memory and keep the process alive. They do not
+# depend on this machine, so a run's config still loads elsewhere (memory is checked at training).
+MAX_SEED = 2**32 - 1
+MAX_WORKERS = 64
+MAX_CLIPS_PER_CLASS = 10_000_000
+MAX_N_FFT = 65536
+MAX_FRAMES = 16384  # model input time frames (60 s at a 3.7 ms hop)
+MAX_NORM = 1e4  # |norm_mean| and norm_std of log-Mel features
+MAX_MIXUP_ALPHA = 100.0
+MAX_MASKS = 32
+MAX_SNR_DB = 100.0
+MAX_ATTN_WINDOW = 128  # tokens per side of a local window; its relative-bias table grows with the square
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 8192
+MAX_LR = 10.0
+MAX_WEIGHT_DECAY = 10.0
+MAX_GRAD_CLIP = 1e6
+MAX_THREADS = 256
 
 
 def _check(cond: bool, message: str) -> None:
@@ -55,9 +73,11 @@ class DataConfig:
             _check(0.0 <= value < 1.0, f"data.{name} must be in [0, 1), got {value}")
         _check(self.val_fraction + self.test_fraction < 1.0,
                "data.val_fraction + data.test_fraction must be below 1")
-        _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
-        _check(self.max_clips_per_class is None or self.max_clips_per_class > 0,
-               f"data.max_clips_per_class must be positive, got {self.max_clips_per_class}")
+        _check(0 <= self.num_workers <= MAX_WORKERS,
+               f"data.num_workers must be in [0, {MAX_WORKERS}], got {self.num_workers}")
+        _check(self.max_clips_per_class is None or 0 < self.max_clips_per_class <= MAX_CLIPS_PER_CLASS,
+               f"data.max_clips_per_class must be in [1, {MAX_CLIPS_PER_CLASS}], got {self.max_clips_per_class}")
+        _check(0 <= self.seed <= MAX_SEED, f"data.seed must be in [0, {MAX_SEED}], got {self.seed}")
         _check(self.test_group is None or self.group_column is not None,
                f"data.test_group={self.test_group!r} needs data.group_column (the column it is a value of)")
         _check(self.test_group is None or self.test_fold is None,
@@ -87,10 +107,12 @@ class FeatureConfig:
                f"features.frontend must be torchaudio or kaldi, got {self.frontend!r}")
         _check(1000 <= self.sample_rate <= 384000,
                f"features.sample_rate must be between 1000 and 384000 Hz, got {self.sample_rate}")
+        _check(0 < self.n_fft <= MAX_N_FFT, f"features.n_fft must be in [1, {MAX_N_FFT}], got {self.n_fft}")
         _check(self.win_length > 0, f"features.win_length must be > 0, got {self.win_length}")
         _check(self.n_fft >= self.win_length,
                f"features.n_fft ({self.n_fft}) must be >= features.win_length ({self.win_length})")
-        _check(self.hop_length > 0, f"features.hop_length must be > 0, got {self.hop_length}")
+        _check(0 < self.hop_length <= self.win_length,
+               f"features.hop_length must be in [1, features.win_length={self.win_length}], got {self.hop_length}")
         _check(8 <= self.n_mels <= 512, f"features.n_mels must be in [8, 512], got {self.n_mels}")
         nyquist = self.sample_rate / 2
         f_max = nyquist if self.f_max is None else self.f_max
@@ -103,10 +125,15 @@ class FeatureConfig:
                f"features.clip_seconds must be in [0.1, 60], got {self.clip_seconds}")
         _check(self.shape in ("crop", "resize224"),
                f"features.shape must be crop or resize224, got {self.shape!r}")
-        _check(self.norm_std is None or self.norm_std > 0,
-               f"features.norm_std must be > 0, got {self.norm_std}")
+        _check(self.norm_std is None or 1e-6 <= self.norm_std <= MAX_NORM,
+               f"features.norm_std must be in [1e-06, {MAX_NORM:g}], got {self.norm_std}")
+        _check(self.norm_mean is None or abs(self.norm_mean) <= MAX_NORM,
+               f"features.norm_mean must be in [-{MAX_NORM:g}, {MAX_NORM:g}], got {self.norm_mean}")
         _check(self.frames >= 32, f"features.clip_seconds={self.clip_seconds} gives fewer than 32 "
                "frames: use a longer clip or a shorter hop_length")
+        _check(self.frames <= MAX_FRAMES, f"features.clip_seconds={self.clip_seconds} at "
+               f"features.hop_length={self.hop_length} gives {self.frames} frames, more than {MAX_FRAMES}: "
+               "use a shorter clip or a longer hop_length")
 
     @property
     def frames(self) -> int:
@@ -147,13 +174,19 @@ class AugmentConfig:
     time_shift: float = 0.2  # random circular shift, as a fraction of the clip
 
     def __post_init__(self) -> None:
-        _check(self.mixup_alpha > 0, f"augment.mixup_alpha must be > 0, got {self.mixup_alpha}")
+        _check(0 < self.mixup_alpha <= MAX_MIXUP_ALPHA,
+               f"augment.mixup_alpha must be in (0, {MAX_MIXUP_ALPHA:g}], got {self.mixup_alpha}")
         for name in ("mixup_prob", "noise_prob"):
             value = getattr(self, name)
             _check(0.0 <= value <= 1.0, f"augment.{name} must be in [0, 1], got {value}")
-        for name in ("time_masks", "time_mask_width", "freq_masks", "freq_mask_width"):
+        for name, top in (("time_masks", MAX_MASKS), ("time_mask_width", MAX_FRAMES),
+                          ("freq_masks", MAX_MASKS), ("freq_mask_width", 512)):
             value = getattr(self, name)
-            _check(value >= 0, f"augment.{name} must be >= 0, got {value}")
+            _check(0 <= value <= top, f"augment.{name} must be in [0, {top}], got {value}")
+        for name in ("snr_db_min", "snr_db_max"):
+            value = getattr(self, name)
+            _check(-MAX_SNR_DB <= value <= MAX_SNR_DB,
+                   f"augment.{name} must be in [-{MAX_SNR_DB:g}, {MAX_SNR_DB:g}] dB, got {value}")
         _check(self.snr_db_min <= self.snr_db_max,
                f"augment.snr_db_min ({self.snr_db_min}) must be <= snr_db_max ({self.snr_db_max})")
         _check(0.0 <= self.gain_db <= 40.0, f"augment.gain_db must be in [0, 40], got {self.gain_db}")
@@ -180,8 +213,9 @@ class ModelConfig:
                f"model.stride_mode must be paper or depthwise, got {self.stride_mode!r}")
         _check(self.drop_path is None or 0.0 <= self.drop_path < 1.0,
                f"model.drop_path must be in [0, 1), got {self.drop_path}")
-        _check(self.attn_window is None or self.attn_window >= 1,
-               f"model.attn_window must be a positive window size, got {self.attn_window}")
+        _check(self.attn_window is None or 1 <= self.attn_window <= MAX_ATTN_WINDOW,
+               f"model.attn_window must be in [1, {MAX_ATTN_WINDOW}] (or null for global attention), "
+               f"got {self.attn_window}")
 
 
 @dataclass
@@ -208,23 +242,27 @@ class TrainConfig:
     budget_seconds: float | None = None  # wall-clock budget: epochs re-planned, training ends in time
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
-        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(1 <= self.epochs <= MAX_EPOCHS, f"train.epochs must be >= 1 and <= {MAX_EPOCHS}, got {self.epochs}")
+        _check(1 <= self.batch_size <= MAX_BATCH_SIZE,
+               f"train.batch_size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}")
+        _check(0 < self.lr <= MAX_LR, f"train.lr must be > 0 and <= {MAX_LR:g}, got {self.lr}")
         _check(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, train.lr], got {self.min_lr}")
-        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
-        _check(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(0 <= self.weight_decay <= MAX_WEIGHT_DECAY,
+               f"train.weight_decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay}")
+        _check(0 <= self.warmup_epochs <= MAX_EPOCHS,
+               f"train.warmup_epochs must be in [0, {MAX_EPOCHS}], got {self.warmup_epochs}")
         _check(self.loss in ("bce", "ce"), f"train.loss must be bce or ce, got {self.loss!r}")
         _check(0.0 <= self.label_smoothing < 1.0,
                f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        _check(self.grad_clip is None or self.grad_clip > 0,
-               f"train.grad_clip must be > 0 (or null to disable), got {self.grad_clip}")
+        _check(self.grad_clip is None or 0 < self.grad_clip <= MAX_GRAD_CLIP,
+               f"train.grad_clip must be in (0, {MAX_GRAD_CLIP:g}] (or null to disable), got {self.grad_clip}")
         _check(0.0 < self.ema_decay < 1.0, f"train.ema_decay must be in (0, 1), got {self.ema_decay}")
         _check(self.amp in ("off", "bf16", "fp16"), f"train.amp must be off, bf16 or fp16, got {self.amp!r}")
-        _check(self.num_threads is None or self.num_threads >= 1,
-               f"train.num_threads must be >= 1, got {self.num_threads}")
-        _check(self.patience is None or self.patience >= 1,
-               f"train.patience must be >= 1, got {self.patience}")
+        _check(self.num_threads is None or 1 <= self.num_threads <= MAX_THREADS,
+               f"train.num_threads must be in [1, {MAX_THREADS}], got {self.num_threads}")
+        _check(self.patience is None or 1 <= self.patience <= MAX_EPOCHS,
+               f"train.patience must be in [1, {MAX_EPOCHS}], got {self.patience}")
+        _check(0 <= self.seed <= MAX_SEED, f"train.seed must be in [0, {MAX_SEED}], got {self.seed}")
         _check(self.budget_seconds is None or 30.0 <= self.budget_seconds <= 7 * 24 * 3600.0,
                f"train.budget_seconds must be between 30 and 604800 (7 days), got {self.budget_seconds}")
 

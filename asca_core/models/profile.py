@@ -1,4 +1,5 @@
-"""Model size and cost: parameter counts and multiply-accumulates (MACs) of one forward pass."""
+"""Model size and cost: parameter counts, multiply-accumulates (MACs) of one forward pass, and the
+activation memory a training step would need (checked before anything is allocated)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,35 @@ def gmacs(model: nn.Module, input_size: tuple[int, int], in_chans: int = 1, batc
     finally:
         model.train(was_training)
     return counter.get_total_flops() / 2 / 1e9
+
+
+def activation_bytes(name: str, input_size: tuple[int, int], batch_size: int, layout: str = "CCCT",
+                     attn_window: int | None = None) -> int:
+    """A low estimate of the activations one training step keeps for the backward pass (float32).
+
+    Counts the tensors each block stores (MBConv: the 4x expanded maps; transformer blocks: q, k, v,
+    the MLP and the attention weights), so the real peak is higher; a model whose estimate exceeds
+    the machine's memory cannot train. Unknown names count as zero.
+    """
+    from .asca import ASCA_SIZES, STAGE_STRIDES
+    from .baselines import AST_SIZES
+
+    f, t = (int(v) for v in input_size)
+    floats = 0
+    if name in ASCA_SIZES:
+        size = ASCA_SIZES[name]
+        floats += (f // 2) * (t // 2) * size.stem_width * 4
+        for kind, width, depth, stride in zip(layout, size.widths, size.depths, STAGE_STRIDES):
+            h, w = max(1, f // stride), max(1, t // stride)
+            n = h * w
+            if kind == "C":
+                floats += depth * n * width * 20
+            else:
+                keys = n if attn_window is None else min(n, attn_window * attn_window)
+                floats += depth * (n * width * 12 + (width // size.head_dim) * n * keys * 3)
+    elif name in AST_SIZES:
+        size = AST_SIZES[name]
+        grid = [max(1, (side - size.patch_size) // size.patch_stride + 1) for side in (f, t)]
+        n = 1 + grid[0] * grid[1]  # patches and the class token
+        floats += size.depth * (n * size.dim * 12 + size.num_heads * n * n * 3)
+    return 4 * floats * int(batch_size)

@@ -74,9 +74,22 @@ class DataBundle:
 
 
 def prepare_data(cfg: Config, check_files: bool = True) -> DataBundle:
-    """Load ``cfg.data.path``, drop unreadable clips, apply the per-class cap and split."""
-    from ..data import filter_readable, limit_clips_per_class, load_dataset, make_splits, resolve_data_path
+    """Load ``cfg.data.path``, drop unreadable clips, apply the per-class cap and split.
 
+    A model input, batch and model that could not fit in this machine's memory are refused first.
+    """
+    from ..data import filter_readable, limit_clips_per_class, load_dataset, make_splits, resolve_data_path
+    from ..models.profile import activation_bytes
+
+    need = activation_bytes(cfg.model.name, cfg.features.input_size, cfg.train.batch_size, cfg.model.layout,
+                            cfg.model.attn_window)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    if have and need > have:
+        f, t = cfg.features.input_size
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} with model.name={cfg.model.name} on a {f}x{t} "
+                          f"input (features.n_mels={cfg.features.n_mels}, features.clip_seconds="
+                          f"{cfg.features.clip_seconds:g}) needs at least {need / 2**30:,.0f} GiB of activation "
+                          f"memory, this machine has {have / 2**30:,.0f} GiB: lower the batch size or the input size")
     index = load_dataset(resolve_data_path(cfg.data.path), cfg.data.format)
     skipped: list[tuple[str, str]] = list(index.problems)
     if check_files:
