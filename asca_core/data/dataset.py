@@ -5,14 +5,18 @@ a run is reproducible and every epoch sees different windows (call :meth:`ClipDa
 Evaluation takes the centre window; clips shorter than the window are zero-padded (symmetrically
 in evaluation, at a random offset in training).
 
-Clips must be readable: filter the index with :func:`asca_core.data.check.filter_readable`
-before training, so a broken file is reported up front rather than mid-epoch.
+Filter the index with :func:`asca_core.data.check.filter_readable` before training, so a broken
+file is reported up front. A clip that still fails when read (NaN or infinite samples found only
+by decoding, a file over the length limit, one that became unreadable since) is skipped: the item
+is taken from the next readable clip, the clip is named in :attr:`ClipDataset.skipped` (and passed
+to ``on_skip``) and never read again by this dataset.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,8 +24,11 @@ from torch.utils.data import Dataset
 
 from .. import audio as _audio
 from ..config import FeatureConfig
+from ..errors import AscaError, DatasetError
 from .cache import FeatureCache
 from .formats import DatasetIndex
+
+log = logging.getLogger(__name__)
 
 
 def multi_hot(labels: Sequence[str], class_to_idx: dict[str, int]) -> torch.Tensor:
@@ -54,12 +61,19 @@ def fit_length(wave: np.ndarray, n: int, start: int | None = None) -> np.ndarray
 class ClipDataset(Dataset):
     """Items ``(wave, target)`` for the clips ``indices`` of ``index``.
 
+    A training dataset needs two or more classes. ``on_skip(file, reason)`` hears of each clip
+    skipped because it failed when read (see :attr:`skipped`).
+
     Shapes: wave (S,) float32 with S = round(clip_seconds * sample_rate); target (K,) float32
     multi-hot over ``index.classes``.
     """
 
     def __init__(self, index: DatasetIndex, indices: Sequence[int], feature_cfg: FeatureConfig,
-                 cache: FeatureCache | None = None, train: bool = False, seed: int = 0):
+                 cache: FeatureCache | None = None, train: bool = False, seed: int = 0,
+                 on_skip: Callable[[str, str], None] | None = None):
+        if train and len(index.classes) < 2:
+            raise DatasetError(f"{index.root}: only {len(index.classes)} class "
+                               f"({', '.join(index.classes) or 'none'}); a classifier needs two or more")
         self.index = index
         self.indices = list(indices)
         self.sample_rate = int(feature_cfg.sample_rate)
@@ -69,6 +83,14 @@ class ClipDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.class_to_idx = {c: i for i, c in enumerate(index.classes)}
+        self.on_skip = on_skip
+        self.skipped: dict[str, str] = {}  # clip (relative to the dataset root) -> why it was skipped
+        self._bad: set[int] = set()  # items skipped (positions in ``indices``)
+
+    @property
+    def skipped_count(self) -> int:
+        """Clips skipped so far because they failed when read."""
+        return len(self.skipped)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -110,9 +132,32 @@ class ClipDataset(Dataset):
         return fit_length(wave, self.clip_samples, 0)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        wave = self.load_wave(i)
-        target = multi_hot(self.index.clips[self.indices[i]].labels, self.class_to_idx)
-        return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), target
+        n = len(self.indices)
+        for j in ((i + k) % n for k in range(n)):  # a skipped clip's place goes to the next one
+            if j in self._bad:
+                continue
+            try:
+                wave = self.load_wave(j)
+            except (AscaError, OSError) as exc:
+                self._skip(j, exc)
+                continue
+            target = multi_hot(self.index.clips[self.indices[j]].labels, self.class_to_idx)
+            return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), target
+        first, reason = next(iter(self.skipped.items()), ("", "no clips"))
+        raise DatasetError(f"{self.index.root}: none of the {n} clip(s) could be read "
+                           f"(first {first}: {reason})")
+
+    def _skip(self, j: int, exc: Exception) -> None:
+        path = self.index.clips[self.indices[j]].path
+        name = self.index.relpath(path)
+        text = str(exc) if isinstance(exc, AscaError) else f"cannot read ({exc.strerror or exc})"
+        for prefix in (f"{path}: ", f"{path.name}: "):
+            text = text[len(prefix):] if text.startswith(prefix) else text
+        self._bad.add(j)
+        self.skipped[name] = text
+        log.warning("skipped %s: %s", name, text)
+        if self.on_skip is not None:
+            self.on_skip(name, text)
 
 
 def class_weights_for_sampling(index: DatasetIndex, indices: Sequence[int]) -> torch.Tensor:
