@@ -90,8 +90,12 @@ def resolve_data_path(path: str, config_file: str | Path | None = None) -> str:
     Tried in order: the current directory, the folder above the config file (the project root for
     ``configs/*.yaml``), the config file's own folder. ``demo`` stays as it is.
     """
-    if path == "demo" or Path(path).expanduser().is_absolute():
-        return str(Path(path).expanduser()) if path != "demo" else path
+    if path == "demo":
+        return path
+    if Path(path).expanduser().is_absolute():
+        if not Path(path).expanduser().exists():
+            raise DatasetError(f"data.path {path!r} not found")
+        return str(Path(path).expanduser())
     candidates = [Path.cwd() / path]
     if config_file is not None:
         folder = Path(config_file).resolve().parent
@@ -127,7 +131,13 @@ def resolve_train_config(data: str | None, config: str | None, overrides: list[s
         return load_train_config(config, items, run_dir, resume), None
     if not data:
         raise ConfigError("asca train needs a dataset (asca train DATA) or --config FILE (e.g. configs/demo.yaml)")
-    recipe = resolve_recipe(resolve_data_path(data), seconds or DEFAULT_BUDGET_SECONDS, overrides, echo=echo)
+    started = time.monotonic()
+    budget = seconds or DEFAULT_BUDGET_SECONDS
+    recipe = resolve_recipe(resolve_data_path(data), budget, overrides, echo=echo)
+    # the budget is the user's wall clock: the profile and the speed probe already spent some of it
+    left = max(30.0, budget - (time.monotonic() - started))
+    if recipe.config.train.budget_seconds == budget:
+        recipe.config = recipe.config.replace("train.budget_seconds", round(left, 1))
     return recipe.config, recipe
 
 
@@ -162,6 +172,8 @@ def _train(args: argparse.Namespace) -> int:
     echo = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     if args.nproc > 1 and not under_torchrun and not args.config and not args.resume:
         raise ConfigError("--nproc needs --config FILE: the automatic recipe's speed probe measures one process")
+    if args.data and not args.config and not args.resume:
+        _wait_for_free_machine(echo)
     # configuration mistakes are reported before a model is built
     cfg, recipe = resolve_train_config(args.data, args.config, args.overrides, args.budget, args.run_dir,
                                        args.resume, echo=echo if is_main else None)
@@ -180,6 +192,26 @@ def _train(args: argparse.Namespace) -> int:
     if is_main:
         print(format_result(result))
     return 0 if result["state"] == "finished" else 130
+
+
+def _wait_for_free_machine(echo: Any) -> None:
+    """Under the app's shared training slot, wait until no training holds it before the speed probe.
+
+    The probe times training steps: measured beside another training it would plan far too few
+    epochs. The slot itself is taken by the trainer once the recipe is resolved.
+    """
+    from ..train.runstore import SLOT_ENV, TrainingSlot
+
+    if not os.environ.get(SLOT_ENV):
+        return
+    slot = TrainingSlot(os.environ[SLOT_ENV])
+    if slot.acquire(wait=False):
+        slot.release()
+        return
+    if echo:
+        echo("queued: another training holds this machine; the recipe is resolved when it ends")
+    slot.acquire(wait=True)
+    slot.release()
 
 
 def _launch(args: argparse.Namespace, run_dir: Path) -> int:

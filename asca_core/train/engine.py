@@ -273,6 +273,7 @@ class Trainer:
         self.best_epoch = 0
         self.bad_epochs = 0
         self.started = time.monotonic()  # the budget counts from here (set-up and decoding included)
+        self._planned_epochs = cfg.train.epochs
         self.seconds_before = 0.0  # wall time of earlier sessions of a resumed run
         self.epoch_seconds: list[float] = []
         self.eval_seconds = 0.0
@@ -746,8 +747,14 @@ class Trainer:
             self.end_epoch(epoch, time.monotonic() - started)
             self.epoch_seconds.append(time.monotonic() - started)
             epochs_this_call += 1
-            if cfg.train.budget_seconds and epoch < self.cfg.train.epochs and self._budget_says_stop(epoch, epochs_this_call):
-                break
+            if cfg.train.budget_seconds and epoch < self.cfg.train.epochs:
+                # rank 0's clock decides for every rank, so all of them stop after the same epoch
+                planned, stop = ddp.broadcast_object(self._budget_plan(epoch, epochs_this_call)
+                                                     if self.env.is_main else None)
+                if planned != self.cfg.train.epochs:
+                    self._set_epochs(planned)
+                if stop:
+                    break
             cfg = self.cfg  # the budget may have re-planned the number of epochs
             if cfg.train.patience and self.bad_epochs >= cfg.train.patience:
                 self.log(f"early stop: no better val_map for {self.bad_epochs} epochs")
@@ -771,29 +778,33 @@ class Trainer:
         n_val = max(1, len(d["val"]) if self.val_split == "val" else len(d["test"]))
         return 5.0 + self.eval_seconds * (len(d["test"]) / n_val)
 
-    def _budget_says_stop(self, epoch: int, epochs_this_call: int) -> bool:
-        """Re-plan the epochs after the first two epochs; stop when the next one would overrun.
+    def _budget_plan(self, epoch: int, epochs_this_call: int) -> tuple[int, bool]:
+        """Re-plan the epochs from the measured pace; stop when the next one would overrun.
 
-        The first epoch also decodes every clip, so the plan made from it is refined after the
-        second. Changing ``train.epochs`` stretches the cosine schedule; it is saved in the run's
-        config so a resume follows the same plan.
+        The first epoch also decodes every clip, so later epochs refine the plan; the pace is the
+        median of the last three epochs, so one slow epoch (another process on the machine) does
+        not swing it. Changing ``train.epochs`` stretches or shortens the cosine schedule, which
+        then still ends at ``min_lr`` when the budget does; the plan is saved in the run's config
+        so a resume follows it. Returns ``(epochs, stop now)``.
         """
         budget = float(self.cfg.train.budget_seconds or 0.0)
         recent = self.epoch_seconds[1:] if len(self.epoch_seconds) > 1 else self.epoch_seconds
         per_epoch = float(np.median(recent[-3:]))
         left = budget - self.elapsed() - self._final_test_seconds()
-        if epochs_this_call <= 2:
-            planned = int(min(self.cfg.train.epochs * 4, max(epoch, epoch + math.floor(left / per_epoch))))
-            if planned != self.cfg.train.epochs:
+        epochs = self.cfg.train.epochs
+        planned = int(min(self._planned_epochs * 4, max(epoch, epoch + math.floor(left / per_epoch))))
+        # early epochs set the plan; later ones shorten it when needed, lengthen it only by 2 or more
+        if planned < epochs or epochs_this_call <= 2 or planned - epochs >= 2:
+            if planned != epochs:
                 self.log(f"budget: {per_epoch:.1f} s per epoch, {_clock(max(0.0, left))} left: "
-                         f"{planned} epochs instead of {self.cfg.train.epochs}")
-                self._set_epochs(planned)
-        if epoch >= self.cfg.train.epochs:
-            return True
+                         f"{planned} epochs instead of {epochs}")
+                epochs = planned
+        if epoch >= epochs:
+            return epochs, True
         if per_epoch > left:
             self.log(f"budget: stopping after epoch {epoch} (the next epoch would end past the budget)")
-            return True
-        return False
+            return epochs, True
+        return epochs, False
 
     def _set_epochs(self, epochs: int) -> None:
         self.cfg = self.cfg.replace("train.epochs", int(epochs))
@@ -944,6 +955,7 @@ def _fit_locked(trainer: Trainer, resume: bool, recipe: dict[str, Any] | None) -
         # trainings launched with a shared slot (the app's) take turns instead of sharing the cores
         if slot is not None and not wait_for_slot(slot, trainer.run, lambda: trainer.stop.requested, trainer.log):
             return _queued_result(trainer)
+        trainer.started = time.monotonic()  # a budget counts from here, not from the time spent queued
         trainer.build()
         return trainer.run_loop()
     except KeyboardInterrupt:
