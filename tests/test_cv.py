@@ -108,6 +108,12 @@ def test_cli_continues_a_finished_cv_and_reuses_every_fold(kfold, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("finished earlier, reused") == 3
     assert "| **mean ± std** |" in result.stdout and "results.svg" in result.stdout
+    # DATA alone on an existing CV folder continues with the config it started with
+    again = run_cli("cv", kfold["cfg"].data.path, "--out", str(kfold["out"]))
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("finished earlier, reused") == 3 and "recipe:" not in again.stdout
+    other = run_cli("cv", kfold["cfg"].data.path, "--out", str(kfold["out"]), "--set", "train.lr=0.01")
+    assert other.returncode == 2 and "another config (train.lr differs)" in other.stderr
 
 
 def test_cli_bad_folds_and_by_give_one_line(folded, tmp_path):
@@ -186,3 +192,18 @@ def test_cv_figure_has_a_bar_per_fold_and_the_mean(kfold):
     assert [s.type for s in fig.layout.shapes] == ["rect", "line"]
     assert math.isclose(fig.layout.shapes[1].y0, summary["mean"]["test_acc"])
     fig.to_json()
+
+
+def test_runs_page_shows_the_cv_table_and_chart(kfold, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("ASCA_RUNS_DIR", str(kfold["out"].parent))
+    root = Path(__file__).resolve().parents[1]
+    at = AppTest.from_file(str(root / "workbench" / "pages" / "runs.py"), default_timeout=240).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert "Cross-validation" in [h.value for h in at.subheader]
+    assert at.selectbox(key="cv_folder").value == "cv-tiny"
+    table = next(d.value for d in at.dataframe if "test_acc" in d.value.columns)
+    assert list(table["fold"]) == ["1", "2", "3", "mean", "std"]
+    charts = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("3-fold cross-validation" in spec for spec in charts)

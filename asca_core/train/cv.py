@@ -149,7 +149,7 @@ def _check_plan(out: Path, plan: dict[str, Any] | None, cfg: Config, by: str | N
     if diff:
         more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
         raise ConfigError(f"{out} holds a cross-validation of another config ({', '.join(diff[:3])}{more} "
-                          "differ): choose another output folder")
+                          f"{'differs' if len(diff) == 1 else 'differ'}): choose another output folder")
 
 
 # ------------------------------------------------------------------------------------ run
