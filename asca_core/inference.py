@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .audio import audio_info, iter_windows, load_audio, resample
+from .audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, audio_info, iter_windows, load_audio, resample
 from .config import Config
 from .errors import AscaError, AudioError, ConfigError
 from .features import FeatureExtractor, sliding_windows
@@ -104,14 +104,17 @@ class Prediction:
     def write_timeline_csv(self, path: str | Path, append: bool = False) -> Path:
         """Write ``source,start,end,<label>...`` rows, one per window (header unless appending)."""
         path = Path(path)
-        write_header = not append or not path.exists() or path.stat().st_size == 0
-        with open(path, "a" if append else "w", newline="") as f:
-            writer = csv.writer(f)
-            if write_header:
-                writer.writerow(["source", "start", "end", *self.labels])
-            for w in self.timeline:
-                writer.writerow([self.source, f"{w.start:.3f}", f"{w.end:.3f}",
-                                 *(f"{float(p):.6f}" for p in w.probs)])
+        try:
+            write_header = not append or not path.exists() or path.stat().st_size == 0
+            with open(path, "a" if append else "w", newline="") as f:
+                writer = csv.writer(f)
+                if write_header:
+                    writer.writerow(["source", "start", "end", *self.labels])
+                for w in self.timeline:
+                    writer.writerow([self.source, f"{w.start:.3f}", f"{w.end:.3f}",
+                                     *(f"{float(p):.6f}" for p in w.probs)])
+        except OSError as exc:
+            raise AscaError(f"cannot write the timeline CSV {path}: {exc.strerror or exc}") from None
         return path
 
 
@@ -219,6 +222,9 @@ class Classifier:
         wave = wave.astype(np.float32, copy=False)
         if not np.isfinite(wave).all():
             raise AudioError("the wave contains NaN or infinite samples")
+        if sample_rate is not None and not (MIN_SAMPLE_RATE <= int(sample_rate) <= MAX_SAMPLE_RATE):
+            raise AudioError(f"the wave's sample rate {sample_rate} Hz is not supported "
+                             f"({MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz)")
         if sample_rate is not None and int(sample_rate) != self.sample_rate:
             wave = resample(wave, int(sample_rate), self.sample_rate)
         return wave

@@ -258,25 +258,7 @@ Case = tuple[Callable[[Sandbox], Outcome], tuple[str, ...]]
 CASES: dict[str, Case] = {}
 # Cases whose fix has not landed: id -> reason (strict xfail, so a fix flips them to a failure
 # that says to remove the entry).
-KNOWN: dict[str, str] = {
-    "lib-wave-huge-amplitude": "finite samples of 3e29 give non-finite probabilities without an error",
-    "lib-predict-rate-zero": "a wave's sample_rate of 0 reaches the resampler (ValueError)",
-    "lib-config-features.n_fft=100000000": "no upper bound on features.n_fft",
-    "lib-config-train.num_threads=100000": "no upper bound on train.num_threads",
-    "lib-config-model.attn_window=100000": "no upper bound on model.attn_window",
-    "cli-predict-timeline-csv-is-a-directory": "--timeline-csv on a directory raises IsADirectoryError",
-    "cli-train-set-features.n_fft=100000000": "features.n_fft=1e8 is accepted and runs out of memory or time",
-    "cli-train-set-train.num_threads=100000": "train.num_threads=100000 is accepted and crashes",
-    "cli-train-set-model.attn_window=100000": "model.attn_window=100000 is accepted and fails allocating",
-    "cli-train-set-model.name=no_such_model": "an unknown model name is found after the run folder is made",
-    "cli-train-single-class": "a dataset with a single class trains instead of being refused",
-    "cli-resume-metrics-garbage": "resume over a garbage metrics.jsonl rewrites the run",
-    "cli-resume-labels-dict": "resume with labels.json of the wrong type rewrites the run",
-    "cli-resume-missing-last-state": "resume without last.state.safetensors restarts and rewrites the run",
-    "app-runs-damaged-metrics-garbage": "a garbage metrics.jsonl is not shown as damaged on the Runs page",
-    "app-train-features.n_fft=100000000": "features.n_fft=1e8 is accepted by the config",
-    "app-train-model.attn_window=100000": "model.attn_window=100000 is accepted by the config",
-}
+KNOWN: dict[str, str] = {}
 
 
 def case(cid: str, *words: str) -> Callable:

@@ -239,6 +239,9 @@ def test_training_survives_a_clip_that_breaks_after_the_check(tmp_path):
     _break_after_check(broken)  # the start-up check reads headers only: it passes
     result = fit(tiny_config(data, "train.epochs=1"), tmp_path / "run", progress=False)
     assert result["state"] == "finished"
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["skipped_clips"] == 1  # counted in the run's status ...
+    assert f"skipped {index.relpath(broken)}" in (tmp_path / "run" / "log.txt").read_text()  # ... named in its log
 
 
 def test_a_single_class_dataset_is_refused(tmp_path):

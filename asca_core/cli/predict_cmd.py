@@ -77,6 +77,14 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise AscaError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.timeline_csv:
+        from pathlib import Path
+
+        target = Path(args.timeline_csv)
+        if target.is_dir():
+            raise AscaError(f"--timeline-csv {target} is a folder: give a file name")
+        if not target.parent.is_dir():
+            raise AscaError(f"--timeline-csv {target}: the folder {target.parent} does not exist")
     clf = Classifier.from_run(args.run, checkpoint=args.checkpoint, device=args.device)
     top_k = min(args.top_k, clf.num_classes)
     predictions, errors = [], []

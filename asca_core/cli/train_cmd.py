@@ -177,6 +177,10 @@ def _train(args: argparse.Namespace) -> int:
     # configuration mistakes are reported before a model is built
     cfg, recipe = resolve_train_config(args.data, args.config, args.overrides, args.budget, args.run_dir,
                                        args.resume, echo=echo if is_main else None)
+    from ..models import list_models
+
+    if cfg.model.name not in list_models():  # before a run folder is made for it
+        raise ConfigError(f"unknown model.name {cfg.model.name!r}; choose from: {', '.join(list_models())}")
     if recipe is not None and is_main:
         print(recipe.describe(), flush=True)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(

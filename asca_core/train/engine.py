@@ -276,6 +276,7 @@ class Trainer:
         self._planned_epochs = cfg.train.epochs
         self.seconds_before = 0.0  # wall time of earlier sessions of a resumed run
         self.epoch_seconds: list[float] = []
+        self.skipped_clips: set[str] = set()
         self.eval_seconds = 0.0
         self._deterministic_before = (torch.are_deterministic_algorithms_enabled(),
                                       torch.is_deterministic_algorithms_warn_only_enabled())
@@ -364,6 +365,13 @@ class Trainer:
         self._build_model()
         self._build_loaders()
 
+    def _skipped(self, file: str, reason: str) -> None:
+        """A clip that failed when read during training: named once in the log, counted in status."""
+        if file in self.skipped_clips:
+            return
+        self.skipped_clips.add(file)
+        self.log(f"skipped {file}: {reason} ({len(self.skipped_clips)} clip(s) skipped so far)")
+
     def _warn_about_protocol(self) -> None:
         from ..data.splits import resolve_protocol
 
@@ -372,7 +380,8 @@ class Trainer:
         if cfg.group_column is None and auto.group_column is not None:
             self.log(f"warning: column '{auto.group_column}' groups the clips ({auto.groups} groups) but this "
                      f"split ignores it: set data.group_column={auto.group_column} to keep groups apart")
-        if cfg.test_fold is None and auto.test_fold is not None and not any(c.split for c in self.data.index.clips):
+        if cfg.test_fold is None and cfg.test_group is None and auto.test_fold is not None \
+                and not any(c.split for c in self.data.index.clips):
             self.log(f"warning: the dataset has a fold column but data.test_fold is not set: "
                      f"data.test_fold={auto.test_fold} follows its protocol")
         for line in auto.warnings:
@@ -403,7 +412,8 @@ class Trainer:
         train = self.data.splits["train"]
         rng = np.random.default_rng(cfg.data.seed)
         pick = sorted(rng.choice(len(train), size=min(len(train), NORM_STATS_CLIPS), replace=False))
-        dataset = ClipDataset(self.data.index, [train[i] for i in pick], cfg.features, self.cache, train=False)
+        dataset = ClipDataset(self.data.index, [train[i] for i in pick], cfg.features, self.cache, train=False,
+                              on_skip=self._skipped)
         raw = FeatureExtractor(replace(cfg.features, norm_mean=None, norm_std=None)).to(self.device)
         loader = DataLoader(dataset, batch_size=32, shuffle=False, collate_fn=_collate)
 
@@ -446,7 +456,8 @@ class Trainer:
 
         cfg, d = self.cfg, self.data
         train = d.splits["train"]
-        self.train_set = ClipDataset(d.index, train, cfg.features, self.cache, train=True, seed=cfg.data.seed)
+        self.train_set = ClipDataset(d.index, train, cfg.features, self.cache, train=True, seed=cfg.data.seed,
+                                     on_skip=self._skipped)
         weights = class_weights_for_sampling(d.index, train) if cfg.data.balanced_sampling else None
         self.sampler = ddp.EpochSampler(len(train), shuffle=True, weights=weights, seed=cfg.train.seed,
                                         rank=self.env.rank, world_size=self.env.world_size)
@@ -648,7 +659,7 @@ class Trainer:
         module.eval()
         items = self.data.splits[split]
         mine = ddp.shard(list(range(len(items))), self.env)
-        dataset = ClipDataset(self.data.index, [items[i] for i in mine], self.cfg.features, self.cache,
+        dataset = ClipDataset(self.data.index, [items[i] for i in mine], self.cfg.features, self.cache, on_skip=self._skipped,
                               train=False)
         probs, targets, losses = predict(module, self.features, self._loader(dataset), self.device,
                                          self.cfg.train.amp, self.cfg.train.loss)
@@ -701,7 +712,7 @@ class Trainer:
             self.run.write_status(epoch=epoch, steps=self.step, best_epoch=self.best_epoch,
                                   best_val_map=self.best_val_map if math.isfinite(self.best_val_map) else None,
                                   batch=0, batches=self.steps_per_epoch, epochs=self.cfg.train.epochs,
-                                  train_seconds=round(self.elapsed(), 1))
+                                  train_seconds=round(self.elapsed(), 1), skipped_clips=len(self.skipped_clips))
         left = ""
         if self.cfg.train.budget_seconds:
             left = f"  budget left {_clock(max(0.0, self.cfg.train.budget_seconds - self.elapsed()))}"
@@ -845,6 +856,7 @@ class Trainer:
         if self.env.is_main:
             self.run.write_status(state=state, epoch=self.epoch, steps=self.step, best_epoch=self.best_epoch,
                                   best_val_map=result["best_val_map"], train_seconds=result["seconds"],
+                                  skipped_clips=len(self.skipped_clips),
                                   **({"test_acc": result["test"]["acc"], "test_map": result["test"]["map"]}
                                      if "test" in result else {}))
         ddp.barrier()
