@@ -45,7 +45,7 @@ def _usable(details: dict) -> bool:
 
 def _ablations() -> list[Path]:
     root = runs_dir()
-    found = [p.parent for p in root.glob("*/results.csv")] if root.is_dir() else []
+    found = [p.parent for p in root.glob("*/results.csv") if not (p.parent / "cv.json").exists()] if root.is_dir() else []
     return sorted(set(found), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
