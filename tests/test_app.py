@@ -234,7 +234,10 @@ def test_train_page_offers_stop_for_a_live_run_and_resume_for_a_stopped_one(tmp_
             for e in (1, 2)]
     (live / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     # this test process stands in for the trainer: its pid is alive
-    (live / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid(), "epoch": 2,
+    from asca_core.train.runstore import process_start_time
+
+    (live / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid(),
+                                                  "pid_start": process_start_time(os.getpid()), "epoch": 2,
                                                   "epochs": 8, "batch": 3, "batches": 6}))
     at = ok(page("train").run())
     assert at.selectbox(key="tr_selected").value == "live-run"  # the active run is shown first

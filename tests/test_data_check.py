@@ -110,4 +110,4 @@ def test_check_esc50_fold_protocol(tmp_path):
     report = check_dataset(tmp_path, test_fold=2, val_fraction=0.25)
     assert report.format == "esc50" and report.folds == {1: 2, 2: 2, 3: 2}
     assert report.splits["test"] == 2 and report.ok
-    assert "fold 2 is test" in report.split_method
+    assert "fold 2 of 3 is the test set" in report.split_method

@@ -195,7 +195,7 @@ def test_checkpoint_header_with_a_python_yaml_tag_is_not_executed(tmp_path, mark
     (run / "config.yaml").write_text(meta["config"])
     from asca_core.train.runstore import RunStore
 
-    with pytest.raises(CheckpointError, match="unreadable config.yaml"):
+    with pytest.raises(CheckpointError, match="config.yaml is not valid YAML"):
         RunStore(run).config()
     with pytest.raises(ConfigError, match="not valid YAML"):
         from asca_core.config import load_config

@@ -323,6 +323,8 @@ class Trainer:
                            "pass --resume to continue it or choose another --run-dir")
             elif not self.resume and run.path.exists():
                 problem = unusable_run_dir(run.path)
+            elif self.resume:
+                problem = self._resume_problem()
         problem = ddp.broadcast_object(problem)
         if problem:
             raise CheckpointError(problem)
@@ -343,6 +345,28 @@ class Trainer:
                              world_size=self.env.world_size,
                              device=str(self.device), **status)
         ddp.barrier()
+
+    def _resume_problem(self) -> str | None:
+        """Why the run cannot be continued, found before anything in it is written (None: it can)."""
+        run = self.run
+        try:
+            run.status()
+            trained = len(run.metrics())
+            if run.labels_path.exists():
+                run.labels()
+            state_path = run.checkpoints_dir / "last.state.safetensors"
+            if state_path.exists():
+                meta = read_metadata(state_path)
+                json.loads(meta["state"])
+            elif trained or run.has_checkpoint("best"):
+                return (f"cannot resume {run.path}: its resume state {state_path} is missing, though the run has "
+                        f"trained ({trained} epoch(s) in metrics.jsonl"
+                        f"{', a best checkpoint' if run.has_checkpoint('best') else ''}); its files are left as they are")
+        except (KeyError, TypeError, json.JSONDecodeError):
+            return f"cannot resume {run.path}: {run.checkpoints_dir / 'last.state.safetensors'} holds no readable training state"
+        except AscaError as exc:
+            return f"cannot resume {run.path}: {exc}"
+        return None
 
     def build(self) -> None:
         cfg = self.cfg

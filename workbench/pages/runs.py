@@ -50,6 +50,9 @@ def _ablations() -> list[Path]:
 
 
 def _compare(runs: list[jobs.RunInfo]) -> None:
+    for r in runs:  # every damaged run is named, picked or not
+        if r.problem:
+            st.warning(f"{r.name} is damaged: {r.problem}", icon=":material/warning:")
     names = [r.name for r in runs]
     default = [r.name for r in runs if r.metrics][:3] or names[:1]
     chosen = st.multiselect("Runs to compare", names, default=default, key="compare_runs")
@@ -57,9 +60,6 @@ def _compare(runs: list[jobs.RunInfo]) -> None:
     if not picked:
         st.info("Pick one or more runs.")
         return
-    for r in picked:
-        if r.problem:
-            st.warning(f"{r.name} is damaged: {r.problem}", icon=":material/warning:")
     rows = []
     for r in picked:
         row = r.summary()
