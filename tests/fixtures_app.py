@@ -46,3 +46,19 @@ def runs_root(tiny_run, monkeypatch) -> Path:
     """``ASCA_RUNS_DIR`` set to the folder holding :func:`tiny_run` (and nothing else)."""
     monkeypatch.setenv("ASCA_RUNS_DIR", str(tiny_run.parent))
     return tiny_run.parent
+
+
+def wait_for_run(run_dir: Path, done, timeout: float = 240.0):
+    """Poll ``workbench.jobs.run_info(run_dir)`` until ``done(info)``; fail with the console after ``timeout`` s."""
+    import time
+
+    from workbench import jobs
+
+    end = time.monotonic() + timeout
+    while True:
+        info = jobs.run_info(run_dir)
+        if done(info):
+            return info
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out; last state {info.state}, console:\n{jobs.read_console(run_dir)}")
+        time.sleep(0.25)

@@ -27,7 +27,7 @@ from streamlit.testing.v1 import AppTest
 
 from asca_core.errors import CheckpointError, ConfigError
 from asca_core.train.runstore import RunStore
-from fixtures_app import runs_root, tiny_demo, tiny_run  # noqa: F401 - pytest fixtures
+from fixtures_app import runs_root, tiny_demo, tiny_run, wait_for_run  # noqa: F401 - pytest fixtures
 from fixtures_runs import PICO_LABELS, pico_run, write_run  # noqa: F401
 from train_factory import ROOT, make_tiny_data, run_cli, tiny_config, write_tiny_yaml
 from workbench import jobs
@@ -224,28 +224,19 @@ def test_the_app_trains_one_run_at_a_time_and_shows_the_rest_queued(tmp_path, ti
         first = jobs.start_training(None, overrides, name="first", root=tmp_path)
         second = jobs.start_training(None, overrides, name="second", root=tmp_path)
         for info in (first, second):
-            queued = _wait(info.path, lambda i: i.state == "queued" or not i.active)
+            queued = wait_for_run(info.path, lambda i: i.state == "queued" or not i.active)
             assert queued.state == "queued" and queued.active, jobs.read_console(info.path)
         assert {r.state for r in jobs.list_runs(tmp_path)} == {"queued"}
         assert jobs.stop_run(second.path)  # Stop works while queued
-        stopped = _wait(second.path, lambda i: not i.active)
+        stopped = wait_for_run(second.path, lambda i: not i.active)
         assert stopped.state == "stopped", jobs.read_console(second.path)
     finally:
         slot.release()
-    done = _wait(first.path, lambda i: not i.active)
+    done = wait_for_run(first.path, lambda i: not i.active)
     assert done.state == "finished", jobs.read_console(first.path)
     assert "queued" in jobs.read_console(first.path)
 
 
-def _wait(run_dir: Path, done, timeout: float = 240.0) -> jobs.RunInfo:
-    end = time.monotonic() + timeout
-    while True:
-        info = jobs.run_info(run_dir)
-        if done(info):
-            return info
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out; last state {info.state}, console:\n{jobs.read_console(run_dir)}")
-        time.sleep(0.2)
 
 
 # ------------------------------------------------------------------------- 3. resume integrity

@@ -12,19 +12,10 @@ from pathlib import Path
 import pytest
 
 from asca_core.errors import CheckpointError
-from fixtures_app import tiny_demo  # noqa: F401 - pytest fixture
+from fixtures_app import tiny_demo, wait_for_run  # noqa: F401 - pytest fixture
 from workbench import jobs
 
 
-def _wait(run_dir: Path, done, timeout: float = 240.0) -> jobs.RunInfo:
-    end = time.monotonic() + timeout
-    while True:
-        info = jobs.run_info(run_dir)
-        if done(info):
-            return info
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out; last state {info.state}, console:\n{jobs.read_console(run_dir)}")
-        time.sleep(0.3)
 
 
 def _dead_pid() -> int:
@@ -133,7 +124,7 @@ def test_stop_signals_the_whole_process_group(tmp_path):
         time.sleep(0.1)
     child = int(child_file.read_text())
     assert jobs.stop_run(run_dir)
-    stopped = _wait(run_dir, lambda i: not i.active, 30)
+    stopped = wait_for_run(run_dir, lambda i: not i.active, 30)
     assert stopped.state == "stopped"  # stop requested, no status written: not a failure
     end = time.monotonic() + 10
     while jobs.pid_alive(child) and time.monotonic() < end:
@@ -156,14 +147,14 @@ def test_start_stop_resume_a_real_training(tmp_path, tiny_demo):  # noqa: F811
                  "train.device=cpu", "train.num_threads=1", "train.warmup_epochs=0"]
     info = jobs.start_training(None, overrides, name="tiny", root=tmp_path)
     assert info.active and (info.path / "requested.yaml").is_file()
-    running = _wait(info.path, lambda i: i.state == "running" and i.epoch >= 1 or not i.active)
+    running = wait_for_run(info.path, lambda i: i.state == "running" and i.epoch >= 1 or not i.active)
     assert running.state == "running", jobs.read_console(info.path)
     assert jobs.stop_run(info.path)
-    stopped = _wait(info.path, lambda i: not i.active)
+    stopped = wait_for_run(info.path, lambda i: not i.active)
     assert stopped.state == "stopped" and stopped.can_resume
     assert "stopped by SIGTERM" in jobs.read_console(info.path)
     jobs.resume_run(info.path)
-    finished = _wait(info.path, lambda i: not i.active)
+    finished = wait_for_run(info.path, lambda i: not i.active)
     assert finished.state == "finished", jobs.read_console(info.path)
     assert [r["epoch"] for r in finished.metrics] == [1, 2, 3]
     assert finished.has_model and not finished.can_resume
@@ -174,6 +165,6 @@ def test_start_stop_resume_a_real_training(tmp_path, tiny_demo):  # noqa: F811
 def test_a_failing_training_shows_its_error(tmp_path):
     info = jobs.start_training(None, [f"data.path={tmp_path / 'no-such.csv'}", "model.name=asca_pico"],
                                name="broken", root=tmp_path / "runs")
-    failed = _wait(info.path, lambda i: not i.active, 120)
+    failed = wait_for_run(info.path, lambda i: not i.active, 120)
     assert failed.state == "failed"
     assert "no-such.csv" in failed.error
