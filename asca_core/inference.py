@@ -10,6 +10,10 @@ windows whatever the recording's length::
     pred.top          # [("trill", 0.97), ("chirp", 0.41), ...]  clip level (max over windows)
     pred.timeline[0]  # TimelineWindow(start=0.0, end=3.0, probs=array([...]))
 
+Decoding runs in a background thread, a few batches ahead of scoring, and :meth:`Classifier.predict_many`
+streams one :class:`Prediction` per file as each finishes, the next file decoding meanwhile.
+``engine="onnx"`` scores with the run's ONNX export (:mod:`asca_core.export`) in ONNX Runtime.
+
 Probabilities are sigmoids for runs trained with BCE (independent, multi-label) and softmaxes for
 runs trained with cross-entropy (``cfg.train.loss``).
 """
@@ -18,22 +22,30 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
+import json
 import math
+import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, audio_info, iter_windows, load_audio, resample
+from .audio import (MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SUPPORTED_EXTENSIONS, audio_info, iter_windows, load_audio,
+                    resample)
 from .config import Config
 from .errors import AscaError, AudioError, ConfigError
 from .features import FeatureExtractor, sliding_windows
 from .utils import resolve_device, setup_torch
 
 DEFAULT_BATCH_WINDOWS = 16  # windows per forward pass: bounds activation memory
+PREFETCH_BATCHES = 4  # decoded batches waiting for the scorer: bounds the decoder's lead
+ENGINES = ("torch", "onnx")
 
 
 @dataclass
@@ -101,6 +113,24 @@ class Prediction:
                          for w in self.timeline],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], top_k: int = 5) -> "Prediction":
+        """Rebuild a prediction from :meth:`to_dict` (probabilities rounded to 6 digits)."""
+        labels = list(data["probs"])
+
+        def vector(values: dict[str, float]) -> np.ndarray:
+            return np.array([values[name] for name in labels], dtype=np.float32)
+
+        probs = vector(data["probs"])
+        order = np.argsort(-probs, kind="stable")[: int(top_k)]
+        return cls(source=data["source"], duration=float(data["duration"]), labels=labels,
+                   top=[(labels[i], float(probs[i])) for i in order], probs=probs,
+                   probs_max=vector(data["probs_max"]), probs_mean=vector(data["probs_mean"]),
+                   timeline=[TimelineWindow(float(w["start"]), float(w["end"]), vector(w["probs"]))
+                             for w in data["timeline"]],
+                   window=float(data["window"]), hop=float(data["hop"]), aggregate=data["aggregate"],
+                   activation=data["activation"])
+
     def write_timeline_csv(self, path: str | Path, append: bool = False) -> Path:
         """Write ``source,start,end,<label>...`` rows, one per window (header unless appending)."""
         path = Path(path)
@@ -140,8 +170,10 @@ class Classifier:
     """
 
     def __init__(self, model: torch.nn.Module, cfg: Config, labels: Sequence[str],
-                 device: str | torch.device = "cpu", batch_windows: int = DEFAULT_BATCH_WINDOWS) -> None:
+                 device: str | torch.device = "cpu", batch_windows: int = DEFAULT_BATCH_WINDOWS,
+                 onnx: Any = None) -> None:
         setup_torch()
+        self.onnx = onnx  # an asca_core.export.OnnxScorer, or None to score with PyTorch
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.cfg = cfg
         self.labels = list(labels)
@@ -152,17 +184,25 @@ class Classifier:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu",
+                 engine: str = "torch", onnx_path: str | Path | None = None, threads: int | None = None,
                  **kwargs: Any) -> "Classifier":
-        """Load ``run_dir/checkpoints/<checkpoint>.safetensors`` with its config and labels."""
+        """Load ``run_dir/checkpoints/<checkpoint>.safetensors`` with its config and labels.
+
+        ``engine="onnx"`` scores with the export in ``onnx_path`` (default ``RUN/export``), which
+        must come from this checkpoint; ``threads`` sets ONNX Runtime's threads.
+        """
         from .train.checkpoint import load_model_from_run
 
+        if engine not in ENGINES:
+            raise AscaError(f"unknown engine {engine!r}: choose {' or '.join(ENGINES)}")
         model, cfg, labels = load_model_from_run(run_dir, checkpoint=checkpoint, device=device)
         bad = [name for name, p in model.state_dict().items()
                if p.is_floating_point() and not bool(torch.isfinite(p).all())]
         if bad:
             raise AscaError(f"{run_dir}: the {checkpoint} checkpoint holds NaN or infinite weights "
                             f"({len(bad)} tensor(s), first {bad[0]}); it cannot score anything")
-        clf = cls(model, cfg, labels, device=device, **kwargs)
+        scorer = _onnx_scorer(Path(run_dir), checkpoint, labels, onnx_path, threads) if engine == "onnx" else None
+        clf = cls(model, cfg, labels, device=device, onnx=scorer, **kwargs)
         clf.run_dir = Path(run_dir)
         return clf
 
@@ -174,6 +214,10 @@ class Classifier:
     @property
     def clip_seconds(self) -> float:
         return float(self.cfg.features.clip_seconds)
+
+    @property
+    def engine(self) -> str:
+        return "torch" if self.onnx is None else "onnx"
 
     @property
     def num_classes(self) -> int:
@@ -264,6 +308,8 @@ class Classifier:
         if waves.dim() == 1:
             waves = waves.unsqueeze(0)
         extractor = self.extractor_for(window)
+        if self.onnx is not None:
+            return self._onnx_windows(waves, extractor, window)
         out = []
         for i in range(0, waves.shape[0], self.batch_windows):
             chunk = waves[i:i + self.batch_windows]
@@ -277,6 +323,23 @@ class Classifier:
                 raise AscaError("the model gave NaN or infinite probabilities for this audio")
             out.append(probs.cpu())
         return torch.cat(out).numpy()
+
+    def _onnx_windows(self, waves: Tensor, extractor: FeatureExtractor, window: float | None) -> np.ndarray:
+        n = int(round((self.clip_seconds if window is None else float(window)) * self.sample_rate))
+        if n != self.cfg.features.clip_samples or waves.shape[-1] != n:
+            raise AscaError(f"the ONNX export scores windows of {self.clip_seconds:g} s only: "
+                            "drop --window or use --engine torch")
+        out = []
+        for i in range(0, waves.shape[0], self.batch_windows):
+            chunk = waves[i:i + self.batch_windows]
+            inputs = chunk.numpy() if self.onnx.frontend else extractor(chunk).numpy()
+            probs = self.onnx(inputs)
+            if not np.isfinite(probs).all():
+                peak = float(chunk.abs().max()) if bool(torch.isfinite(chunk).all()) else math.nan
+                raise AscaError(f"the model gave NaN or infinite probabilities (audio peak {peak:.3g}; "
+                                "expected about -1 to 1)")
+            out.append(probs)
+        return np.concatenate(out)
 
     def windows(self, audio: str | Path | np.ndarray | Tensor, sample_rate: int | None = None,
                 window: float | None = None, hop: float | None = None
@@ -332,31 +395,106 @@ class Classifier:
 
         Shapes: wave (T,) -> Prediction with K = number of classes.
         """
+        ((_, result),) = self.predict_many([path_or_wave], sample_rate=sample_rate, top_k=top_k, window=window,
+                                           hop=hop, aggregate=aggregate)
+        if isinstance(result, AscaError):
+            raise result
+        return result
+
+    def predict_many(self, sources: Iterable[str | Path | np.ndarray | Tensor], sample_rate: int | None = None,
+                     top_k: int = 5, window: float | None = None, hop: float | None = None,
+                     aggregate: str = "max", prefetch: int = PREFETCH_BATCHES
+                     ) -> Iterator[tuple[Any, "Prediction | AscaError"]]:
+        """Score many files (or waves) in order, yielding ``(source, Prediction)`` as each ends.
+
+        A background thread decodes windows up to ``prefetch`` batches ahead of scoring, across
+        file boundaries. A file that cannot be decoded or scored yields ``(source, AscaError)``
+        naming it, and the others are still scored. Bad settings raise before anything is read.
+
+        Shapes: each yields a Prediction with K = number of classes.
+        """
         if aggregate not in ("max", "mean"):
             raise AscaError(f"aggregate must be max or mean, got {aggregate!r}")
         if int(top_k) < 1:
             raise AscaError(f"top_k must be >= 1, got {top_k}")
         window, hop = self._window_hop(window, hop)
-        stream, duration = self.windows(path_or_wave, sample_rate, window, hop)
-        source = str(path_or_wave) if isinstance(path_or_wave, (str, Path)) else "<wave>"
+        sources = list(sources)
+        items: queue.Queue = queue.Queue(maxsize=max(1, int(prefetch)))
+        stop = threading.Event()
+        producer = threading.Thread(target=self._decode, args=(sources, sample_rate, window, hop, items, stop),
+                                    name="asca-decode", daemon=True)
+        producer.start()
         starts: list[float] = []
         rows: list[np.ndarray] = []
-        batch: list[np.ndarray] = []
+        failed: AscaError | None = None
+        try:
+            while True:
+                kind, i, *rest = items.get()
+                if kind == "done":
+                    break
+                source = sources[i]
+                name = str(source) if isinstance(source, (str, Path)) else "<wave>"
+                if kind == "batch":
+                    batch_starts, batch = rest
+                    if failed is None:
+                        try:
+                            rows.append(self.predict_windows(batch, window))
+                            starts.extend(batch_starts)
+                        except AscaError as exc:  # non-finite numbers: say which recording and where
+                            failed = AscaError(f"{name}: windows from {batch_starts[0]:.2f} s: {exc}")
+                    continue
+                if kind == "error" or failed is not None:
+                    yield source, (rest[0] if kind == "error" else failed)
+                else:
+                    yield source, self._prediction(name, rest[0], starts, rows, window, hop, aggregate, top_k)
+                starts, rows, failed = [], [], None
+        finally:
+            stop.set()
+            while producer.is_alive():
+                try:
+                    items.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            producer.join()
 
-        def score() -> None:
+    def _decode(self, sources: list[Any], sample_rate: int | None, window: float, hop: float,
+                items: queue.Queue, stop: threading.Event) -> None:
+        """Producer of :meth:`predict_many`: batches of windows, then each file's end or error."""
+        def put(item: tuple) -> bool:
+            while not stop.is_set():
+                try:
+                    items.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        for i, source in enumerate(sources):
+            name = str(source) if isinstance(source, (str, Path)) else "<wave>"
             try:
-                rows.append(self.predict_windows(np.stack(batch), window))
-            except AscaError as exc:  # non-finite numbers: say which recording and where
-                raise AscaError(f"{source}: windows from {starts[-len(batch)]:.2f} s: {exc}") from None
+                stream, duration = self.windows(source, sample_rate, window, hop)
+                starts: list[float] = []
+                batch: list[np.ndarray] = []
+                for start, chunk in stream:
+                    starts.append(start)
+                    batch.append(chunk)
+                    if len(batch) == self.batch_windows:
+                        if not put(("batch", i, starts, np.stack(batch))):
+                            return
+                        starts, batch = [], []
+                if batch and not put(("batch", i, starts, np.stack(batch))):
+                    return
+                item: tuple = ("end", i, duration)
+            except AscaError as exc:
+                item = ("error", i, exc)
+            except Exception as exc:  # noqa: BLE001 - one file's failure must not end the others
+                item = ("error", i, AscaError(f"{name}: cannot be read ({type(exc).__name__}: {exc})"))
+            if not put(item):
+                return
+        put(("done", -1))
 
-        for start, chunk in stream:
-            starts.append(start)
-            batch.append(chunk)
-            if len(batch) == self.batch_windows:
-                score()
-                batch = []
-        if batch:
-            score()
+    def _prediction(self, source: str, duration: float, starts: list[float], rows: list[np.ndarray],
+                    window: float, hop: float, aggregate: str, top_k: int) -> Prediction:
         probs = np.concatenate(rows).astype(np.float32)  # (N, K)
         timeline = [TimelineWindow(start=max(s, 0.0), end=min(s + window, duration), probs=p)
                     for s, p in zip(starts, probs)]
@@ -367,3 +505,141 @@ class Classifier:
                           top=[(self.labels[i], float(chosen[i])) for i in order], probs=chosen,
                           probs_max=probs_max, probs_mean=probs_mean, timeline=timeline,
                           window=window, hop=hop, aggregate=aggregate, activation=self.activation)
+
+
+def _onnx_scorer(run_dir: Path, checkpoint: str, labels: list[str], onnx_path: str | Path | None,
+                 threads: int | None) -> Any:
+    """The run's ONNX export, checked to come from the loaded checkpoint with the same classes."""
+    from .errors import CheckpointError
+    from .export import OnnxScorer, file_digest
+
+    folder = Path(onnx_path) if onnx_path is not None else run_dir / "export"
+    scorer = OnnxScorer.load(folder, threads=threads)
+    if scorer.meta.get("labels") != labels:
+        raise CheckpointError(f"{scorer.path} scores other classes than {run_dir}")
+    ckpt = run_dir / "checkpoints" / f"{checkpoint}.safetensors" if run_dir.is_dir() else run_dir
+    if ckpt.is_file() and scorer.meta.get("checkpoint_sha256") != file_digest(ckpt):
+        raise CheckpointError(f"{scorer.path} was exported from another version of the {checkpoint} "
+                              f"checkpoint of {run_dir}: run asca export {run_dir} again")
+    return scorer
+
+
+def audio_files(folder: str | Path, recursive: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Audio files in ``folder`` (sorted; subfolders too with ``recursive``) and the entries left out.
+
+    Hidden files and folders are skipped; links that lead outside ``folder`` are left out and
+    named with the reason, so nothing outside the folder is ever read.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise AscaError(f"{root} is not a folder")
+    real_root = root.resolve()
+    found: list[Path] = []
+    left_out: list[tuple[str, str]] = []
+    for current, dirs, names in os.walk(root, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if not recursive:
+            dirs[:] = []
+        for name in sorted(names):
+            path = Path(current) / name
+            if name.startswith(".") or path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+                continue
+            if path.is_symlink():
+                try:
+                    path.resolve(strict=True).relative_to(real_root)
+                except (OSError, ValueError):
+                    left_out.append((str(path), "a link leading outside the folder"))
+                    continue
+            found.append(path)
+    return found, left_out
+
+
+class ResultsJournal:
+    """An append-only JSON Lines record of finished files, for resuming a large prediction.
+
+    Each finished file adds one line (its prediction, size, modification time and the settings
+    that produced it), written with a single ``write`` and fsync'd. A line cut off by a crash is
+    dropped when the journal is next opened. A file whose size, modification time and settings
+    match a line is finished: :meth:`lookup` returns its prediction. One process writes a journal
+    at a time (an exclusive lock while it is open).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise AscaError(f"--journal {self.path} is a folder: give a file name")
+        if not self.path.parent.is_dir():
+            raise AscaError(f"--journal {self.path}: the folder {self.path.parent} does not exist")
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise AscaError(f"cannot open the journal {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._fd)
+            raise AscaError(f"the journal {self.path} is in use by another asca predict") from None
+        self.entries: dict[str, dict[str, Any]] = {}
+        self._load()
+
+    def _load(self) -> None:
+        size = os.fstat(self._fd).st_size
+        data = os.pread(self._fd, size, 0) if size else b""
+        keep = data.rfind(b"\n") + 1
+        if keep < len(data):  # a line cut off by a crash: drop it so the next line starts clean
+            os.ftruncate(self._fd, keep)
+        for line in data[:keep].splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+                self.entries[entry["file"]] = entry
+
+    @staticmethod
+    def key(path: str | Path) -> str:
+        return str(Path(path).resolve())
+
+    def lookup(self, path: str | Path, settings: dict[str, Any], top_k: int = 5) -> Prediction | None:
+        """The stored prediction of ``path`` when the file and settings are unchanged."""
+        entry = self.entries.get(self.key(path))
+        if entry is None or entry.get("settings") != settings:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if entry.get("size") != st.st_size or entry.get("mtime_ns") != st.st_mtime_ns:
+            return None
+        try:
+            pred = Prediction.from_dict(entry["prediction"], top_k=top_k)
+        except (KeyError, TypeError, ValueError):
+            return None
+        pred.source = str(path)
+        return pred
+
+    def record(self, path: str | Path, settings: dict[str, Any], pred: Prediction) -> None:
+        """Append ``pred`` for ``path`` (one line, one write, fsync)."""
+        from .train.runstore import json_safe
+
+        st = os.stat(path)
+        entry = {"file": self.key(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "settings": settings,
+                 "prediction": pred.to_dict()}
+        line = (json.dumps(json_safe(entry), allow_nan=False, separators=(",", ":")) + "\n").encode()
+        try:
+            os.write(self._fd, line)
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise AscaError(f"cannot write the journal {self.path}: {exc.strerror or exc}") from None
+        self.entries[entry["file"]] = entry
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # releases the lock
+            self._fd = -1
+
+    def __enter__(self) -> "ResultsJournal":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
