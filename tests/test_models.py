@@ -207,15 +207,26 @@ def test_shorter_input_reads_the_exact_table_sub_range():
         torch.testing.assert_close(big(x), small(x), rtol=1e-6, atol=1e-6)
 
 
-def test_longer_input_interpolates_the_table_bilinearly():
-    model = _build("asca_pico", input_size=(128, 320)).eval()
+def test_longer_input_clamps_offsets_beyond_the_trained_range():
+    model = _build("asca_pico", input_size=(128, 320)).eval()  # S4 grid 4 x 10, table 7 x 19
     rel = model.s4[0].attn.rel_bias
-    stretched = F.interpolate(rel.table.detach()[None], size=(7, 31), mode="bilinear", align_corners=False)[0]
-    torch.testing.assert_close(stretched[:, :, 15], rel.table.detach()[:, :, 9])  # offset 0 stays put
-    torch.testing.assert_close(rel((4, 16))[0], _hand_gathered_bias(stretched, (4, 16)))
+    table = rel.table.detach()
+    # Offsets beyond +-9 in time read the edge column: the table padded by replication.
+    clamped = torch.cat([table[:, :, :1].expand(-1, -1, 6), table, table[:, :, -1:].expand(-1, -1, 6)], dim=2)
+    torch.testing.assert_close(rel((4, 16))[0], _hand_gathered_bias(clamped, (4, 16)), rtol=0, atol=0)
     with torch.no_grad():
         logits = model(torch.randn(2, 1, 128, 512))
     assert logits.shape == (2, NUM_CLASSES) and torch.isfinite(logits).all()
+
+
+def test_a_change_of_resolution_resamples_the_table_when_loading():
+    trained = _build("asca_pico", input_size=(128, 320)).eval()  # table 7 x 19
+    finer = _build("asca_pico", input_size=(256, 640)).eval()  # table 15 x 39: twice the resolution
+    finer.load_state_dict(trained.state_dict())
+    table = trained.s4[0].attn.rel_bias.table.detach()
+    expected = F.interpolate(table[None], size=(15, 39), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(finer.s4[0].attn.rel_bias.table.detach(), expected)
+    torch.testing.assert_close(expected[:, 7, 19], table[:, 3, 9])  # offset 0 stays put
 
 
 def test_relative_index_matches_offsets_and_is_cached():

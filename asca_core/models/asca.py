@@ -4,6 +4,13 @@ S0 is a two-conv stem (stride 2); S1 is always MBConv; S2-S4 are MBConv (C) or r
 transformer (T) stages as the layout says, each halving the map in its first block, so the stage
 strides are 2, 4, 8, 16, 32. The head is global average pooling, LayerNorm, an optional CoAtNet
 pre-logits layer (Linear + tanh) and a Linear classifier.
+
+``attn_division`` is the ASCA paper's "ViT window division" (section 4.4.3: 7x7, 14x14, 16x16 and
+32x32 on a 224 x 224 input), read as the size in input cells of one token of the first transformer
+stage, the way a ViT's patch size is: 16 makes the 224 input a 14 x 14 token grid there, 7 a
+32 x 32 one, 32 a 7 x 7 one (what C-C-C-T has anyway). Later transformer stages halve it again.
+The conv stages are unchanged; the first transformer block pools or interpolates their map onto
+the new grid. ``None`` keeps each stage's own stride.
 """
 
 from __future__ import annotations
@@ -11,17 +18,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
 from ..errors import ModelError
-from .blocks import (STRIDE_MODES, ConvStem, MBConv, TransformerBlock, init_weights, no_weight_decay_names,
-                     pad_to_multiple)
+from .blocks import (POOLS, SE_ACTS, STRIDE_MODES, TRANSFORMER_NORMS, ConvStem, MBConv, Resample, TransformerBlock,
+                     init_weights, no_weight_decay_names, pad_to_multiple)
 
 LAYOUTS = ("CCCT", "CCTT", "CCCC", "CTTT")
 DEFAULT_INPUT_SIZE = (128, 320)
 STAGE_STRIDES = (4, 8, 16, 32)  # S1..S4; S0 (stem) has stride 2
 INPUT_MULTIPLE = 32
+MIN_ATTN_DIVISION = 4  # S1's stride: finer tokens would only interpolate the first conv stage
+
+
+class GlobalWindowWarning(UserWarning):
+    """A setting that looks local but is global attention (a window as large as the grid)."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +112,15 @@ class ASCA(nn.Module):
     """CoAtNet-style hybrid classifier for spectrograms.
 
     ``input_size`` is the (freq, time) input the relative-bias tables are built for: smaller inputs
-    use a sub-range of each table exactly, larger ones an interpolated table. Inputs whose sides are
-    not multiples of 32 are zero-padded at the top of the frequency axis and the end of the time
-    axis inside :meth:`forward`.
+    use a sub-range of each table exactly, larger ones clamp offsets beyond the trained range to
+    the table's edge. Inputs whose sides are not multiples of 32 are zero-padded at the top of the
+    frequency axis and the end of the time axis inside :meth:`forward`.
+
+    Options beyond CoAtNet's defaults (each off by default): ``downsample_pool="max"`` (the Pool of
+    CoAtNet's eqs. 4-5 as 2x2 max pooling), ``transformer_norm="batchnorm"`` (BatchNorm where
+    transformer blocks have LayerNorm), ``se_act`` (the squeeze-excitation activation: gelu, silu
+    as in timm and EfficientNet, relu as in the SE paper), ``attn_window`` (local k x k windows,
+    in tokens) and ``attn_division`` (the paper's window division, see the module docstring).
 
     Shapes: forward(spec (B, in_chans, F, T)) -> logits (B, num_classes).
     """
@@ -108,7 +128,9 @@ class ASCA(nn.Module):
     def __init__(self, num_classes: int, *, stem_width: int, widths: tuple[int, ...], depths: tuple[int, ...],
                  layout: str = "CCCT", in_chans: int = 1, drop_path: float = 0.0, stride_mode: str = "paper",
                  attn_window: int | None = None, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
-                 head_dim: int = 32, head_hidden: int | None = None, name: str = "asca") -> None:
+                 head_dim: int = 32, head_hidden: int | None = None, name: str = "asca",
+                 attn_division: int | None = None, downsample_pool: str = "avg",
+                 transformer_norm: str = "layernorm", se_act: str = "gelu") -> None:
         super().__init__()
         layout = str(layout).upper()
         _check(layout in LAYOUTS, f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -123,6 +145,16 @@ class ASCA(nn.Module):
                f"attn_window must be a positive integer or None (global attention), got {attn_window!r}")
         _check(head_hidden is None or (isinstance(head_hidden, int) and head_hidden >= 0),
                f"head_hidden must be a non-negative integer or None, got {head_hidden!r}")
+        _check(attn_division is None or (isinstance(attn_division, int) and not isinstance(attn_division, bool)
+                                         and attn_division >= MIN_ATTN_DIVISION),
+               f"attn_division must be an integer >= {MIN_ATTN_DIVISION} (input cells per token side) or None, "
+               f"got {attn_division!r}")
+        _check(attn_division is None or "T" in layout,
+               f"attn_division applies to transformer stages; layout {layout} has none")
+        _check(downsample_pool in POOLS, f"downsample_pool must be one of {', '.join(POOLS)}, got {downsample_pool!r}")
+        _check(transformer_norm in TRANSFORMER_NORMS,
+               f"transformer_norm must be one of {', '.join(TRANSFORMER_NORMS)}, got {transformer_norm!r}")
+        _check(se_act in SE_ACTS, f"se_act must be one of {', '.join(SE_ACTS)}, got {se_act!r}")
         input_size = _input_size(input_size)
         for kind, width in zip(layout, widths):
             assert kind == "C" or width % head_dim == 0, f"width {width} is not a multiple of head_dim {head_dim}"
@@ -138,25 +170,56 @@ class ASCA(nn.Module):
             "head_dim": head_dim, "head_hidden": int(head_hidden or 0), "drop_path": float(drop_path),
             "stride_mode": stride_mode, "attn_window": attn_window, "input_size": list(input_size),
         }
+        # Only settings away from their defaults enter the config, so older configs stay equal.
+        for key, value, default in (("attn_division", attn_division, None), ("downsample_pool", downsample_pool, "avg"),
+                                    ("transformer_norm", transformer_norm, "layernorm"), ("se_act", se_act, "gelu")):
+            if value != default:
+                self.config[key] = value
+        self._strides = self._token_sizes(layout, attn_division)
 
         self.s0 = ConvStem(in_chans, stem_width)
         rates = torch.linspace(0, drop_path, sum(depths)).tolist()  # rises linearly over all blocks
-        dim = stem_width
-        for s, (kind, width, depth, stride) in enumerate(zip(layout, widths, depths, STAGE_STRIDES), start=1):
-            grid = (input_size[0] // stride, input_size[1] // stride)
+        dim, cells = stem_width, 2
+        covered = []
+        for s, (kind, width, depth) in enumerate(zip(layout, widths, depths), start=1):
+            stride = self._strides[s - 1]
+            grid = (max(1, input_size[0] // stride), max(1, input_size[1] // stride))
+            if kind == "T" and attn_window is not None and attn_window >= max(grid):
+                covered.append(f"s{s} ({grid[0]}x{grid[1]})")
             blocks = []
             for i in range(depth):
                 rate = rates.pop(0)
                 if kind == "C":
                     blocks.append(MBConv(dim, width, stride=2 if i == 0 else 1, stride_mode=stride_mode,
-                                         drop_path=rate))
+                                         drop_path=rate, pool=downsample_pool, se_act=se_act))
                 else:
+                    # A map after another transformer stage of a divided model may have odd sides,
+                    # which the reshape-mean pool of the plain path cannot take.
+                    odd_ok = attn_division is not None and s > 1 and layout[s - 2] == "T"
+                    resample = (Resample(cells, stride, downsample_pool)
+                                if i == 0 and (stride != 2 * cells or odd_ok) else None)
                     blocks.append(TransformerBlock(dim, width, grid, downsample=i == 0, head_dim=head_dim,
-                                                   window=attn_window, drop_path=rate))
+                                                   window=attn_window, drop_path=rate, pool=downsample_pool,
+                                                   norm=transformer_norm, resample=resample))
                 dim = width
+            cells = stride
             self.add_module(f"s{s}", nn.Sequential(*blocks))
         self.head = ClassifierHead(dim, num_classes, head_hidden or None)
         self.apply(init_weights)
+        if covered:
+            warnings.warn(f"attn_window={attn_window} tokens covers the whole token grid of {', '.join(covered)} "
+                          f"at input {input_size[0]}x{input_size[1]}: that is global attention there "
+                          "(attn_division sets the paper's window division instead)", GlobalWindowWarning,
+                          stacklevel=2)
+
+    @staticmethod
+    def _token_sizes(layout: str, attn_division: int | None) -> tuple[int, ...]:
+        """Input cells per token side of S1..S4: the stage strides, or ``attn_division`` for the first
+        transformer stage (doubling after it)."""
+        if attn_division is None:
+            return STAGE_STRIDES
+        first = layout.index("T")
+        return tuple(STAGE_STRIDES[i] if i < first else attn_division * 2 ** (i - first) for i in range(4))
 
     @property
     def stages(self) -> list[nn.Sequential]:
@@ -164,10 +227,11 @@ class ASCA(nn.Module):
 
     def stage_strides(self) -> dict[str, int]:
         """Input pixels per token of each stage, keyed by stage name (``"s1"``..``"s4"``)."""
-        return {f"s{i}": stride for i, stride in enumerate(STAGE_STRIDES, start=1)}
+        return {f"s{i}": stride for i, stride in enumerate(self._strides, start=1)}
 
     def forward_features(self, spec: Tensor) -> Tensor:
-        """Shapes: (B, in_chans, F, T) -> (B, C, ceil(F/32), ceil(T/32))."""
+        """Shapes: (B, in_chans, F, T) -> (B, C, F'/s, T'/s) with F', T' padded to multiples of 32 and
+        s the last stage's stride (32, or the token size ``attn_division`` gives it)."""
         if spec.ndim != 4 or spec.shape[1] != self.in_chans:
             raise ModelError(f"{self.name} expects input (batch, {self.in_chans}, freq, time), "
                              f"got shape {tuple(spec.shape)}")

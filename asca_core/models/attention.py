@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextvars
 from contextlib import contextmanager
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -61,11 +61,28 @@ def relative_index(grid: tuple[int, int], table_grid: tuple[int, int],
     return d_freq * (2 * tw - 1) + d_time
 
 
+def resize_table(table: Tensor, grid: tuple[int, int]) -> Tensor:
+    """A bias table resampled bilinearly to the table of another token grid (CoAtNet appendix A.1).
+
+    For a genuine change of resolution (weights trained at one input size loaded into a model
+    built for another), where one token covers a different stretch of the spectrogram.
+
+    Shapes: (heads, R, C) -> (heads, 2h - 1, 2w - 1).
+    """
+    size = (2 * grid[0] - 1, 2 * grid[1] - 1)
+    if tuple(table.shape[-2:]) == size:
+        return table
+    return F.interpolate(table.unsqueeze(0), size=size, mode="bilinear", align_corners=False).squeeze(0)
+
+
 class RelativePositionBias(nn.Module):
     """A learned (heads, 2H-1, 2W-1) bias table for a token grid of (H, W) = (freq, time).
 
-    A grid up to (H, W) uses the table exactly; a longer or higher grid reads a copy of the table
-    interpolated bilinearly to (2h-1, 2w-1) along the axes that grew (CoAtNet appendix A.1).
+    A grid up to (H, W) uses the table exactly. A longer or higher grid at the same resolution (an
+    inference window longer than the training clip) clamps offsets beyond the trained range to the
+    table's edge: every trained offset keeps its learned value ("one token later" means the same
+    thing at any length). A change of resolution is a different model size: loading a state dict
+    whose table was built for another grid resamples it with :func:`resize_table`.
     Gather indices are cached per grid size and device.
     """
 
@@ -84,11 +101,18 @@ class RelativePositionBias(nn.Module):
         th, tw = max(grid[0], self.grid[0]), max(grid[1], self.grid[1])
         if (th, tw) == self.grid:
             return self.table, self.grid
-        # Axes that did not grow keep their size, and bilinear resampling to the same size is the
-        # identity, so only the longer axes change.
-        table = F.interpolate(self.table.unsqueeze(0), size=(2 * th - 1, 2 * tw - 1),
-                              mode="bilinear", align_corners=False).squeeze(0)
+        # Replicating the edge entries outwards is the same as clamping every offset to the
+        # trained range: offsets inside it read their own learned entry, longer ones the longest.
+        ph, pw = th - self.grid[0], tw - self.grid[1]
+        table = F.pad(self.table.unsqueeze(0), (pw, pw, ph, ph), mode="replicate").squeeze(0)
         return table, (th, tw)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        stored = state_dict.get(prefix + "table")
+        if (isinstance(stored, Tensor) and stored.ndim == 3 and stored.shape[0] == self.table.shape[0]
+                and stored.shape[1:] != self.table.shape[1:]):
+            state_dict[prefix + "table"] = resize_table(stored, self.grid)  # the caller's dict is a copy
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _index(self, grid: tuple[int, int], table_grid: tuple[int, int], device: torch.device) -> Tensor:
         if torch.compiler.is_compiling():

@@ -12,6 +12,10 @@ from torch import Tensor, nn
 from .attention import MultiHeadAttention
 
 STRIDE_MODES = ("paper", "depthwise")
+POOLS = ("avg", "max")  # the Pool of CoAtNet's downsampling blocks (eqs. 4-5)
+TRANSFORMER_NORMS = ("layernorm", "batchnorm")
+SE_ACTS = ("gelu", "silu", "relu")
+_ACTS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
 
 
 class DropPath(nn.Module):
@@ -52,31 +56,97 @@ class ConvStem(nn.Module):
         return self.conv2(self.act(self.norm1(self.conv1(x))))
 
 
+class Resample(nn.Module):
+    """The ``Pool`` of a downsampling block: from tokens of ``in_cells`` input cells per side to
+    tokens of ``out_cells``.
+
+    Twice the size is CoAtNet's 2x2 pooling (average, or max with ``pool="max"``); the same size
+    is the identity; any other ratio pools adaptively to ``(H * in_cells) // out_cells`` rows
+    (at least 1) when shrinking and interpolates bilinearly when growing (a transformer stage
+    whose tokens are finer than the conv stage before it, see ``ASCA(attn_division=...)``).
+
+    Shapes: (B, C, H, W) -> (B, C, h, w).
+    """
+
+    def __init__(self, in_cells: int = 1, out_cells: int = 2, pool: str = "avg") -> None:
+        super().__init__()
+        assert pool in POOLS, pool
+        self.in_cells, self.out_cells, self.kind = int(in_cells), int(out_cells), pool
+        self.pairwise = self.out_cells == 2 * self.in_cells
+        self.pool = (nn.AvgPool2d(2) if pool == "avg" else nn.MaxPool2d(2)) if self.pairwise else None
+
+    def grid(self, h: int, w: int) -> tuple[int, int]:
+        """Output (rows, columns) for an (h, w) input map."""
+        if self.pairwise:
+            return h // 2, w // 2
+        return max(1, h * self.in_cells // self.out_cells), max(1, w * self.in_cells // self.out_cells)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pool is not None:
+            return self.pool(x)
+        size = self.grid(*x.shape[-2:])
+        if size == tuple(x.shape[-2:]):
+            return x
+        if size[0] <= x.shape[-2] and size[1] <= x.shape[-1]:
+            fn = F.adaptive_avg_pool2d if self.kind == "avg" else F.adaptive_max_pool2d
+            return fn(x, size)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_cells} -> {self.out_cells} cells, {self.kind}"
+
+
 class PoolProject(nn.Module):
-    """The downsampling shortcut ``Proj(Pool(x))``: 2x2 average pool, then a 1x1 conv if widths differ.
+    """The downsampling shortcut ``Proj(Pool(x))``: 2x2 average (or max) pool, then a 1x1 conv if
+    widths differ. ``resample`` replaces the 2x2 pool (see :class:`Resample`).
 
     Shapes: (B, dim, H, W) -> (B, dim_out, H/2, W/2).
     """
 
-    def __init__(self, dim: int, dim_out: int) -> None:
+    def __init__(self, dim: int, dim_out: int, pool: str = "avg", resample: "Resample | None" = None) -> None:
         super().__init__()
-        self.pool = nn.AvgPool2d(2)
+        if resample is not None:
+            self.pool = resample
+        else:
+            self.pool = nn.AvgPool2d(2) if pool == "avg" else nn.MaxPool2d(2)
         self.proj = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(self.pool(x))
 
 
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the channels of tokens, statistics over batch and positions.
+
+    The option ``transformer_norm="batchnorm"`` puts it where a transformer block has LayerNorm
+    (the ASCA paper reports BatchNorm beating other normalisations on small audio sets).
+    Shapes: (..., C) -> (..., C).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).view_as(x)
+
+
+def token_norm(kind: str, dim: int) -> nn.Module:
+    """The norm of a transformer block: ``"layernorm"`` (CoAtNet) or ``"batchnorm"``."""
+    assert kind in TRANSFORMER_NORMS, kind
+    return nn.LayerNorm(dim) if kind == "layernorm" else TokenBatchNorm(dim)
+
+
 class SqueezeExcite(nn.Module):
     """Channel gating from globally pooled features (Hu et al. 2018).
+
+    ``act`` is the activation between its two 1x1 convs: GELU as everywhere in CoAtNet's MBConv,
+    SiLU as in EfficientNet and timm's MaxxVit/CoAtNet (``attn_act_layer="silu"``), or ReLU as in
+    the original SE block.
 
     Shapes: (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, channels: int, reduced: int) -> None:
+    def __init__(self, channels: int, reduced: int, act: str = "gelu") -> None:
         super().__init__()
         self.reduce = nn.Conv2d(channels, reduced, 1)
-        self.act = nn.GELU()
+        self.act = _ACTS[act]()
         self.expand = nn.Conv2d(reduced, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -91,26 +161,28 @@ class MBConv(nn.Module):
     ``x + DropPath(Proj(SE(DW(Expand(Norm(x))))))``; the first block of a stage downsamples as
     ``Proj(Pool(x)) + Conv(DW(Conv(Norm(x), stride=2)))``. ``stride_mode="paper"`` strides the first
     1x1 conv (CoAtNet, about 20% fewer MACs here); ``"depthwise"`` strides the 3x3 depthwise conv
-    (timm's choice, sees every input pixel).
+    (timm's choice, sees every input pixel). ``pool`` is the shortcut's 2x2 pool (average or max),
+    ``se_act`` the squeeze-excitation activation.
 
     Shapes: (B, dim, H, W) -> (B, dim_out, H/stride, W/stride).
     """
 
     def __init__(self, dim: int, dim_out: int, stride: int = 1, stride_mode: str = "paper",
-                 expand_ratio: float = 4.0, se_ratio: float = 0.25, drop_path: float = 0.0) -> None:
+                 expand_ratio: float = 4.0, se_ratio: float = 0.25, drop_path: float = 0.0,
+                 pool: str = "avg", se_act: str = "gelu") -> None:
         super().__init__()
         assert stride in (1, 2) and stride_mode in STRIDE_MODES, (stride, stride_mode)
         assert stride == 2 or dim == dim_out, "only a downsampling block changes the width"
         mid = int(dim_out * expand_ratio)
         stride_1x1, stride_dw = (stride, 1) if stride_mode == "paper" else (1, stride)
-        self.shortcut = PoolProject(dim, dim_out) if stride == 2 else nn.Identity()
+        self.shortcut = PoolProject(dim, dim_out, pool) if stride == 2 else nn.Identity()
         self.norm = nn.BatchNorm2d(dim)
         self.expand = nn.Conv2d(dim, mid, 1, stride=stride_1x1, bias=False)
         self.norm1 = nn.BatchNorm2d(mid)
         self.dw = nn.Conv2d(mid, mid, 3, stride=stride_dw, padding=1, groups=mid, bias=False)
         self.norm2 = nn.BatchNorm2d(mid)
         self.act = nn.GELU()
-        self.se = SqueezeExcite(mid, max(1, int(dim_out * se_ratio)))
+        self.se = SqueezeExcite(mid, max(1, int(dim_out * se_ratio)), se_act)
         self.proj = nn.Conv2d(mid, dim_out, 1)
         self.drop_path = DropPath(drop_path)
 
@@ -137,25 +209,31 @@ class Mlp(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """CoAtNet's T block: pre-LayerNorm relative self-attention and a x4 FFN on a 2-D map.
+    """CoAtNet's T block: pre-norm relative self-attention and a x4 FFN on a 2-D map.
 
     ``x + DropPath(Attn(Norm(x)))`` then ``x + DropPath(FFN(Norm(x)))``; the first block of a stage
     downsamples as ``Proj(Pool(x)) + Attn(Pool(Norm(x)))``. ``grid`` is the (freq, time) token grid
     the relative-bias table is built for (the block's output grid at the model's input size).
+    ``pool`` is CoAtNet's 2x2 pool (average or max); ``resample`` replaces it to change the token
+    size by another ratio (:class:`Resample`). ``norm`` is ``"layernorm"`` (CoAtNet) or
+    ``"batchnorm"``.
 
     Shapes: (B, dim, H, W) -> (B, dim_out, H/s, W/s) with s = 2 when downsampling, else 1.
     """
 
     def __init__(self, dim: int, dim_out: int, grid: tuple[int, int], downsample: bool = False,
                  head_dim: int = 32, window: int | None = None, mlp_ratio: float = 4.0,
-                 drop_path: float = 0.0) -> None:
+                 drop_path: float = 0.0, pool: str = "avg", norm: str = "layernorm",
+                 resample: Resample | None = None) -> None:
         super().__init__()
         assert downsample or dim == dim_out, "only a downsampling block changes the width"
         self.downsample = downsample
-        self.shortcut = PoolProject(dim, dim_out) if downsample else nn.Identity()
-        self.norm1 = nn.LayerNorm(dim)
+        self.pool_kind = pool
+        self.resample = resample if downsample else None
+        self.shortcut = PoolProject(dim, dim_out, pool, self.resample) if downsample else nn.Identity()
+        self.norm1 = token_norm(norm, dim)
         self.attn = MultiHeadAttention(dim, dim_out, head_dim=head_dim, rel_grid=grid, window=window)
-        self.norm2 = nn.LayerNorm(dim_out)
+        self.norm2 = token_norm(norm, dim_out)
         self.mlp = Mlp(dim_out, mlp_ratio)
         self.drop_path = DropPath(drop_path)
 
@@ -164,7 +242,11 @@ class TransformerBlock(nn.Module):
         shortcut = self.shortcut(x)  # (B, C_out, h, w)
         h, w = shortcut.shape[-2:]
         y = self.norm1(x.permute(0, 2, 3, 1))  # (B, H, W, C)
-        if self.downsample:
+        if self.resample is not None:
+            y = self.resample(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (B, h, w, C)
+        elif self.downsample and self.pool_kind == "max":
+            y = y.reshape(B, h, 2, w, 2, C).amax((2, 4))  # 2x2 max pool: (B, h, w, C)
+        elif self.downsample:
             y = y.reshape(B, h, 2, w, 2, C).mean((2, 4))  # 2x2 average pool: (B, h, w, C)
         y = self.attn(y.reshape(B, h * w, C), (h, w))  # (B, N, C_out)
         x = shortcut.flatten(2).transpose(1, 2) + self.drop_path(y)  # (B, N, C_out)
@@ -202,5 +284,6 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
             if p.ndim <= 1 or any(name.endswith(k) for k in keep_free)}
 
 
-__all__ = ["ConvStem", "DropPath", "MBConv", "Mlp", "PoolProject", "SqueezeExcite", "STRIDE_MODES",
-           "TransformerBlock", "init_weights", "no_weight_decay_names", "pad_to_multiple"]
+__all__ = ["ConvStem", "DropPath", "MBConv", "Mlp", "POOLS", "PoolProject", "Resample", "SE_ACTS", "SqueezeExcite",
+           "STRIDE_MODES", "TRANSFORMER_NORMS", "TokenBatchNorm", "TransformerBlock", "init_weights",
+           "no_weight_decay_names", "pad_to_multiple", "token_norm"]

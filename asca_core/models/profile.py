@@ -36,14 +36,14 @@ def gmacs(model: nn.Module, input_size: tuple[int, int], in_chans: int = 1, batc
 
 
 def activation_bytes(name: str, input_size: tuple[int, int], batch_size: int, layout: str = "CCCT",
-                     attn_window: int | None = None) -> int:
+                     attn_window: int | None = None, attn_division: int | None = None) -> int:
     """A low estimate of the activations one training step keeps for the backward pass (float32).
 
     Counts the tensors each block stores (MBConv: the 4x expanded maps; transformer blocks: q, k, v,
     the MLP and the attention weights), so the real peak is higher; a model whose estimate exceeds
     the machine's memory cannot train. Unknown names count as zero.
     """
-    from .asca import ASCA_SIZES, STAGE_STRIDES
+    from .asca import ASCA, ASCA_SIZES
     from .baselines import AST_SIZES
 
     f, t = (int(v) for v in input_size)
@@ -51,7 +51,8 @@ def activation_bytes(name: str, input_size: tuple[int, int], batch_size: int, la
     if name in ASCA_SIZES:
         size = ASCA_SIZES[name]
         floats += (f // 2) * (t // 2) * size.stem_width * 4
-        for kind, width, depth, stride in zip(layout, size.widths, size.depths, STAGE_STRIDES):
+        strides = ASCA._token_sizes(layout, attn_division if "T" in layout else None)
+        for kind, width, depth, stride in zip(layout, size.widths, size.depths, strides):
             h, w = max(1, f // stride), max(1, t // stride)
             n = h * w
             if kind == "C":
