@@ -34,6 +34,10 @@ MAX_MIXUP_ALPHA = 100.0
 MAX_MASKS = 32
 MAX_SNR_DB = 100.0
 MAX_ATTN_WINDOW = 128  # tokens per side of a local window; its relative-bias table grows with the square
+MIN_ATTN_DIVISION, MAX_ATTN_DIVISION = 4, 512  # input cells per token side of the first transformer stage
+MAX_CLASSES = 100_000
+LABEL_MODES = ("primary", "primary+secondary")
+MIXUP_DOMAINS = ("logmel", "waveform")
 MAX_EPOCHS = 100_000
 MAX_BATCH_SIZE = 8192
 MAX_LR = 10.0
@@ -63,9 +67,26 @@ class DataConfig:
     balanced_sampling: bool = False
     num_workers: int = 0
     max_clips_per_class: int | None = None
+    # Which labels are targets (and classes): a clip's primary label only, or its secondary labels
+    # too (BirdCLEF's secondary_labels; the extra labels of a multi-label "a;b" manifest row).
+    labels: str = "primary+secondary"
+    # A fixed class list in output order: a list of names, or a file (one name per line, or a JSON
+    # list such as a run's labels.json). Clips whose primary label is not listed are skipped.
+    classes: list[str] | str | None = None
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "data.path must name a dataset (or be 'demo')")
+        _check(self.labels in LABEL_MODES,
+               f"data.labels must be {' or '.join(LABEL_MODES)}, got {self.labels!r}")
+        if isinstance(self.classes, list):
+            names = [c.strip() for c in self.classes]
+            _check(0 < len(names) <= MAX_CLASSES and all(names),
+                   f"data.classes must list 1 to {MAX_CLASSES} non-empty names (or name a file), got {self.classes!r}")
+            dupes = sorted({c for c in names if names.count(c) > 1})
+            _check(not dupes, f"data.classes lists {(dupes or [''])[0]!r} more than once")
+            self.classes = names
+        elif self.classes is not None:
+            _check(bool(self.classes.strip()), "data.classes must name a file or list class names, got ''")
         _check(self.format in ("auto", "folder", "csv", "birdclef", "esc50"),
                f"data.format must be auto, folder, csv, birdclef or esc50, got {self.format!r}")
         for name in ("val_fraction", "test_fraction"):
@@ -172,8 +193,13 @@ class AugmentConfig:
     snr_db_max: float = 20.0
     gain_db: float = 6.0  # random gain in [-gain_db, +gain_db]
     time_shift: float = 0.2  # random circular shift, as a fraction of the clip
+    # logmel: mix normalised log-Mel inputs | waveform: mix the waves before the front end
+    # (between-class learning, Tokozume et al. 2018); targets are mixed with the same lambda
+    mixup_domain: str = "logmel"
 
     def __post_init__(self) -> None:
+        _check(self.mixup_domain in MIXUP_DOMAINS,
+               f"augment.mixup_domain must be {' or '.join(MIXUP_DOMAINS)}, got {self.mixup_domain!r}")
         _check(0 < self.mixup_alpha <= MAX_MIXUP_ALPHA,
                f"augment.mixup_alpha must be in (0, {MAX_MIXUP_ALPHA:g}], got {self.mixup_alpha}")
         for name in ("mixup_prob", "noise_prob"):
@@ -202,7 +228,13 @@ class ModelConfig:
     layout: str = "CCCT"
     drop_path: float | None = None  # None = the model's default
     stride_mode: str = "paper"  # paper: stride in the first 1x1 | depthwise: stride in the 3x3
-    attn_window: int | None = None  # None = global attention; k = local k x k windows
+    attn_window: int | None = None  # None = global attention; k = local k x k windows (in tokens)
+    # The paper's "window division" (section 4.4.3): input cells per token side of the first
+    # transformer stage (16 on a 224 input = a 14 x 14 grid); None = the stage's own stride
+    attn_division: int | None = None
+    downsample_pool: str = "avg"  # the Pool of CoAtNet's downsampling blocks (eqs. 4-5): avg | max
+    transformer_norm: str = "layernorm"  # layernorm (CoAtNet) | batchnorm (in transformer blocks)
+    se_act: str = "gelu"  # squeeze-excitation activation: gelu (CoAtNet) | silu (timm) | relu (SE paper)
     channels_last: bool = False
     compile: bool = False
 
@@ -216,6 +248,17 @@ class ModelConfig:
         _check(self.attn_window is None or 1 <= self.attn_window <= MAX_ATTN_WINDOW,
                f"model.attn_window must be in [1, {MAX_ATTN_WINDOW}] (or null for global attention), "
                f"got {self.attn_window}")
+        _check(self.attn_division is None or MIN_ATTN_DIVISION <= self.attn_division <= MAX_ATTN_DIVISION,
+               f"model.attn_division must be in [{MIN_ATTN_DIVISION}, {MAX_ATTN_DIVISION}] input cells "
+               f"(or null for the stage's own stride), got {self.attn_division}")
+        _check(self.attn_division is None or "T" in self.layout,
+               f"model.attn_division applies to transformer stages; model.layout={self.layout} has none")
+        _check(self.downsample_pool in ("avg", "max"),
+               f"model.downsample_pool must be avg or max, got {self.downsample_pool!r}")
+        _check(self.transformer_norm in ("layernorm", "batchnorm"),
+               f"model.transformer_norm must be layernorm or batchnorm, got {self.transformer_norm!r}")
+        _check(self.se_act in ("gelu", "silu", "relu"),
+               f"model.se_act must be gelu, silu or relu, got {self.se_act!r}")
 
 
 @dataclass
@@ -360,6 +403,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if optional:
             return None
         raise ConfigError(f"{key} must not be null")
+    if any(typing.get_origin(a) is list for a in args):  # a list of names, or text (a file)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"{key} must be a list of names or the name of a file, got {value!r}")
     base = next((a for a in args if a is not type(None)), hint) if args else hint
     if base is bool:
         if isinstance(value, bool):
@@ -399,8 +448,12 @@ def _parse_override(item: str) -> tuple[str, str, Any]:
     except yaml.YAMLError:
         value = text
     hint = typing.get_type_hints(SECTIONS[section])[name]
-    wants_text = str in (typing.get_args(hint) or (hint,))
-    if wants_text and value is not None and not isinstance(value, str):
+    args = typing.get_args(hint) or (hint,)
+    wants_text = str in args
+    wants_list = any(typing.get_origin(a) is list for a in args)
+    if wants_list and isinstance(value, list):
+        value = [str(v) for v in value]  # class names such as 0 or 1 stay names
+    elif wants_text and value is not None and not isinstance(value, str):
         value = text.strip()  # "model.name=123" stays text
     return section, name, value
 
