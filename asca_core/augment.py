@@ -8,9 +8,17 @@ step from ``(seed, epoch, step)`` and the stream is identical after a resume or 
 
     aug = TrainAugment(cfg.augment, sample_rate=16000).to(device)
     gen = step_generator(seed, epoch, step)
-    wave = aug.wave(wave, gen)                     # gain, time shift, background noise
-    spec = aug.spec(features(wave), gen)           # time and frequency masks
-    spec, target = aug.mixup(spec, target, gen)    # mixup, labels mixed the same way
+    spec, target = aug(wave, target, features, gen)  # the whole chain below, in this order
+
+    wave = aug.wave(wave, gen)                         # gain, time shift, background noise
+    wave, target = aug.mixup_wave(wave, target, gen)   # mixup of waveforms (mixup_domain=waveform)
+    spec = aug.spec(features(wave), gen)               # time and frequency masks
+    spec, target = aug.mixup(spec, target, gen)        # mixup of log-Mel inputs (mixup_domain=logmel)
+
+Mixup acts in one domain, ``augment.mixup_domain``: ``logmel`` blends normalised model inputs
+(Zhang et al. 2018, as AST and PSLA); ``waveform`` blends the waves before the front end, as the
+between-class learning the ASCA paper cites (Tokozume et al. 2018) does, without that paper's
+sound-pressure-level weighting: the wave is ``lam * a + (1 - lam) * b``, its target the same blend.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -204,16 +212,22 @@ class SpecAugment(nn.Module):
 class Mixup(nn.Module):
     """Mixup with probability ``mixup_prob`` per example, ``lam ~ Beta(alpha, alpha)``.
 
-    Shapes: spec (B, ...), target (B, K) -> same shapes.
+    ``domain`` is where this instance sits in the chain (``"logmel"`` after the front end,
+    ``"waveform"`` before it); it mixes only when ``cfg.mixup_domain`` names that domain, so one of
+    the two instances of :class:`TrainAugment` acts and the other draws nothing.
+
+    Shapes: x (B, ...) (waves (B, T) or specs (B, 1, F, T)), target (B, K) -> same shapes.
     """
 
-    def __init__(self, cfg: AugmentConfig) -> None:
+    def __init__(self, cfg: AugmentConfig, domain: str = "logmel") -> None:
         super().__init__()
         self.cfg = cfg
+        self.domain = domain
 
     def forward(self, spec: Tensor, target: Tensor,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        if not self.training or not self.cfg.mixup or self.cfg.mixup_prob <= 0 or spec.shape[0] < 2:
+        if (not self.training or not self.cfg.mixup or self.cfg.mixup_prob <= 0 or spec.shape[0] < 2
+                or getattr(self.cfg, "mixup_domain", "logmel") != self.domain):
             return spec, target
         batch = spec.shape[0]
         lam = sample_beta(batch, self.cfg.mixup_alpha, generator)
@@ -259,18 +273,30 @@ def _gamma(n: int, shape: float, generator: torch.Generator | None) -> Tensor:
 
 
 class TrainAugment(nn.Module):
-    """The three augmentation stages the training step calls, switchable through the config.
+    """The augmentation stages of a training step, switchable through the config.
 
-    ``wave`` acts on raw audio before the front end, ``spec`` on the model input after
-    normalisation, ``mixup`` on the model input and its targets. All are no-ops in eval mode.
+    ``wave`` acts on raw audio before the front end, ``mixup_wave`` mixes waves and targets (only
+    with ``mixup_domain="waveform"``), ``spec`` acts on the model input after normalisation,
+    ``mixup`` mixes model inputs and targets (only with ``mixup_domain="logmel"``). Calling the
+    module runs them in that order around the front end. All are no-ops in eval mode.
+
+    Shapes: forward(wave (B, S), target (B, K), features, generator) -> (spec (B, 1, F, T), target (B, K)).
     """
 
     def __init__(self, cfg: AugmentConfig, noise_bank: Sequence[Tensor] = ()) -> None:
         super().__init__()
         self.cfg = cfg
         self.wave = WaveAugment(cfg, noise_bank)
+        self.mixup_wave = Mixup(cfg, "waveform")
         self.spec = SpecAugment(cfg)
-        self.mixup = Mixup(cfg)
+        self.mixup = Mixup(cfg, "logmel")
+
+    def forward(self, wave: Tensor, target: Tensor, features: Callable[[Tensor], Tensor],
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        wave = self.wave(wave, generator)
+        wave, target = self.mixup_wave(wave, target, generator)
+        spec = self.spec(features(wave), generator)
+        return self.mixup(spec, target, generator)
 
     @classmethod
     def from_config(cls, cfg: AugmentConfig, sample_rate: int,

@@ -8,12 +8,15 @@ Four layouts are recognised (``detect_format``) and turned into one :class:`Data
   other column is kept in ``Clip.meta``; ``a;b`` in ``label`` is multi-label; paths are relative to
   the CSV's folder; a ``group`` column fills ``Clip.group``.
 - ``birdclef``: BirdCLEF 2023, ``train_metadata.csv`` + ``train_audio/``; labels are the primary
-  label followed by the secondary labels.
+  label followed by the secondary labels, or the primary label alone with ``labels="primary"``
+  (the ASCA paper's protocol: "we predicted only the primary labels"; the secondary labels stay in
+  ``Clip.meta["secondary_labels"]``).
 - ``esc50``: ESC-50, ``meta/esc50.csv`` + ``audio/``; label = ``category``, ``fold``, group =
   ``src_file`` (the recording a clip was cut from).
 
 Rows that point at missing files, files outside the dataset root (by ``../``, an absolute path or
-a symlink leading out) or unsupported file types are not fatal: they land in
+a symlink leading out), unsupported file types or, with a fixed class list (``classes``), a primary
+label outside that list are not fatal: they land in
 ``DatasetIndex.problems`` as ``(file, reason)``. A manifest that cannot be read at all (missing
 columns, empty, not UTF-8, malformed rows) raises :class:`DatasetError`.
 """
@@ -23,11 +26,12 @@ from __future__ import annotations
 import ast
 import csv
 import io
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from ..audio import SUPPORTED_EXTENSIONS
 from ..errors import DatasetError
@@ -47,6 +51,7 @@ SPLIT_NAMES = {
     "test": "test", "testing": "test", "eval": "test",
 }
 OUTSIDE_ROOT = "outside the dataset root"
+LABEL_MODES = ("primary", "primary+secondary")
 
 
 @dataclass
@@ -149,11 +154,20 @@ def _has_audio(folder: Path) -> bool:
     return any(p.is_file() and _is_audio(p) for p in folder.rglob("*"))
 
 
-def load_dataset(path: str | Path, format: str = "auto") -> DatasetIndex:
+def load_dataset(path: str | Path, format: str = "auto", labels: str = "primary+secondary",
+                 classes: Sequence[str] | str | Path | None = None) -> DatasetIndex:
     """Index the dataset at ``path`` (folder or manifest); ``format="auto"`` detects the layout.
 
-    ``"demo"`` means the built-in synthetic set (``./demo`` names a local folder).
+    ``"demo"`` means the built-in synthetic set (``./demo`` names a local folder). ``labels``:
+    ``"primary+secondary"`` makes every label of a clip a target (BirdCLEF's secondary labels, all
+    labels of a multi-label manifest row), ``"primary"`` keeps its first (primary) label only.
+    ``classes`` fixes the class list and its order (names, or a file: one name per line or a JSON
+    list such as a run's ``labels.json``); clips whose primary label it lacks are skipped as
+    problems, secondary labels it lacks are dropped.
     """
+    if labels not in LABEL_MODES:
+        raise DatasetError(f"labels must be {' or '.join(LABEL_MODES)}, got {labels!r}")
+    fixed = read_class_list(classes) if classes is not None else None
     if str(path) == "demo":
         from .demo import demo_dataset_path
 
@@ -165,9 +179,68 @@ def load_dataset(path: str | Path, format: str = "auto") -> DatasetIndex:
         raise DatasetError(f"unknown dataset format {format!r} (use auto, {', '.join(FORMATS)})")
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder")
-    loader = {"folder": _load_folder, "csv": _load_csv, "birdclef": _load_birdclef,
-              "esc50": _load_esc50}[format]
-    return loader(path)
+    if format == "birdclef":
+        index = _load_birdclef(path, primary_only=labels == "primary")
+    else:
+        index = {"folder": _load_folder, "csv": _load_csv, "esc50": _load_esc50}[format](path)
+    if labels == "primary" and index.multi_label:
+        for clip in index.clips:
+            clip.labels = clip.labels[:1]
+        index = _finish(index.root, index.format, index.clips, index.problems, index.manifest,
+                        unlabelled=index.unlabelled)
+    if fixed is not None:
+        index = _restrict_classes(index, fixed)
+    return index
+
+
+def read_class_list(classes: Sequence[str] | str | Path) -> list[str]:
+    """Class names from a list, or from a file (one name per line, ``#`` comments and blank lines
+    ignored, or a JSON list of names)."""
+    if not isinstance(classes, (str, Path)):
+        names = [str(c).strip() for c in classes]
+        where = "the class list"
+    else:
+        file = Path(classes).expanduser()
+        where = str(file)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DatasetError(f"class list {file}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"class list {file}: cannot read it as UTF-8 text ({exc})") from None
+        if text.lstrip().startswith("["):
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"class list {file}: not a valid JSON list ({exc.msg} at line {exc.lineno})") from None
+            if not isinstance(parsed, list) or not all(isinstance(c, str) for c in parsed):
+                raise DatasetError(f"class list {file}: the JSON must be a list of names")
+            names = [c.strip() for c in parsed]
+        else:
+            names = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+            names = [n for n in names if n]
+    if not names or not all(names):
+        raise DatasetError(f"{where}: no class names (or an empty one)")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DatasetError(f"{where} lists {dupes[0]!r} more than once")
+    return names
+
+
+def _restrict_classes(index: DatasetIndex, classes: list[str]) -> DatasetIndex:
+    """Keep clips whose primary label is in ``classes`` (others become problems) and order the
+    index's classes as ``classes``."""
+    known = set(classes)
+    clips, problems = [], list(index.problems)
+    for clip in index.clips:
+        if clip.labels[0] not in known:
+            problems.append((index.relpath(clip.path), f"label {clip.labels[0]!r} is not in the fixed class list"))
+            continue
+        clip.labels = tuple(label for label in clip.labels if label in known)
+        clips.append(clip)
+    return DatasetIndex(root=index.root, format=index.format, clips=clips, classes=list(classes),
+                        multi_label=any(len(c.labels) > 1 for c in clips), problems=problems,
+                        manifest=index.manifest, unlabelled=list(index.unlabelled))
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -399,7 +472,7 @@ def _parse_list(csv_path: Path, line: int, column: str, value: str) -> list[str]
     return [x.strip() for x in parsed if x.strip()]
 
 
-def _load_birdclef(path: Path) -> DatasetIndex:
+def _load_birdclef(path: Path, primary_only: bool = False) -> DatasetIndex:
     csv_path = _manifest_in(path, ("train_metadata.csv",), "train_metadata.csv")
     root = csv_path.parent.resolve()
     audio_dir = root / "train_audio"
@@ -426,11 +499,12 @@ def _load_birdclef(path: Path) -> DatasetIndex:
                     meta[key] = float(meta[key])
                 except ValueError:
                     pass
-        clip = Clip(path=Path(name), labels=tuple(dict.fromkeys([primary] + secondary)), meta=meta)
+        targets = [primary] if primary_only else [primary] + secondary
+        clip = Clip(path=Path(name), labels=tuple(dict.fromkeys(targets)), meta=meta)
         clip_path, reason = _resolve(root, name, base=audio_dir)
         collector.add(line, name, clip_path, reason, clip)
     return _finish(root, "birdclef", collector.clips, collector.problems, manifest=csv_path,
-                   extra_classes=secondary_seen)
+                   extra_classes=() if primary_only else secondary_seen)
 
 
 def _load_esc50(path: Path) -> DatasetIndex:

@@ -6,7 +6,7 @@ One training step, all on the training device::
     wave          (B, S)                gain, time shift, background noise   (augment.wave)
     spec          (B, 1, F, T)          log-Mel, time fit, normalisation      (FeatureExtractor)
     spec          (B, 1, F, T)          time/frequency masks                  (augment.spec)
-    spec, target                        mixup                                  (augment.mixup)
+    spec, target                        mixup (mixup_domain=logmel; =waveform mixes the waves above)
     logits        (B, K)                model; BCE-with-logits or cross-entropy
 
 Reproducibility: every random draw of a step comes from generators derived from
@@ -82,7 +82,7 @@ def prepare_data(cfg: Config, check_files: bool = True) -> DataBundle:
     from ..models.profile import activation_bytes
 
     need = activation_bytes(cfg.model.name, cfg.features.input_size, cfg.train.batch_size, cfg.model.layout,
-                            cfg.model.attn_window)
+                            cfg.model.attn_window, cfg.model.attn_division)
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
     if have and need > have:
         f, t = cfg.features.input_size
@@ -90,7 +90,8 @@ def prepare_data(cfg: Config, check_files: bool = True) -> DataBundle:
                           f"input (features.n_mels={cfg.features.n_mels}, features.clip_seconds="
                           f"{cfg.features.clip_seconds:g}) needs at least {need / 2**30:,.0f} GiB of activation "
                           f"memory, this machine has {have / 2**30:,.0f} GiB: lower the batch size or the input size")
-    index = load_dataset(resolve_data_path(cfg.data.path), cfg.data.format)
+    index = load_dataset(resolve_data_path(cfg.data.path), cfg.data.format, labels=cfg.data.labels,
+                         classes=cfg.data.classes)
     skipped: list[tuple[str, str]] = list(index.problems)
     if check_files:
         index, unreadable = filter_readable(index, deep=False)
@@ -188,15 +189,17 @@ class ModelEma:
 def loss_per_example(logits: Tensor, target: Tensor, kind: str, label_smoothing: float = 0.0) -> Tensor:
     """BCE-with-logits (mean over classes) or cross-entropy against soft targets, per example.
 
-    BCE smooths each binary target towards 0.5; cross-entropy normalises multi-hot targets to a
-    distribution and uses torch's label smoothing.
+    BCE smooths as timm's BinaryCrossEntropy: ``target * (1 - eps) + eps / K``, so an absent class
+    gets eps / K and a present one 1 - eps + eps / K (the mass eps spread over K classes, as softmax
+    smoothing does); cross-entropy normalises multi-hot targets to a distribution and uses torch's
+    label smoothing.
     Shapes: logits (B, K), target (B, K) -> (B,).
     """
     logits = logits.float()
     target = target.float()
     if kind == "bce":
         if label_smoothing:
-            target = target * (1.0 - label_smoothing) + 0.5 * label_smoothing
+            target = target * (1.0 - label_smoothing) + label_smoothing / target.shape[1]
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
     target = target / target.sum(1, keepdim=True).clamp_min(1e-12)
     return F.cross_entropy(logits, target, reduction="none", label_smoothing=label_smoothing)
@@ -625,10 +628,8 @@ class Trainer:
         wave = wave.to(self.device, non_blocking=True)
         target = target.to(self.device, non_blocking=True)
         with torch.no_grad():
-            wave = self.augment.wave(wave, gen)
-            spec = self.features(wave)
-            spec = self.augment.spec(spec, gen)
-            spec, target = self.augment.mixup(spec, target, gen)
+            # wave augment, waveform mixup, front end, masks, log-Mel mixup (see TrainAugment)
+            spec, target = self.augment(wave, target, self.features, gen)
         if cfg.model.channels_last:
             spec = spec.contiguous(memory_format=torch.channels_last)
         lr = cosine_lr(self.step, self.total_steps, self.warmup_steps, cfg.train.lr, cfg.train.min_lr)
