@@ -56,12 +56,18 @@ def register(subparsers) -> None:
     ev.set_defaults(func=_eval)
 
     ab = subparsers.add_parser(
-        "ablate", help="train layout variants (CCCT vs CCTT vs CCCC ...) and tabulate them",
-        description="Train every layout with every seed on the same splits and augmentation "
-                    "stream; write mean +- std tables (results.md, results.csv) and a chart (results.svg, results.html).")
+        "ablate", help="train layout variants (CCCT vs CCTT vs CCCC ...) or window divisions and tabulate them",
+        description="Train every layout (crossed with every window division given by --windows) with every "
+                    "seed on the same splits and augmentation stream; write mean +- std tables "
+                    "(results.md, results.csv) and a chart (results.svg, results.html).")
     ab.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config of every variant")
-    ab.add_argument("--layouts", default="CCCT,CCTT,CCCC", metavar="L1,L2,...",
-                    help="comma-separated layouts to train (default: CCCT,CCTT,CCCC)")
+    ab.add_argument("--layouts", default=None, metavar="L1,L2,...",
+                    help="comma-separated layouts to train (default: CCCT,CCTT,CCCC; with --windows: "
+                         "the config's layout)")
+    ab.add_argument("--windows", default=None, metavar="D1,D2,...",
+                    help="window divisions to train, the paper's section 4.4.3 study (e.g. 7,14,16,32): input "
+                         "cells per token side of the first transformer stage (model.attn_division); "
+                         "'none' = the stage's own stride")
     ab.add_argument("--seeds", type=int, default=2, metavar="N", help="seeds per layout (default: 2)")
     ab.add_argument("--out", metavar="DIR", help="output folder (default: RUNS/ablate-<config>-<time>)")
     ab.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -331,17 +337,37 @@ def _ablate(args: argparse.Namespace) -> int:
     from ..config import LAYOUTS
     from ..train.ablate import run_ablation
 
-    layouts = [x.strip().upper() for x in args.layouts.split(",") if x.strip()]
-    bad = [x for x in layouts if x not in LAYOUTS]
-    if bad or not layouts:
-        raise ConfigError(f"--layouts must list layouts from {', '.join(LAYOUTS)}, got {args.layouts!r}")
+    from ..config import MAX_ATTN_DIVISION, MIN_ATTN_DIVISION
+
+    windows = None
+    if args.windows is not None:
+        windows = []
+        for part in (x.strip().lower() for x in args.windows.split(",") if x.strip()):
+            if part in ("none", "null"):
+                windows.append(None)
+            elif part.isdigit() and MIN_ATTN_DIVISION <= int(part) <= MAX_ATTN_DIVISION:
+                windows.append(int(part))
+            else:
+                windows = []
+                break
+        if not windows:
+            raise ConfigError(f"--windows must list window divisions in [{MIN_ATTN_DIVISION}, {MAX_ATTN_DIVISION}] "
+                              f"input cells (or none), e.g. 7,14,16,32; got {args.windows!r}")
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     cfg = load_train_config(args.config, args.overrides, None, False)
+    text = args.layouts if args.layouts is not None else (cfg.model.layout if windows else "CCCT,CCTT,CCCC")
+    layouts = [x.strip().upper() for x in text.split(",") if x.strip()]
+    bad = [x for x in layouts if x not in LAYOUTS]
+    if bad or not layouts:
+        raise ConfigError(f"--layouts must list layouts from {', '.join(LAYOUTS)}, got {text!r}")
+    if windows and not any("T" in x for x in layouts):
+        raise ConfigError(f"--windows divide transformer stages: --layouts {','.join(layouts)} has none")
     out = Path(args.out) if args.out else default_run_dir(args.config, prefix="ablate-")
     print(f"ablation folder: {out}", flush=True)
     echo = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    summary = run_ablation(cfg, layouts, args.seeds, out, echo=echo, progress=False if args.quiet else None)
+    summary = run_ablation(cfg, layouts, args.seeds, out, windows=windows, echo=echo,
+                           progress=False if args.quiet else None)
     if summary["state"] != "finished":
         print(f"stopped during {summary['stopped_at']}; run the same command again to continue")
         return 130
