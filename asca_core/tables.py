@@ -96,6 +96,9 @@ def validation_scores(run_dir: str | Path, checkpoint: str = "best"
 
     model, cfg, labels = load_model_from_run(run_dir, checkpoint, "cpu")
     bundle = prepare_data(cfg)
+    unknown = sorted(set(bundle.labels) - set(labels))
+    if unknown:
+        raise DatasetError(f"{cfg.data.path} has classes the run was not trained on: {', '.join(unknown[:5])}")
     items = bundle.splits.get("val") or []
     if not items:
         return np.zeros((0, len(labels))), np.zeros((0, len(labels))), labels, 0
@@ -274,12 +277,17 @@ def write_detections(path: str | Path, found: Iterable[Detection]) -> Path:
         items = [{"file": d.source, "start": round(d.start, 4), "end": round(d.end, 4), "label": d.label,
                   "score": round(d.score, 6)} for d in rows]
         return _write(path, json.dumps({"detections": items}, indent=1) + "\n")
+    return _write(path, detections_csv(rows))
+
+
+def detections_csv(found: Iterable[Detection]) -> str:
+    """Detections as CSV text with the columns ``file,start,end,label,score``."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(DETECTION_COLUMNS)
-    for d in rows:
+    for d in found:
         writer.writerow([d.source, f"{d.start:.4f}", f"{d.end:.4f}", d.label, f"{d.score:.6f}"])
-    return _write(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _write(path: str | Path, text: str) -> Path:
@@ -295,5 +303,5 @@ def _write(path: str | Path, text: str) -> Path:
 
 __all__ = ["Detection", "choose_threshold", "compute_thresholds", "run_thresholds", "load_thresholds",
            "fallback_thresholds", "thresholds_by_label", "thresholds_table", "detections", "raven_text",
-           "audacity_text", "write_raven", "write_audacity", "write_detections", "RAVEN_COLUMNS",
+           "audacity_text", "detections_csv", "write_raven", "write_audacity", "write_detections", "RAVEN_COLUMNS",
            "THRESHOLDS_FILE", "DEFAULT_PRECISION", "FALLBACK_THRESHOLD"]

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument("files", metavar="FILE", nargs="+",
                         help="audio files (wav, flac, ogg, mp3) or folders of them")
     parser.add_argument("--recursive", action="store_true", help="also score the subfolders of a FOLDER")
-    parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
+    parser.add_argument("--engine", default="torch",
                         help="torch, or onnx: the run's ONNX export in ONNX Runtime (default: torch)")
     parser.add_argument("--onnx", default=None, metavar="DIR",
                         help="folder of the ONNX export (default: RUN/export, written by asca export)")

@@ -1,10 +1,14 @@
-"""Classify: a recording in, top-k classes, a window timeline, and why (attribution + audio)."""
+"""Classify: a recording in, top-k classes, a window timeline, detections as Raven / Audacity /
+CSV tables and the model as ONNX to download, and why (attribution + audio)."""
 
+import io
+import zipfile
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
+from asca_core import tables
 from asca_core.errors import AudioError
 from asca_core.inspect.attribution import METHODS
 from workbench import figures, state
@@ -31,6 +35,54 @@ def _recording() -> Path | None:
     upload = st.file_uploader(f"Recording (wav, flac, ogg or mp3, up to {state.MAX_UPLOAD_MB} MB)",
                               type=state.AUDIO_TYPES, key="cls_upload", max_upload_size=state.MAX_UPLOAD_MB)
     return state.save_upload(upload.getvalue(), upload.name) if upload else None
+
+
+@st.cache_data(max_entries=8, show_spinner="Choosing detection thresholds on the validation split…")
+def _thresholds(run_dir: str, stamp: float) -> dict:
+    return tables.run_thresholds(run_dir, compute=True)
+
+
+@st.cache_data(max_entries=4, show_spinner="Exporting to ONNX and checking it against PyTorch…")
+def _onnx_zip(run_dir: str, stamp: float) -> tuple[bytes, dict]:
+    """The run's export folder (model.onnx, labels, thresholds, config, export.json) as a zip."""
+    from asca_core.export import export_onnx
+
+    folder = Path(run_dir) / "export"
+    record = export_onnx(run_dir, folder)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in ("model.onnx", "labels.json", "thresholds.json", "config.yaml", "export.json"):
+            archive.write(folder / name, f"{Path(run_dir).name}-onnx/{name}")
+    return buffer.getvalue(), record
+
+
+def _downloads(run, stamp: float, clf, pred, path: Path) -> None:
+    st.subheader("Detections")
+    record = _thresholds(str(run.path), stamp)
+    found = tables.detections(pred, tables.thresholds_by_label(record))
+    source = ("at 0.5 for every class: " + record["note"]) if record.get("note") else \
+        f"per class, for precision ≥ {record['precision_target']:g} on the validation split"
+    st.caption(f"{len(found)} detection(s); thresholds {source}.")
+    if found:
+        st.dataframe(pd.DataFrame([(d.start, d.end, d.label, d.score) for d in found],
+                                  columns=["start (s)", "end (s)", "label", "score"]),
+                     hide_index=True, key="detections_table")
+    cfg = clf.cfg.features
+    stem = path.stem
+    c1, c2, c3, c4 = st.columns(4)
+    c1.download_button("Raven selection table", tables.raven_text(found, cfg.f_min, cfg.f_max or cfg.sample_rate / 2),
+                       file_name=f"{stem}.selections.txt", mime="text/tab-separated-values", key="dl_raven")
+    c2.download_button("Audacity labels", tables.audacity_text(found), file_name=f"{stem}.labels.txt",
+                       mime="text/plain", key="dl_audacity")
+    c3.download_button("Detections CSV", tables.detections_csv(found), file_name=f"{stem}.detections.csv",
+                       mime="text/csv", key="dl_csv")
+    if c4.toggle("ONNX model", key="cls_onnx", help="export the run with its front end inside (a few seconds)"):
+        data, info = _onnx_zip(str(run.path), stamp)
+        c4.download_button("Download ONNX (zip)", data, file_name=f"{run.name}-onnx.zip", mime="application/zip",
+                           key="dl_onnx")
+        st.caption(f"ONNX opset {info['opset']}: waveform windows of {info['input']['window_seconds']:g} s at "
+                   f"{info['input']['sample_rate']:,} Hz in, probabilities out; max difference from PyTorch "
+                   f"{info['parity']['max_abs_diff']:.1e}.")
 
 
 def render() -> None:
@@ -63,6 +115,8 @@ def render() -> None:
     if len(pred.timeline) > 1:
         st.plotly_chart(figures.prediction_timeline([w.start for w in pred.timeline], timeline, pred.labels,
                                                     window=pred.window, top=max(top_k, 3)), key="timeline")
+
+    _downloads(run, stamp, clf, pred, path)
 
     st.subheader("Why?")
     c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
