@@ -235,6 +235,7 @@ class ModelConfig:
     downsample_pool: str = "avg"  # the Pool of CoAtNet's downsampling blocks (eqs. 4-5): avg | max
     transformer_norm: str = "layernorm"  # layernorm (CoAtNet) | batchnorm (in transformer blocks)
     se_act: str = "gelu"  # squeeze-excitation activation: gelu (CoAtNet) | silu (timm) | relu (SE paper)
+    head_pool: str = "avg"  # avg (CoAtNet) | avgmax: mean over frequency, then mean + max over time (PANNs)
     channels_last: bool = False
     compile: bool = False
 
@@ -259,6 +260,8 @@ class ModelConfig:
                f"model.transformer_norm must be layernorm or batchnorm, got {self.transformer_norm!r}")
         _check(self.se_act in ("gelu", "silu", "relu"),
                f"model.se_act must be gelu, silu or relu, got {self.se_act!r}")
+        _check(self.head_pool in ("avg", "avgmax"),
+               f"model.head_pool must be avg or avgmax, got {self.head_pool!r}")
 
 
 @dataclass

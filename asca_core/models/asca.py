@@ -92,20 +92,33 @@ def _input_size(value: Any) -> tuple[int, int]:
     return f, t
 
 
+HEAD_POOLS = ("avg", "avgmax")
+
+
 class ClassifierHead(nn.Module):
-    """Global average pool, LayerNorm, optional pre-logits Linear + tanh, Linear.
+    """Pool, LayerNorm, optional pre-logits Linear + tanh, Linear.
+
+    ``pool="avg"`` is CoAtNet's global average. ``pool="avgmax"`` averages over frequency, then adds
+    the mean and the maximum over time (PANNs, Kong et al. 2020): a sound that fills a fifth of a
+    clip still drives the logits, where a global average dilutes it five times.
 
     Shapes: (B, C, H, W) -> (B, num_classes).
     """
 
-    def __init__(self, dim: int, num_classes: int, hidden: int | None = None) -> None:
+    def __init__(self, dim: int, num_classes: int, hidden: int | None = None, pool: str = "avg") -> None:
         super().__init__()
+        self.pool = pool
         self.norm = nn.LayerNorm(dim)
         self.pre_logits = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh()) if hidden else nn.Identity()
         self.fc = nn.Linear(hidden or dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.pre_logits(self.norm(x.mean((2, 3)))))
+        if self.pool == "avgmax":
+            x = x.mean(2)
+            x = x.mean(-1) + x.amax(-1)
+        else:
+            x = x.mean((2, 3))
+        return self.fc(self.pre_logits(self.norm(x)))
 
 
 class ASCA(nn.Module):
@@ -130,7 +143,7 @@ class ASCA(nn.Module):
                  attn_window: int | None = None, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
                  head_dim: int = 32, head_hidden: int | None = None, name: str = "asca",
                  attn_division: int | None = None, downsample_pool: str = "avg",
-                 transformer_norm: str = "layernorm", se_act: str = "gelu") -> None:
+                 transformer_norm: str = "layernorm", se_act: str = "gelu", head_pool: str = "avg") -> None:
         super().__init__()
         layout = str(layout).upper()
         _check(layout in LAYOUTS, f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -155,6 +168,7 @@ class ASCA(nn.Module):
         _check(transformer_norm in TRANSFORMER_NORMS,
                f"transformer_norm must be one of {', '.join(TRANSFORMER_NORMS)}, got {transformer_norm!r}")
         _check(se_act in SE_ACTS, f"se_act must be one of {', '.join(SE_ACTS)}, got {se_act!r}")
+        _check(head_pool in HEAD_POOLS, f"head_pool must be one of {', '.join(HEAD_POOLS)}, got {head_pool!r}")
         input_size = _input_size(input_size)
         for kind, width in zip(layout, widths):
             assert kind == "C" or width % head_dim == 0, f"width {width} is not a multiple of head_dim {head_dim}"
@@ -172,7 +186,8 @@ class ASCA(nn.Module):
         }
         # Only settings away from their defaults enter the config, so older configs stay equal.
         for key, value, default in (("attn_division", attn_division, None), ("downsample_pool", downsample_pool, "avg"),
-                                    ("transformer_norm", transformer_norm, "layernorm"), ("se_act", se_act, "gelu")):
+                                    ("transformer_norm", transformer_norm, "layernorm"), ("se_act", se_act, "gelu"),
+                                    ("head_pool", head_pool, "avg")):
             if value != default:
                 self.config[key] = value
         self._strides = self._token_sizes(layout, attn_division)
@@ -204,7 +219,7 @@ class ASCA(nn.Module):
                 dim = width
             cells = stride
             self.add_module(f"s{s}", nn.Sequential(*blocks))
-        self.head = ClassifierHead(dim, num_classes, head_hidden or None)
+        self.head = ClassifierHead(dim, num_classes, head_hidden or None, head_pool)
         self.apply(init_weights)
         if covered:
             warnings.warn(f"attn_window={attn_window} tokens covers the whole token grid of {', '.join(covered)} "

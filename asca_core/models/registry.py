@@ -12,12 +12,13 @@ from .asca import ASCA_SIZES, asca_from_size
 from .baselines import AST_SIZES, ast_from_size
 
 ASCA_OVERRIDES = ("layout", "in_chans", "drop_path", "stride_mode", "attn_window", "input_size", "head_hidden",
-                  "attn_division", "downsample_pool", "transformer_norm", "se_act")
+                  "attn_division", "downsample_pool", "transformer_norm", "se_act", "head_pool")
 AST_OVERRIDES = ("in_chans", "drop_path", "input_size")
 # ASCA-only settings a shared model config always carries; a baseline accepts them at their neutral
 # value so one config section serves every model, and rejects anything else.
 _NEUTRAL = {"layout": "CCCT", "stride_mode": "paper", "attn_window": None, "head_hidden": None,
-            "attn_division": None, "downsample_pool": "avg", "transformer_norm": "layernorm", "se_act": "gelu"}
+            "attn_division": None, "downsample_pool": "avg", "transformer_norm": "layernorm", "se_act": "gelu",
+            "head_pool": "avg"}
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ def build_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
     token side of the first transformer stage, the paper's window division; None = its stride),
     ``input_size`` ((F, T) the relative-bias tables are built for, default (128, 320)),
     ``head_hidden`` (pre-logits width, 0 = none), ``downsample_pool`` ("avg", "max"),
-    ``transformer_norm`` ("layernorm", "batchnorm"), ``se_act`` ("gelu", "silu", "relu").
+    ``transformer_norm`` ("layernorm", "batchnorm"), ``se_act`` ("gelu", "silu", "relu"),
+    ``head_pool`` ("avg"; "avgmax": mean over frequency, then mean + max over time).
 
     The returned module has ``input_size``, ``config`` (JSON-serialisable, see
     :func:`build_model_from_config`) and ``no_weight_decay()``.

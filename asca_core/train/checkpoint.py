@@ -111,7 +111,7 @@ def model_from_config(cfg: Config, num_classes: int) -> nn.Module:
         overrides["attn_window"] = cfg.model.attn_window
     # options away from their defaults only: a baseline accepts an ASCA option at its default alone
     for key, default in (("attn_division", None), ("downsample_pool", "avg"), ("transformer_norm", "layernorm"),
-                         ("se_act", "gelu")):
+                         ("se_act", "gelu"), ("head_pool", "avg")):
         if getattr(cfg.model, key) != default:
             overrides[key] = getattr(cfg.model, key)
     return build_model(cfg.model.name, num_classes, **overrides)
