@@ -193,6 +193,7 @@ class AugmentConfig:
     snr_db_max: float = 20.0
     gain_db: float = 6.0  # random gain in [-gain_db, +gain_db]
     time_shift: float = 0.2  # random circular shift, as a fraction of the clip
+    clean_epochs: float = 0.0  # epochs of clean (unaugmented) clips before augmentation starts
     # logmel: mix normalised log-Mel inputs | waveform: mix the waves before the front end
     # (between-class learning, Tokozume et al. 2018); targets are mixed with the same lambda
     mixup_domain: str = "logmel"
@@ -218,6 +219,8 @@ class AugmentConfig:
         _check(0.0 <= self.gain_db <= 40.0, f"augment.gain_db must be in [0, 40], got {self.gain_db}")
         _check(0.0 <= self.time_shift <= 1.0,
                f"augment.time_shift must be in [0, 1], got {self.time_shift}")
+        _check(0.0 <= self.clean_epochs <= MAX_EPOCHS,
+               f"augment.clean_epochs must be in [0, {MAX_EPOCHS}], got {self.clean_epochs}")
 
 
 @dataclass

@@ -491,6 +491,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.sampler.per_rank / cfg.train.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.warmup_steps = int(round(cfg.train.warmup_epochs * self.steps_per_epoch))
+        self.clean_steps = int(round(cfg.augment.clean_epochs * self.steps_per_epoch))
 
     def _loader(self, dataset: Any, sampler: Any = None) -> DataLoader:
         cfg = self.cfg
@@ -627,6 +628,9 @@ class Trainer:
         torch.manual_seed(step_generator(*keys, 1).initial_seed())  # drop-path / dropout draws
         wave = wave.to(self.device, non_blocking=True)
         target = target.to(self.device, non_blocking=True)
+        # the first augment.clean_epochs see clean clips: the model finds the sounds before it must
+        # see through noise and masks (on 5 s scenes, full augmentation from step 0 held it at chance)
+        self.augment.train(self.step >= self.clean_steps)
         with torch.no_grad():
             # wave augment, waveform mixup, front end, masks, log-Mel mixup (see TrainAugment)
             spec, target = self.augment(wave, target, self.features, gen)
@@ -764,7 +768,8 @@ class Trainer:
                      else f"after epoch {self.epoch}")
             self.log(f"resumed {where} (step {self.step})")
         self.log(f"training {cfg.train.epochs} epochs x {self.steps_per_epoch} steps, batch "
-                 f"{cfg.train.batch_size} per process, lr {cfg.train.lr:g}, warm-up {self.warmup_steps} steps")
+                 f"{cfg.train.batch_size} per process, lr {cfg.train.lr:g}, warm-up {self.warmup_steps} steps"
+                 + (f", augmentation from step {self.clean_steps}" if self.clean_steps else ""))
         epochs_this_call = 0
         start_epoch = self.epoch + 1
         self._session_started, self._session_first_step = time.monotonic(), self.step
