@@ -72,7 +72,8 @@ def to_markdown(table: list[dict[str, Any]], title: str) -> str:
     has_window = any("variant" in r for r in table)
     cols = (["test acc", "test mAP", "test ROC-AUC", "test cmAP"] if has_test else []) + ["val acc", "val mAP"]
     keys = (["test_acc", "test_map", "test_auc", "test_cmap"] if has_test else []) + ["val_acc", "val_map"]
-    header = ["layout"] + (["window division", "token grid"] if has_window else []) + ["seeds", "params (M)", "GMACs"]
+    header = ["layout"] + (["window division", "token grid"] if has_window else [])
+    header += ["seeds", "params" if has_window else "params (M)", "GMACs"]
     header += cols + ["train min"]
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in table:
@@ -80,8 +81,9 @@ def to_markdown(table: list[dict[str, Any]], title: str) -> str:
         if has_window:
             cells += [f"{r['window']}x{r['window']}" if r.get("window") else "stage stride",
                       r.get("grid") or "n/a"]
-        cells += [str(r["seeds"]),
-                  f"{r['params'] / 1e6:.2f}" if r.get("params") else "n/a",
+        # window variants differ by a few thousand bias-table entries: exact counts show it
+        params = (f"{r['params']:,}" if has_window else f"{r['params'] / 1e6:.2f}") if r.get("params") else "n/a"
+        cells += [str(r["seeds"]), params,
                   f"{r['gmacs']:.3f}" if r.get("gmacs") is not None else "n/a"]
         cells += [pm(r.get(k), r.get(f"{k}_std")) for k in keys]
         cells.append(pm(r.get("train_minutes"), r.get("train_minutes_std"), 1))
