@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from asca_core.errors import ModelError
 from asca_core.models import (ASCA, LAYOUTS, build_model, build_model_from_config, count_params, gmacs,
                               list_models)
+from asca_core.models.asca import GlobalWindowWarning
 from asca_core.models.attention import MultiHeadAttention, relative_index
 from asca_core.models.blocks import MBConv, TransformerBlock
 
@@ -250,7 +251,8 @@ def test_inputs_that_are_not_multiples_of_32_are_zero_padded():
 
 def test_window_attention_as_large_as_the_grid_equals_global_attention():
     glob = _build("asca_pico", layout="CCCT").eval()  # S4 grid 4 x 10, table 7 x 19
-    local = _build("asca_pico", layout="CCCT", attn_window=10).eval()  # table 19 x 19, window 4 x 10
+    with pytest.warns(GlobalWindowWarning, match="covers the whole token grid of s4"):
+        local = _build("asca_pico", layout="CCCT", attn_window=10).eval()  # table 19 x 19, window 4 x 10
     assert local.s4[0].attn.rel_bias.table.shape[1:] == (19, 19)
     state = glob.state_dict()
     state["s4.0.attn.rel_bias.table"] = local.s4[0].attn.rel_bias.table.detach()
