@@ -24,6 +24,7 @@ DATASETS = {
     "demo": ("demo", "3m"),
     "fsdd": (str(SHARED_DATA / "fsdd" / "labels.csv"), "10m"),
     "speech_commands": (str(SHARED_DATA / "speech_commands" / "labels.csv"), "15m"),
+    "scenes": (str(OUT / "scenes" / "labels.csv"), "30m"),  # built by benchmarks/make_scenes.py
 }
 
 

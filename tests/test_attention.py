@@ -141,7 +141,7 @@ def test_relative_bias_tables_report_offsets_in_bins_and_frames():
     short = relative_bias_tables(model, (128, 128))["s4.0"]
     torch.testing.assert_close(short.table, s4.table[:, :, 6:13])
     assert short.time_offsets_frames.tolist() == [32 * i for i in range(-3, 4)]
-    # For a longer input it reads the interpolated table; offset zero keeps its column.
+    # For a longer input offsets beyond the table read its edge; offset zero keeps its column.
     long = relative_bias_tables(model, (128, 512))["s4.0"]
     assert long.table.shape == (4, 7, 31)
     torch.testing.assert_close(long.table[:, :, 15], s4.table[:, :, 9])

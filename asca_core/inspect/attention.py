@@ -98,8 +98,9 @@ def relative_bias_tables(model: nn.Module, input_size: tuple[int, int] | None = 
     """Per-block relative-bias tables as the model applies them to an input of ``input_size``.
 
     ``None`` means the size the model was built for (its tables as stored). For a smaller input
-    this is the centre sub-range of each table, for a larger one the interpolated table; with
-    local windows it is the window's table (cut to the grid if the grid is smaller).
+    this is the centre sub-range of each table, for a larger one the table with offsets beyond its
+    range clamped to its edge; with local windows it is the window's table (cut to the grid if the
+    grid is smaller).
 
     Shapes: table (heads, 2H-1, 2W-1) for the block's (H, W) token grid or window.
     """

@@ -289,6 +289,8 @@ def _loss(b: _Builder, p: DatasetProfile) -> None:
 def _model(b: _Builder, p: DatasetProfile) -> None:
     b.set("model.name", "asca_tiny", "3.1M-parameter C-C-C-T: the size that trains from scratch on thousands of clips on a CPU")
     b.set("model.layout", "CCCT", "the paper's layout: convolution first, attention on the coarsest grid")
+    b.set("model.head_pool", "avgmax", "mean + max over time (PANNs): a sound filling part of a clip is not averaged "
+          "away (on 5 s scenes 41% vs 28% after 4 epochs)")
 
 
 def _augmentation(b: _Builder, p: DatasetProfile) -> None:
@@ -350,6 +352,9 @@ def _fit_budget(recipe: Recipe, b: _Builder, overrides: Sequence[str], *, probe:
     b.set("train.budget_seconds", budget, "training stops in time for the final test, whatever the estimate")
     warmup = round(min(3.0, max(1.0, 0.05 * epochs)), 1)
     b.set("train.warmup_epochs", warmup, "linear warm-up, then cosine decay to the end of the budget")
+    clean = round(min(epochs / 3, max(2.0, 0.15 * epochs)), 1)
+    b.set("augment.clean_epochs", clean, "clean clips first, augmentation after: with noise and masks from the first "
+          "step, 5 s scenes stayed at chance for 11 epochs; clean, the model found the sounds in 2")
     b.set("train.lr", 2e-3, "AdamW from scratch")
     b.set("train.min_lr", 1e-5, "")
     b.choices.pop()
@@ -408,8 +413,7 @@ def measure_throughput(cfg: Config, num_classes: int, steps: int = 4) -> dict[st
         t0 = time.perf_counter()
         with torch.no_grad():
             g = step_generator(0, i)
-            spec = augment.spec(features(augment.wave(wave, g)), g)
-            spec, tgt = augment.mixup(spec, target, g)
+            spec, tgt = augment(wave, target, features, g)
         loss = loss_per_example(model(spec), tgt, cfg.train.loss).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
