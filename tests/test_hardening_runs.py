@@ -470,3 +470,20 @@ def test_asca_eval_of_a_damaged_run_is_one_line(tmp_path):
     os.mkfifo(run_dir / "checkpoints" / "best.safetensors")
     line = cli_error(run_cli("eval", str(run_dir), timeout=120))
     assert "best.safetensors" in line
+
+
+def test_a_run_killed_while_writing_its_first_epoch_resumes_by_redoing_it(paused_run, tmp_path):
+    """kill -9 after epoch 1's metrics row and best checkpoint, before its resume state and status."""
+    import json
+
+    from asca_core.train.engine import fit
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(paused_run, run_dir)
+    for name in ("last.state.safetensors", "last.state.json", "last.safetensors"):
+        (run_dir / "checkpoints" / name).unlink(missing_ok=True)
+    status = json.loads((run_dir / "status.json").read_text())
+    (run_dir / "status.json").write_text(json.dumps({**status, "state": "running", "epoch": 0}))
+    result = fit(None, run_dir, resume=True, progress=False)
+    assert result["state"] == "finished" and result["epoch"] == 2
+    assert [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]

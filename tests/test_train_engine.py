@@ -236,7 +236,9 @@ def test_losses_by_hand():
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
     assert bce.item() == pytest.approx(expected.item())
     smoothed = loss_per_example(logits, target, "bce", 0.2)
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([[0.9, 0.1, 0.1]]))
+    # timm's smoothing: y (1 - eps) + eps / K
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.tensor([[0.8 + 0.2 / 3, 0.2 / 3, 0.2 / 3]]))
     assert smoothed.item() == pytest.approx(expected.item())
     ce = loss_per_example(logits, torch.tensor([[1.0, 1.0, 0.0]]), "ce")  # multi-hot -> 0.5/0.5
     log_p = torch.log_softmax(logits, 1)[0]

@@ -361,7 +361,7 @@ class Trainer:
             if state_path.exists():
                 meta = read_metadata(state_path)
                 json.loads(meta["state"])
-            elif trained or run.has_checkpoint("best"):
+            elif (trained or run.has_checkpoint("best")) and not self._first_save_interrupted():
                 return (f"cannot resume {run.path}: its resume state {state_path} is missing, though the run has "
                         f"trained ({trained} epoch(s) in metrics.jsonl"
                         f"{', a best checkpoint' if run.has_checkpoint('best') else ''}); its files are left as they are")
@@ -545,17 +545,23 @@ class Trainer:
                      {"format": STATE_FORMAT, "state": json.dumps(state)})
         atomic_write_json(self.run.checkpoints_dir / "last.state.json", state)
 
+    def _first_save_interrupted(self) -> bool:
+        """Killed while writing the end of epoch 1: its metrics row (and maybe its best checkpoint)
+        are there, the resume state and the status that follow them are not. Starting over redoes
+        exactly that epoch; a run whose status records a finished epoch lost its state otherwise."""
+        return len(self.run.metrics()) <= 1 and not (self.run.status().get("epoch") or 0)
+
     def load_last(self) -> bool:
         """Restore weights, optimizer and counters from the last checkpoint (False if none)."""
         state_path = self.run.checkpoints_dir / "last.state.safetensors"
         if not state_path.exists():
             trained = len(self.run.metrics())
-            if trained or self.run.has_checkpoint("best"):  # starting over would overwrite them
+            if (trained or self.run.has_checkpoint("best")) and not self._first_save_interrupted():
                 raise CheckpointError(f"cannot resume {self.run.path}: its resume state {state_path} is missing, "
                                       f"though the run has trained ({trained} epoch(s) in metrics.jsonl"
                                       f"{', a best checkpoint' if self.run.has_checkpoint('best') else ''}); "
                                       "its files are left as they are")
-            return False  # killed before its first checkpoint: nothing to lose, start from scratch
+            return False  # killed before or during its first checkpoint: start from scratch
         tensors, meta = load_tensors(state_path)
         try:
             state = json.loads(meta["state"])
