@@ -16,11 +16,8 @@ INPUTS = {"asca_0": (64, 64)}
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Every test of this module on one torch thread."""
 
 
 def _model(spec: str, seed: int = 0) -> torch.nn.Module:

@@ -23,12 +23,8 @@ DEFAULT_INPUT = (64, 128)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops on 2 shared cores run many times faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Every test of this module on one torch thread."""
 
 
 def _input(name: str, batch: int = 2, seed: int = 0) -> torch.Tensor:

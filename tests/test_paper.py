@@ -29,11 +29,8 @@ DIVISIONS = (7, 14, 16, 32)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Every test of this module on one torch thread."""
 
 
 def _pico(seed: int = 0, **overrides) -> torch.nn.Module:

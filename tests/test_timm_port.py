@@ -19,11 +19,8 @@ SIZE = (224, 224)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Every test of this module on one torch thread."""
 
 
 def _randomise(model: torch.nn.Module) -> torch.nn.Module:
