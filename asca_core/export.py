@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from .config import FeatureConfig
 from .errors import AscaError, CheckpointError
 from .features import LOG_OFFSET, FeatureExtractor, fit_time, normalize, pad_to_multiple, resize_224
+from .fileio import output_folder
 
 OPSET = 17  # ONNX Runtime has run opset 17 since 1.13; newer opsets add nothing this graph uses
 EXPORT_FORMAT = "asca-onnx/1"
@@ -181,13 +182,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, frontend:
     ort = require_onnxruntime()
     run_dir = Path(run_dir)
     clf = Classifier.from_run(run_dir, checkpoint=checkpoint)
-    out = Path(out) if out is not None else run_dir / "export"
-    if out.exists() and not out.is_dir():
-        raise AscaError(f"--out {out} is a file: give a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AscaError(f"cannot create the export folder {out}: {exc.strerror or exc}") from None
+    out = output_folder(out if out is not None else run_dir / "export", "--out")
     feats = clf.cfg.features
     n = feats.clip_samples
     if frontend:

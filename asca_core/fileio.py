@@ -143,3 +143,18 @@ def _json_type(value: Any) -> str:
 
 
 __all__ = ["read_bytes", "read_text", "read_json", "read_json_lines", "read_yaml_mapping", "MAX_BYTES"]
+
+
+def output_folder(path: str | Path, flag: str) -> Path:
+    """Create the output folder ``path`` (named ``flag`` in errors) and return it.
+
+    One :class:`AscaError` line when ``path`` is a file or cannot be created.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise AscaError(f"{flag} {folder} is a file: give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AscaError(f"{flag} {folder}: cannot create the folder ({exc.strerror or exc})") from None
+    return folder

@@ -98,16 +98,9 @@ def _format_prediction(pred, top_k: int) -> str:
 
 
 def _out_dir(flag: str, value: str | None) -> Path | None:
-    if value is None:
-        return None
-    folder = Path(value)
-    if folder.exists() and not folder.is_dir():
-        raise AscaError(f"{flag} {folder} is a file: give a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AscaError(f"{flag} {folder}: cannot create the folder ({exc.strerror or exc})") from None
-    return folder
+    from ..fileio import output_folder
+
+    return None if value is None else output_folder(value, flag)
 
 
 def _inputs(items: list[str], recursive: bool) -> tuple[list[tuple[str, Path]], list[tuple[str, str]], bool]:
