@@ -487,3 +487,4 @@ def test_a_run_killed_while_writing_its_first_epoch_resumes_by_redoing_it(paused
     result = fit(None, run_dir, resume=True, progress=False)
     assert result["state"] == "finished" and result["epoch"] == 2
     assert [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert "starting over" in (run_dir / "log.txt").read_text()

@@ -766,7 +766,10 @@ class Trainer:
     # ----------------------------------------------------------------- main loop
     def run_loop(self) -> dict[str, Any]:
         cfg = self.cfg
+        interrupted_first = self.resume and bool(self.run.metrics()) and self._first_save_interrupted()
         resumed = self.resume and self.load_last()
+        if interrupted_first and not resumed:
+            self.log("starting over: the run was stopped while saving its first epoch")
         if self.env.is_main:
             self.run.truncate_metrics(self.epoch)
         if resumed:
