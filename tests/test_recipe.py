@@ -105,6 +105,7 @@ def test_recipe_for_one_second_16k_speech(tmp_path):
     assert cfg.train.loss == "ce" and cfg.train.label_smoothing > 0
     assert cfg.data.test_fold == 1 and cfg.data.group_column == "speaker"
     assert cfg.train.budget_seconds == 600 and cfg.train.epochs >= 3
+    assert 0 < cfg.augment.clean_epochs < cfg.train.epochs  # short clips: clean first, augmented after
     assert set(chosen) >= {"features.sample_rate", "train.loss", "train.epochs", "data.test_fold"}
     text = recipe.describe()
     assert all(c.reason for c in recipe.choices)
@@ -119,6 +120,7 @@ def test_recipe_for_five_second_44k_environmental_sounds(tmp_path):
     assert cfg.features.hop_length == 640  # 20 ms
     assert cfg.features.frames == 256
     assert cfg.augment.time_mask_width == 25  # scaled to the input: 10% of the frames
+    assert cfg.augment.clean_epochs >= cfg.train.epochs  # long single-label clips: no augmentation in a budget
     assert cfg.train.loss == "ce"
     assert cfg.data.test_fold == 1 and cfg.data.group_column == "group"  # ESC-50's src_file
 

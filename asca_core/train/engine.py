@@ -778,7 +778,9 @@ class Trainer:
             self.log(f"resumed {where} (step {self.step})")
         self.log(f"training {cfg.train.epochs} epochs x {self.steps_per_epoch} steps, batch "
                  f"{cfg.train.batch_size} per process, lr {cfg.train.lr:g}, warm-up {self.warmup_steps} steps"
-                 + (f", augmentation from step {self.clean_steps}" if self.clean_steps else ""))
+                 + ("" if not self.clean_steps else ", no augmentation"
+                    if self.clean_steps >= cfg.train.epochs * self.steps_per_epoch
+                    else f", augmentation from step {self.clean_steps}"))
         epochs_this_call = 0
         start_epoch = self.epoch + 1
         self._session_started, self._session_first_step = time.monotonic(), self.step
