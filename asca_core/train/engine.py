@@ -556,11 +556,13 @@ class Trainer:
         state_path = self.run.checkpoints_dir / "last.state.safetensors"
         if not state_path.exists():
             trained = len(self.run.metrics())
-            if (trained or self.run.has_checkpoint("best")) and not self._first_save_interrupted():
-                raise CheckpointError(f"cannot resume {self.run.path}: its resume state {state_path} is missing, "
-                                      f"though the run has trained ({trained} epoch(s) in metrics.jsonl"
-                                      f"{', a best checkpoint' if self.run.has_checkpoint('best') else ''}); "
-                                      "its files are left as they are")
+            if trained or self.run.has_checkpoint("best"):
+                if not self._first_save_interrupted():
+                    raise CheckpointError(f"cannot resume {self.run.path}: its resume state {state_path} is missing, "
+                                          f"though the run has trained ({trained} epoch(s) in metrics.jsonl"
+                                          f"{', a best checkpoint' if self.run.has_checkpoint('best') else ''}); "
+                                          "its files are left as they are")
+                self.log("starting over: the run was stopped while saving its first epoch")
             return False  # killed before or during its first checkpoint: start from scratch
         tensors, meta = load_tensors(state_path)
         try:
@@ -766,21 +768,21 @@ class Trainer:
     # ----------------------------------------------------------------- main loop
     def run_loop(self) -> dict[str, Any]:
         cfg = self.cfg
-        interrupted_first = self.resume and bool(self.run.metrics()) and self._first_save_interrupted()
         resumed = self.resume and self.load_last()
-        if interrupted_first and not resumed:
-            self.log("starting over: the run was stopped while saving its first epoch")
         if self.env.is_main:
             self.run.truncate_metrics(self.epoch)
         if resumed:
             where = (f"in epoch {self.epoch + 1} after batch {self.batch}" if self.batch
                      else f"after epoch {self.epoch}")
             self.log(f"resumed {where} (step {self.step})")
+        augmentation = ""
+        if self.clean_steps >= cfg.train.epochs * self.steps_per_epoch:
+            augmentation = ", no augmentation"
+        elif self.clean_steps:
+            augmentation = f", augmentation from step {self.clean_steps}"
         self.log(f"training {cfg.train.epochs} epochs x {self.steps_per_epoch} steps, batch "
                  f"{cfg.train.batch_size} per process, lr {cfg.train.lr:g}, warm-up {self.warmup_steps} steps"
-                 + ("" if not self.clean_steps else ", no augmentation"
-                    if self.clean_steps >= cfg.train.epochs * self.steps_per_epoch
-                    else f", augmentation from step {self.clean_steps}"))
+                 + augmentation)
         epochs_this_call = 0
         start_epoch = self.epoch + 1
         self._session_started, self._session_first_step = time.monotonic(), self.step
