@@ -4,7 +4,7 @@ VENV ?= .venv
 PORT ?= 8501
 ADDRESS ?= 127.0.0.1
 
-.PHONY: app test setup bench
+.PHONY: app test setup bench lint
 
 app:
 	@scripts/setup.sh app
@@ -21,3 +21,8 @@ bench:
 	@scripts/setup.sh test
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
 	$(VENV)/bin/python benchmarks/run_all.py
+
+lint:
+	@scripts/setup.sh test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .

@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -62,8 +62,9 @@ def _checked_path(path: str | Path) -> Path:
 
 def _check_rate(path: Path, sample_rate: int, what: str = "sample rate") -> None:
     if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise AudioError(f"{path}: unsupported {what} {sample_rate} Hz "
-                         f"(supported: {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz)")
+        raise AudioError(
+            f"{path}: unsupported {what} {sample_rate} Hz (supported: {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz)"
+        )
 
 
 def _open(path: Path) -> sf.SoundFile:
@@ -84,12 +85,17 @@ def _info_from(path: Path, f: sf.SoundFile) -> AudioInfo:
     _check_rate(path, f.samplerate)
     truncated = bool(_TRUNCATION.search(f.extra_info))
     if f.frames <= 0:
-        what = "truncated: header promises audio, file holds none" if truncated else \
-            "empty or header-only file"
+        what = "truncated: header promises audio, file holds none" if truncated else "empty or header-only file"
         raise AudioError(f"{path}: contains no audio frames ({what})")
-    return AudioInfo(path=path, sample_rate=int(f.samplerate), frames=int(f.frames),
-                     channels=int(f.channels), duration=f.frames / f.samplerate, format=f.format,
-                     truncated=truncated)
+    return AudioInfo(
+        path=path,
+        sample_rate=int(f.samplerate),
+        frames=int(f.frames),
+        channels=int(f.channels),
+        duration=f.frames / f.samplerate,
+        format=f.format,
+        truncated=truncated,
+    )
 
 
 def audio_info(path: str | Path) -> AudioInfo:
@@ -146,7 +152,7 @@ def _read_mono(f: sf.SoundFile, start: int, count: int) -> np.ndarray:
             break
         if len(block) == 0:
             break  # truncated file: keep what libsndfile could decode
-        out[got:got + len(block)] = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)
+        out[got : got + len(block)] = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)
         got += len(block)
     return out[:got]
 
@@ -155,8 +161,10 @@ def _check_finite(path: Path, wave: np.ndarray, sample_rate: int, offset: float 
     bad = ~np.isfinite(wave)
     if bad.any():
         first = int(np.argmax(bad))
-        raise AudioError(f"{path}: contains NaN or infinite samples "
-                         f"({int(bad.sum())}, first at {offset + first / sample_rate:.3f} s)")
+        raise AudioError(
+            f"{path}: contains NaN or infinite samples "
+            f"({int(bad.sum())}, first at {offset + first / sample_rate:.3f} s)"
+        )
 
 
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -170,9 +178,13 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return soxr.resample(wave, int(orig_sr), int(target_sr), quality="HQ").astype(np.float32, copy=False)
 
 
-def load_audio(path: str | Path, sample_rate: int | None = None, offset: float = 0.0,
-               duration: float | None = None,
-               max_duration: float | None = DEFAULT_MAX_DURATION) -> np.ndarray:
+def load_audio(
+    path: str | Path,
+    sample_rate: int | None = None,
+    offset: float = 0.0,
+    duration: float | None = None,
+    max_duration: float | None = DEFAULT_MAX_DURATION,
+) -> np.ndarray:
     """Decode ``duration`` seconds from ``offset`` of ``path`` as mono float32 at ``sample_rate``.
 
     Only the requested span is decoded (seek, then read). ``sample_rate=None`` keeps the file's
@@ -198,14 +210,15 @@ def load_audio(path: str | Path, sample_rate: int | None = None, offset: float =
             native_sr = info.sample_rate
             start = int(round(offset * native_sr))
             if start >= info.frames:
-                raise AudioError(f"{path}: offset {offset:g} s is beyond the end of the file "
-                                 f"({info.duration:.3f} s)")
+                raise AudioError(f"{path}: offset {offset:g} s is beyond the end of the file ({info.duration:.3f} s)")
             count = info.frames - start
             if duration is not None:
                 count = min(count, max(1, int(round(duration * native_sr))))
             if max_duration is not None and count / native_sr > max_duration:
-                raise AudioError(f"{path}: {count / native_sr:.1f} s of audio requested, longer than "
-                                 f"the {max_duration:g} s limit (read it in windows or raise max_duration)")
+                raise AudioError(
+                    f"{path}: {count / native_sr:.1f} s of audio requested, longer than "
+                    f"the {max_duration:g} s limit (read it in windows or raise max_duration)"
+                )
             try:
                 wave = _read_mono(f, start, count)
             except (sf.LibsndfileError, RuntimeError) as exc:
@@ -218,8 +231,9 @@ def load_audio(path: str | Path, sample_rate: int | None = None, offset: float =
     return wave
 
 
-def _fallback_load(path: Path, offset: float, duration: float | None,
-                   max_duration: float | None) -> tuple[np.ndarray, int] | None:
+def _fallback_load(
+    path: Path, offset: float, duration: float | None, max_duration: float | None
+) -> tuple[np.ndarray, int] | None:
     """Decode with audioread when libsndfile cannot open a supported file (e.g. odd mp3 tags).
 
     Returns ``None`` when audioread cannot decode it either, so the libsndfile error is shown.
@@ -247,13 +261,15 @@ def _fallback_load(path: Path, offset: float, duration: float | None,
                     taken += hi - lo
                 pos += len(block)
                 if limit is not None and taken > limit:
-                    raise AudioError(f"{path}: more than the {max_duration:g} s limit of audio "
-                                     "requested (read it in windows or raise max_duration)")
+                    raise AudioError(
+                        f"{path}: more than the {max_duration:g} s limit of audio "
+                        "requested (read it in windows or raise max_duration)"
+                    )
                 if stop is not None and pos >= stop:
                     break
     except AudioError:
         raise
-    except Exception:  # noqa: BLE001 - any audioread failure means "fall back failed"
+    except Exception:
         return None
     if start >= pos:
         raise AudioError(f"{path}: offset {offset:g} s is beyond the end of the file ({pos / sr:.3f} s)")
@@ -273,8 +289,7 @@ def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
     return [k * hop for k in range(1 + math.ceil((n_samples - window) / hop))]
 
 
-def iter_windows(path: str | Path, sample_rate: int, window: float,
-                 hop: float) -> Iterator[tuple[float, np.ndarray]]:
+def iter_windows(path: str | Path, sample_rate: int, window: float, hop: float) -> Iterator[tuple[float, np.ndarray]]:
     """Stream ``window``-second windows every ``hop`` seconds, each decoded on its own.
 
     Memory stays bounded by one window whatever the file length. Each window equals
@@ -291,14 +306,12 @@ def iter_windows(path: str | Path, sample_rate: int, window: float,
         raise AudioError(f"{path}: window and hop must be positive seconds, got {window}, {hop}")
     win, step = int(round(window * sample_rate)), int(round(hop * sample_rate))
     if win < 1 or step < 1:
-        raise AudioError(f"{path}: window {window:g} s / hop {hop:g} s is below one sample "
-                         f"at {sample_rate} Hz")
+        raise AudioError(f"{path}: window {window:g} s / hop {hop:g} s is below one sample at {sample_rate} Hz")
     audio_info(path)
     return _windows(path, int(sample_rate), window, win, step)
 
 
-def _windows(path: Path, sample_rate: int, window: float, win: int,
-             step: int) -> Iterator[tuple[float, np.ndarray]]:
+def _windows(path: Path, sample_rate: int, window: float, win: int, step: int) -> Iterator[tuple[float, np.ndarray]]:
     """The generator behind :func:`iter_windows` (arguments already checked)."""
     with _open(path) as f:
         info = _info_from(path, f)
@@ -316,8 +329,7 @@ def _windows(path: Path, sample_rate: int, window: float, win: int,
                 raise AudioError(f"{path}: decoding failed at {start_s:.3f} s ({exc})") from exc
             if chunk.size == 0:
                 if first == 0:
-                    raise AudioError(f"{path}: no audio frames could be decoded "
-                                     "(truncated or corrupt file)")
+                    raise AudioError(f"{path}: no audio frames could be decoded (truncated or corrupt file)")
                 break  # truncated file: stop at the last decodable window
             _check_finite(path, chunk, native, start_s)
             chunk = resample(chunk, native, sample_rate)[:win]
@@ -326,8 +338,7 @@ def _windows(path: Path, sample_rate: int, window: float, win: int,
             yield start_s, chunk
 
 
-def write_audio(path: str | Path, wave: np.ndarray, sample_rate: int,
-                subtype: str | None = None) -> Path:
+def write_audio(path: str | Path, wave: np.ndarray, sample_rate: int, subtype: str | None = None) -> Path:
     """Write a wave; by default wav and flac get 16-bit PCM, ogg vorbis, mp3 MPEG layer III.
 
     ``subtype`` overrides the encoding (e.g. ``"FLOAT"`` for a 32-bit float wav).
@@ -339,8 +350,9 @@ def write_audio(path: str | Path, wave: np.ndarray, sample_rate: int,
     ext = path.suffix.lower()
     subtypes = {".wav": "PCM_16", ".flac": "PCM_16", ".ogg": "VORBIS", ".mp3": "MPEG_LAYER_III"}
     if ext not in subtypes:
-        raise AudioError(f"{path}: cannot write {ext or 'extension-less'} files "
-                         f"(use {', '.join(SUPPORTED_EXTENSIONS)})")
+        raise AudioError(
+            f"{path}: cannot write {ext or 'extension-less'} files (use {', '.join(SUPPORTED_EXTENSIONS)})"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, np.asarray(wave, dtype=np.float32), int(sample_rate), subtype=subtype or subtypes[ext])
     return path

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -65,8 +65,9 @@ def circular_shift(wave: Tensor, shift: Tensor) -> Tensor:
     Shapes: wave (B, T), shift (B,) integer -> (B, T).
     """
     length = wave.shape[-1]
-    index = (torch.arange(length, device=wave.device).unsqueeze(0)
-             - shift.to(wave.device).long().unsqueeze(1)) % length  # (B, T)
+    index = (
+        torch.arange(length, device=wave.device).unsqueeze(0) - shift.to(wave.device).long().unsqueeze(1)
+    ) % length  # (B, T)
     return wave.gather(-1, index)
 
 
@@ -83,8 +84,7 @@ def add_noise_at_snr(wave: Tensor, noise: Tensor, snr_db: Tensor) -> Tensor:
     return wave + noise * scale.unsqueeze(-1)
 
 
-def colored_noise(batch: int, length: int, exponent: Tensor,
-                  generator: torch.Generator | None = None) -> Tensor:
+def colored_noise(batch: int, length: int, exponent: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Gaussian noise with a ``1/f**exponent`` power spectrum (0 white, 1 pink, 2 brown).
 
     Shapes: exponent (B,) -> (B, length), unit variance per row.
@@ -108,8 +108,9 @@ def band_mask(size: int, starts: Tensor, widths: Tensor) -> Tensor:
     return inside.any(dim=1)
 
 
-def _draw_bands(batch: int, count: int, max_width: int, size: int,
-                generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+def _draw_bands(
+    batch: int, count: int, max_width: int, size: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
     max_width = min(max_width, size)
     widths = torch.randint(0, max_width + 1, (batch, count), generator=generator)
     # start uniform in [0, size - width], drawn as a fraction to stay batched
@@ -126,8 +127,7 @@ def mixup(spec: Tensor, target: Tensor, lam: Tensor, perm: Tensor) -> tuple[Tens
     perm = perm.to(spec.device)
     lam_x = lam.view(-1, *([1] * (spec.dim() - 1))).to(spec.dtype)
     lam_y = lam.view(-1, 1).to(target.dtype)
-    return (lam_x * spec + (1 - lam_x) * spec[perm],
-            lam_y * target + (1 - lam_y) * target[perm])
+    return (lam_x * spec + (1 - lam_x) * spec[perm], lam_y * target + (1 - lam_y) * target[perm])
 
 
 # ----------------------------------------------------------------------------------- modules
@@ -150,8 +150,7 @@ class WaveAugment(nn.Module):
         cfg = self.cfg
         batch, length = wave.shape
         if cfg.gain_db > 0:
-            wave = random_gain(wave, _uniform(batch, -cfg.gain_db, cfg.gain_db, generator)
-                               .to(wave.device))
+            wave = random_gain(wave, _uniform(batch, -cfg.gain_db, cfg.gain_db, generator).to(wave.device))
         if cfg.time_shift > 0:
             limit = int(cfg.time_shift * length)
             shift = torch.randint(-limit, limit + 1, (batch,), generator=generator)
@@ -178,7 +177,7 @@ class WaveAugment(nn.Module):
             if source.numel() < length:
                 source = source.repeat(math.ceil(length / source.numel()) + 1)
             start = int(offset * (source.numel() - length))
-            rows.append(source[start:start + length])
+            rows.append(source[start : start + length])
         return torch.stack(rows)
 
 
@@ -224,15 +223,18 @@ class Mixup(nn.Module):
         self.cfg = cfg
         self.domain = domain
 
-    def forward(self, spec: Tensor, target: Tensor,
-                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        if (not self.training or not self.cfg.mixup or self.cfg.mixup_prob <= 0 or spec.shape[0] < 2
-                or getattr(self.cfg, "mixup_domain", "logmel") != self.domain):
+    def forward(self, spec: Tensor, target: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        if (
+            not self.training
+            or not self.cfg.mixup
+            or self.cfg.mixup_prob <= 0
+            or spec.shape[0] < 2
+            or getattr(self.cfg, "mixup_domain", "logmel") != self.domain
+        ):
             return spec, target
         batch = spec.shape[0]
         lam = sample_beta(batch, self.cfg.mixup_alpha, generator)
-        lam = torch.where(torch.rand(batch, generator=generator) < self.cfg.mixup_prob,
-                          lam, torch.ones_like(lam))
+        lam = torch.where(torch.rand(batch, generator=generator) < self.cfg.mixup_prob, lam, torch.ones_like(lam))
         perm = torch.randperm(batch, generator=generator)
         return mixup(spec, target, lam, perm)
 
@@ -262,8 +264,7 @@ def _gamma(n: int, shape: float, generator: torch.Generator | None) -> Tensor:
         x = torch.randn(todo.numel(), generator=generator, dtype=torch.float64)
         u = torch.rand(todo.numel(), generator=generator, dtype=torch.float64)
         v = (1.0 + c * x) ** 3
-        ok = (v > 0) & (torch.log(u.clamp_min(1e-300)) < 0.5 * x * x + d - d * v
-                        + d * torch.log(v.clamp_min(1e-300)))
+        ok = (v > 0) & (torch.log(u.clamp_min(1e-300)) < 0.5 * x * x + d - d * v + d * torch.log(v.clamp_min(1e-300)))
         out[todo[ok]] = d * v[ok]
         todo = todo[~ok]
     out[todo] = a  # practically unreachable; the mean keeps the draw finite
@@ -291,16 +292,22 @@ class TrainAugment(nn.Module):
         self.spec = SpecAugment(cfg)
         self.mixup = Mixup(cfg, "logmel")
 
-    def forward(self, wave: Tensor, target: Tensor, features: Callable[[Tensor], Tensor],
-                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        wave: Tensor,
+        target: Tensor,
+        features: Callable[[Tensor], Tensor],
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
         wave = self.wave(wave, generator)
         wave, target = self.mixup_wave(wave, target, generator)
         spec = self.spec(features(wave), generator)
         return self.mixup(spec, target, generator)
 
     @classmethod
-    def from_config(cls, cfg: AugmentConfig, sample_rate: int,
-                    max_noise_files: int = 200, max_noise_seconds: float = 30.0) -> "TrainAugment":
+    def from_config(
+        cls, cfg: AugmentConfig, sample_rate: int, max_noise_files: int = 200, max_noise_seconds: float = 30.0
+    ) -> TrainAugment:
         """Build the augmenter, loading ``cfg.noise_dir`` (if set) at ``sample_rate``."""
         bank: list[Tensor] = []
         if cfg.noise_dir and cfg.noise_prob > 0:
@@ -308,8 +315,9 @@ class TrainAugment(nn.Module):
         return cls(cfg, bank)
 
 
-def load_noise_bank(folder: str | Path, sample_rate: int, max_files: int = 200,
-                    max_seconds: float = 30.0) -> list[Tensor]:
+def load_noise_bank(
+    folder: str | Path, sample_rate: int, max_files: int = 200, max_seconds: float = 30.0
+) -> list[Tensor]:
     """Decode up to ``max_files`` recordings of ``folder`` (first ``max_seconds`` each)."""
     from .audio import load_audio  # decoding lives in one place
 
@@ -331,7 +339,17 @@ def load_noise_bank(folder: str | Path, sample_rate: int, max_files: int = 200,
 
 
 __all__ = [
-    "TrainAugment", "WaveAugment", "SpecAugment", "Mixup", "step_generator", "random_gain",
-    "circular_shift", "add_noise_at_snr", "colored_noise", "band_mask", "mixup", "sample_beta",
+    "Mixup",
+    "SpecAugment",
+    "TrainAugment",
+    "WaveAugment",
+    "add_noise_at_snr",
+    "band_mask",
+    "circular_shift",
+    "colored_noise",
     "load_noise_bank",
+    "mixup",
+    "random_gain",
+    "sample_beta",
+    "step_generator",
 ]

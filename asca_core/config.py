@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -76,33 +77,43 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "data.path must name a dataset (or be 'demo')")
-        _check(self.labels in LABEL_MODES,
-               f"data.labels must be {' or '.join(LABEL_MODES)}, got {self.labels!r}")
+        _check(self.labels in LABEL_MODES, f"data.labels must be {' or '.join(LABEL_MODES)}, got {self.labels!r}")
         if isinstance(self.classes, list):
             names = [c.strip() for c in self.classes]
-            _check(0 < len(names) <= MAX_CLASSES and all(names),
-                   f"data.classes must list 1 to {MAX_CLASSES} non-empty names (or name a file), got {self.classes!r}")
+            _check(
+                0 < len(names) <= MAX_CLASSES and all(names),
+                f"data.classes must list 1 to {MAX_CLASSES} non-empty names (or name a file), got {self.classes!r}",
+            )
             dupes = sorted({c for c in names if names.count(c) > 1})
             _check(not dupes, f"data.classes lists {(dupes or [''])[0]!r} more than once")
             self.classes = names
         elif self.classes is not None:
             _check(bool(self.classes.strip()), "data.classes must name a file or list class names, got ''")
-        _check(self.format in ("auto", "folder", "csv", "birdclef", "esc50"),
-               f"data.format must be auto, folder, csv, birdclef or esc50, got {self.format!r}")
+        _check(
+            self.format in ("auto", "folder", "csv", "birdclef", "esc50"),
+            f"data.format must be auto, folder, csv, birdclef or esc50, got {self.format!r}",
+        )
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             _check(0.0 <= value < 1.0, f"data.{name} must be in [0, 1), got {value}")
-        _check(self.val_fraction + self.test_fraction < 1.0,
-               "data.val_fraction + data.test_fraction must be below 1")
-        _check(0 <= self.num_workers <= MAX_WORKERS,
-               f"data.num_workers must be in [0, {MAX_WORKERS}], got {self.num_workers}")
-        _check(self.max_clips_per_class is None or 0 < self.max_clips_per_class <= MAX_CLIPS_PER_CLASS,
-               f"data.max_clips_per_class must be in [1, {MAX_CLIPS_PER_CLASS}], got {self.max_clips_per_class}")
+        _check(self.val_fraction + self.test_fraction < 1.0, "data.val_fraction + data.test_fraction must be below 1")
+        _check(
+            0 <= self.num_workers <= MAX_WORKERS,
+            f"data.num_workers must be in [0, {MAX_WORKERS}], got {self.num_workers}",
+        )
+        _check(
+            self.max_clips_per_class is None or 0 < self.max_clips_per_class <= MAX_CLIPS_PER_CLASS,
+            f"data.max_clips_per_class must be in [1, {MAX_CLIPS_PER_CLASS}], got {self.max_clips_per_class}",
+        )
         _check(0 <= self.seed <= MAX_SEED, f"data.seed must be in [0, {MAX_SEED}], got {self.seed}")
-        _check(self.test_group is None or self.group_column is not None,
-               f"data.test_group={self.test_group!r} needs data.group_column (the column it is a value of)")
-        _check(self.test_group is None or self.test_fold is None,
-               "data.test_group and data.test_fold cannot both be set: one of them picks the test set")
+        _check(
+            self.test_group is None or self.group_column is not None,
+            f"data.test_group={self.test_group!r} needs data.group_column (the column it is a value of)",
+        )
+        _check(
+            self.test_group is None or self.test_fold is None,
+            "data.test_group and data.test_fold cannot both be set: one of them picks the test set",
+        )
 
 
 @dataclass
@@ -124,37 +135,57 @@ class FeatureConfig:
     norm_std: float | None = None
 
     def __post_init__(self) -> None:
-        _check(self.frontend in ("torchaudio", "kaldi"),
-               f"features.frontend must be torchaudio or kaldi, got {self.frontend!r}")
-        _check(1000 <= self.sample_rate <= 384000,
-               f"features.sample_rate must be between 1000 and 384000 Hz, got {self.sample_rate}")
+        _check(
+            self.frontend in ("torchaudio", "kaldi"),
+            f"features.frontend must be torchaudio or kaldi, got {self.frontend!r}",
+        )
+        _check(
+            1000 <= self.sample_rate <= 384000,
+            f"features.sample_rate must be between 1000 and 384000 Hz, got {self.sample_rate}",
+        )
         _check(0 < self.n_fft <= MAX_N_FFT, f"features.n_fft must be in [1, {MAX_N_FFT}], got {self.n_fft}")
         _check(self.win_length > 0, f"features.win_length must be > 0, got {self.win_length}")
-        _check(self.n_fft >= self.win_length,
-               f"features.n_fft ({self.n_fft}) must be >= features.win_length ({self.win_length})")
-        _check(0 < self.hop_length <= self.win_length,
-               f"features.hop_length must be in [1, features.win_length={self.win_length}], got {self.hop_length}")
+        _check(
+            self.n_fft >= self.win_length,
+            f"features.n_fft ({self.n_fft}) must be >= features.win_length ({self.win_length})",
+        )
+        _check(
+            0 < self.hop_length <= self.win_length,
+            f"features.hop_length must be in [1, features.win_length={self.win_length}], got {self.hop_length}",
+        )
         _check(8 <= self.n_mels <= 512, f"features.n_mels must be in [8, 512], got {self.n_mels}")
         nyquist = self.sample_rate / 2
         f_max = nyquist if self.f_max is None else self.f_max
-        _check(0.0 <= self.f_min < f_max <= nyquist,
-               f"features need 0 <= f_min < f_max <= sample_rate/2 ({nyquist:g} Hz), "
-               f"got f_min={self.f_min}, f_max={self.f_max}")
-        _check(self.window in ("hamming", "hann", "povey"),
-               f"features.window must be hamming, hann or povey, got {self.window!r}")
-        _check(0.1 <= self.clip_seconds <= 60.0,
-               f"features.clip_seconds must be in [0.1, 60], got {self.clip_seconds}")
-        _check(self.shape in ("crop", "resize224"),
-               f"features.shape must be crop or resize224, got {self.shape!r}")
-        _check(self.norm_std is None or 1e-6 <= self.norm_std <= MAX_NORM,
-               f"features.norm_std must be in [1e-06, {MAX_NORM:g}], got {self.norm_std}")
-        _check(self.norm_mean is None or abs(self.norm_mean) <= MAX_NORM,
-               f"features.norm_mean must be in [-{MAX_NORM:g}, {MAX_NORM:g}], got {self.norm_mean}")
-        _check(self.frames >= 32, f"features.clip_seconds={self.clip_seconds} gives fewer than 32 "
-               "frames: use a longer clip or a shorter hop_length")
-        _check(self.frames <= MAX_FRAMES, f"features.clip_seconds={self.clip_seconds} at "
-               f"features.hop_length={self.hop_length} gives {self.frames} frames, more than {MAX_FRAMES}: "
-               "use a shorter clip or a longer hop_length")
+        _check(
+            0.0 <= self.f_min < f_max <= nyquist,
+            f"features need 0 <= f_min < f_max <= sample_rate/2 ({nyquist:g} Hz), "
+            f"got f_min={self.f_min}, f_max={self.f_max}",
+        )
+        _check(
+            self.window in ("hamming", "hann", "povey"),
+            f"features.window must be hamming, hann or povey, got {self.window!r}",
+        )
+        _check(0.1 <= self.clip_seconds <= 60.0, f"features.clip_seconds must be in [0.1, 60], got {self.clip_seconds}")
+        _check(self.shape in ("crop", "resize224"), f"features.shape must be crop or resize224, got {self.shape!r}")
+        _check(
+            self.norm_std is None or 1e-6 <= self.norm_std <= MAX_NORM,
+            f"features.norm_std must be in [1e-06, {MAX_NORM:g}], got {self.norm_std}",
+        )
+        _check(
+            self.norm_mean is None or abs(self.norm_mean) <= MAX_NORM,
+            f"features.norm_mean must be in [-{MAX_NORM:g}, {MAX_NORM:g}], got {self.norm_mean}",
+        )
+        _check(
+            self.frames >= 32,
+            f"features.clip_seconds={self.clip_seconds} gives fewer than 32 "
+            "frames: use a longer clip or a shorter hop_length",
+        )
+        _check(
+            self.frames <= MAX_FRAMES,
+            f"features.clip_seconds={self.clip_seconds} at "
+            f"features.hop_length={self.hop_length} gives {self.frames} frames, more than {MAX_FRAMES}: "
+            "use a shorter clip or a longer hop_length",
+        )
 
     @property
     def frames(self) -> int:
@@ -199,28 +230,41 @@ class AugmentConfig:
     mixup_domain: str = "logmel"
 
     def __post_init__(self) -> None:
-        _check(self.mixup_domain in MIXUP_DOMAINS,
-               f"augment.mixup_domain must be {' or '.join(MIXUP_DOMAINS)}, got {self.mixup_domain!r}")
-        _check(0 < self.mixup_alpha <= MAX_MIXUP_ALPHA,
-               f"augment.mixup_alpha must be in (0, {MAX_MIXUP_ALPHA:g}], got {self.mixup_alpha}")
+        _check(
+            self.mixup_domain in MIXUP_DOMAINS,
+            f"augment.mixup_domain must be {' or '.join(MIXUP_DOMAINS)}, got {self.mixup_domain!r}",
+        )
+        _check(
+            0 < self.mixup_alpha <= MAX_MIXUP_ALPHA,
+            f"augment.mixup_alpha must be in (0, {MAX_MIXUP_ALPHA:g}], got {self.mixup_alpha}",
+        )
         for name in ("mixup_prob", "noise_prob"):
             value = getattr(self, name)
             _check(0.0 <= value <= 1.0, f"augment.{name} must be in [0, 1], got {value}")
-        for name, top in (("time_masks", MAX_MASKS), ("time_mask_width", MAX_FRAMES),
-                          ("freq_masks", MAX_MASKS), ("freq_mask_width", 512)):
+        for name, top in (
+            ("time_masks", MAX_MASKS),
+            ("time_mask_width", MAX_FRAMES),
+            ("freq_masks", MAX_MASKS),
+            ("freq_mask_width", 512),
+        ):
             value = getattr(self, name)
             _check(0 <= value <= top, f"augment.{name} must be in [0, {top}], got {value}")
         for name in ("snr_db_min", "snr_db_max"):
             value = getattr(self, name)
-            _check(-MAX_SNR_DB <= value <= MAX_SNR_DB,
-                   f"augment.{name} must be in [-{MAX_SNR_DB:g}, {MAX_SNR_DB:g}] dB, got {value}")
-        _check(self.snr_db_min <= self.snr_db_max,
-               f"augment.snr_db_min ({self.snr_db_min}) must be <= snr_db_max ({self.snr_db_max})")
+            _check(
+                -MAX_SNR_DB <= value <= MAX_SNR_DB,
+                f"augment.{name} must be in [-{MAX_SNR_DB:g}, {MAX_SNR_DB:g}] dB, got {value}",
+            )
+        _check(
+            self.snr_db_min <= self.snr_db_max,
+            f"augment.snr_db_min ({self.snr_db_min}) must be <= snr_db_max ({self.snr_db_max})",
+        )
         _check(0.0 <= self.gain_db <= 40.0, f"augment.gain_db must be in [0, 40], got {self.gain_db}")
-        _check(0.0 <= self.time_shift <= 1.0,
-               f"augment.time_shift must be in [0, 1], got {self.time_shift}")
-        _check(0.0 <= self.clean_epochs <= MAX_EPOCHS,
-               f"augment.clean_epochs must be in [0, {MAX_EPOCHS}], got {self.clean_epochs}")
+        _check(0.0 <= self.time_shift <= 1.0, f"augment.time_shift must be in [0, 1], got {self.time_shift}")
+        _check(
+            0.0 <= self.clean_epochs <= MAX_EPOCHS,
+            f"augment.clean_epochs must be in [0, {MAX_EPOCHS}], got {self.clean_epochs}",
+        )
 
 
 @dataclass
@@ -243,28 +287,39 @@ class ModelConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.layout in LAYOUTS, f"model.layout must be one of {', '.join(LAYOUTS)}, "
-               f"got {self.layout!r}")
-        _check(self.stride_mode in ("paper", "depthwise"),
-               f"model.stride_mode must be paper or depthwise, got {self.stride_mode!r}")
-        _check(self.drop_path is None or 0.0 <= self.drop_path < 1.0,
-               f"model.drop_path must be in [0, 1), got {self.drop_path}")
-        _check(self.attn_window is None or 1 <= self.attn_window <= MAX_ATTN_WINDOW,
-               f"model.attn_window must be in [1, {MAX_ATTN_WINDOW}] (or null for global attention), "
-               f"got {self.attn_window}")
-        _check(self.attn_division is None or MIN_ATTN_DIVISION <= self.attn_division <= MAX_ATTN_DIVISION,
-               f"model.attn_division must be in [{MIN_ATTN_DIVISION}, {MAX_ATTN_DIVISION}] input cells "
-               f"(or null for the stage's own stride), got {self.attn_division}")
-        _check(self.attn_division is None or "T" in self.layout,
-               f"model.attn_division applies to transformer stages; model.layout={self.layout} has none")
-        _check(self.downsample_pool in ("avg", "max"),
-               f"model.downsample_pool must be avg or max, got {self.downsample_pool!r}")
-        _check(self.transformer_norm in ("layernorm", "batchnorm"),
-               f"model.transformer_norm must be layernorm or batchnorm, got {self.transformer_norm!r}")
-        _check(self.se_act in ("gelu", "silu", "relu"),
-               f"model.se_act must be gelu, silu or relu, got {self.se_act!r}")
-        _check(self.head_pool in ("avg", "avgmax"),
-               f"model.head_pool must be avg or avgmax, got {self.head_pool!r}")
+        _check(self.layout in LAYOUTS, f"model.layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        _check(
+            self.stride_mode in ("paper", "depthwise"),
+            f"model.stride_mode must be paper or depthwise, got {self.stride_mode!r}",
+        )
+        _check(
+            self.drop_path is None or 0.0 <= self.drop_path < 1.0,
+            f"model.drop_path must be in [0, 1), got {self.drop_path}",
+        )
+        _check(
+            self.attn_window is None or 1 <= self.attn_window <= MAX_ATTN_WINDOW,
+            f"model.attn_window must be in [1, {MAX_ATTN_WINDOW}] (or null for global attention), "
+            f"got {self.attn_window}",
+        )
+        _check(
+            self.attn_division is None or MIN_ATTN_DIVISION <= self.attn_division <= MAX_ATTN_DIVISION,
+            f"model.attn_division must be in [{MIN_ATTN_DIVISION}, {MAX_ATTN_DIVISION}] input cells "
+            f"(or null for the stage's own stride), got {self.attn_division}",
+        )
+        _check(
+            self.attn_division is None or "T" in self.layout,
+            f"model.attn_division applies to transformer stages; model.layout={self.layout} has none",
+        )
+        _check(
+            self.downsample_pool in ("avg", "max"),
+            f"model.downsample_pool must be avg or max, got {self.downsample_pool!r}",
+        )
+        _check(
+            self.transformer_norm in ("layernorm", "batchnorm"),
+            f"model.transformer_norm must be layernorm or batchnorm, got {self.transformer_norm!r}",
+        )
+        _check(self.se_act in ("gelu", "silu", "relu"), f"model.se_act must be gelu, silu or relu, got {self.se_act!r}")
+        _check(self.head_pool in ("avg", "avgmax"), f"model.head_pool must be avg or avgmax, got {self.head_pool!r}")
 
 
 @dataclass
@@ -292,28 +347,43 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(1 <= self.epochs <= MAX_EPOCHS, f"train.epochs must be >= 1 and <= {MAX_EPOCHS}, got {self.epochs}")
-        _check(1 <= self.batch_size <= MAX_BATCH_SIZE,
-               f"train.batch_size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}")
+        _check(
+            1 <= self.batch_size <= MAX_BATCH_SIZE,
+            f"train.batch_size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}",
+        )
         _check(0 < self.lr <= MAX_LR, f"train.lr must be > 0 and <= {MAX_LR:g}, got {self.lr}")
         _check(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, train.lr], got {self.min_lr}")
-        _check(0 <= self.weight_decay <= MAX_WEIGHT_DECAY,
-               f"train.weight_decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay}")
-        _check(0 <= self.warmup_epochs <= MAX_EPOCHS,
-               f"train.warmup_epochs must be in [0, {MAX_EPOCHS}], got {self.warmup_epochs}")
+        _check(
+            0 <= self.weight_decay <= MAX_WEIGHT_DECAY,
+            f"train.weight_decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay}",
+        )
+        _check(
+            0 <= self.warmup_epochs <= MAX_EPOCHS,
+            f"train.warmup_epochs must be in [0, {MAX_EPOCHS}], got {self.warmup_epochs}",
+        )
         _check(self.loss in ("bce", "ce"), f"train.loss must be bce or ce, got {self.loss!r}")
-        _check(0.0 <= self.label_smoothing < 1.0,
-               f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        _check(self.grad_clip is None or 0 < self.grad_clip <= MAX_GRAD_CLIP,
-               f"train.grad_clip must be in (0, {MAX_GRAD_CLIP:g}] (or null to disable), got {self.grad_clip}")
+        _check(
+            0.0 <= self.label_smoothing < 1.0, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}"
+        )
+        _check(
+            self.grad_clip is None or 0 < self.grad_clip <= MAX_GRAD_CLIP,
+            f"train.grad_clip must be in (0, {MAX_GRAD_CLIP:g}] (or null to disable), got {self.grad_clip}",
+        )
         _check(0.0 < self.ema_decay < 1.0, f"train.ema_decay must be in (0, 1), got {self.ema_decay}")
         _check(self.amp in ("off", "bf16", "fp16"), f"train.amp must be off, bf16 or fp16, got {self.amp!r}")
-        _check(self.num_threads is None or 1 <= self.num_threads <= MAX_THREADS,
-               f"train.num_threads must be in [1, {MAX_THREADS}], got {self.num_threads}")
-        _check(self.patience is None or 1 <= self.patience <= MAX_EPOCHS,
-               f"train.patience must be in [1, {MAX_EPOCHS}], got {self.patience}")
+        _check(
+            self.num_threads is None or 1 <= self.num_threads <= MAX_THREADS,
+            f"train.num_threads must be in [1, {MAX_THREADS}], got {self.num_threads}",
+        )
+        _check(
+            self.patience is None or 1 <= self.patience <= MAX_EPOCHS,
+            f"train.patience must be in [1, {MAX_EPOCHS}], got {self.patience}",
+        )
         _check(0 <= self.seed <= MAX_SEED, f"train.seed must be in [0, {MAX_SEED}], got {self.seed}")
-        _check(self.budget_seconds is None or 30.0 <= self.budget_seconds <= 7 * 24 * 3600.0,
-               f"train.budget_seconds must be between 30 and 604800 (7 days), got {self.budget_seconds}")
+        _check(
+            self.budget_seconds is None or 30.0 <= self.budget_seconds <= 7 * 24 * 3600.0,
+            f"train.budget_seconds must be between 30 and 604800 (7 days), got {self.budget_seconds}",
+        )
 
 
 SECTIONS: dict[str, type] = {
@@ -336,15 +406,14 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> "Config":
+    def from_dict(cls, raw: dict[str, Any] | None) -> Config:
         """Build a config from nested dicts; unknown sections or keys are errors."""
         raw = raw or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
         unknown = sorted(set(raw) - set(SECTIONS))
         if unknown:
-            raise ConfigError(f"unknown config section {unknown[0]!r}: sections are "
-                              f"{', '.join(SECTIONS)}")
+            raise ConfigError(f"unknown config section {unknown[0]!r}: sections are {', '.join(SECTIONS)}")
         parts = {}
         for section, klass in SECTIONS.items():
             values = raw.get(section) or {}
@@ -362,7 +431,7 @@ class Config:
             Path(path).write_text(text)
         return text
 
-    def replace(self, key: str, value: Any) -> "Config":
+    def replace(self, key: str, value: Any) -> Config:
         """Return a copy with one dotted key changed (``cfg.replace("train.lr", 3e-4)``)."""
         raw = self.to_dict()
         section, name = _split_key(key)
@@ -376,8 +445,7 @@ def _split_key(key: str) -> tuple[str, str]:
         raise ConfigError(f"config key {key!r} must look like section.key (e.g. train.lr)")
     section, name = parts
     if section not in SECTIONS:
-        raise ConfigError(f"unknown config section {section!r} in {key!r}: sections are "
-                          f"{', '.join(SECTIONS)}")
+        raise ConfigError(f"unknown config section {section!r} in {key!r}: sections are {', '.join(SECTIONS)}")
     names = [f.name for f in fields(SECTIONS[section])]
     if name not in names:
         raise ConfigError(f"unknown config key {key!r}: {section} has {', '.join(names)}")
@@ -390,8 +458,7 @@ def _build_section(section: str, klass: type, values: dict[str, Any]) -> Any:
     kwargs = {}
     for name, value in values.items():
         if name not in known:
-            raise ConfigError(f"unknown config key '{section}.{name}': {section} has "
-                              f"{', '.join(sorted(known))}")
+            raise ConfigError(f"unknown config key '{section}.{name}': {section} has {', '.join(sorted(known))}")
         kwargs[name] = _coerce(f"{section}.{name}", value, hints[name])
     try:
         return klass(**kwargs)
@@ -422,8 +489,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if base is int:
         # float.is_integer() is False for NaN and inf, which int() would turn into a traceback
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                isinstance(value, float) and not value.is_integer()):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not value.is_integer())
+        ):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return int(value)
     if base is float:
@@ -496,4 +566,3 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             raise ConfigError(f"config section {section!r} must be a mapping")
         raw[section][name] = value
     return raw
-

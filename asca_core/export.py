@@ -59,8 +59,10 @@ class DftLogMel(nn.Module):
     def __init__(self, extractor: FeatureExtractor) -> None:
         super().__init__()
         if extractor.logmel is None:
-            raise AscaError("features.frontend=kaldi has no exportable front end: export with "
-                            "--no-frontend and compute Kaldi fbanks outside the graph")
+            raise AscaError(
+                "features.frontend=kaldi has no exportable front end: export with "
+                "--no-frontend and compute Kaldi fbanks outside the graph"
+            )
         mel = extractor.logmel.mel
         n_fft = int(mel.spectrogram.n_fft)
         window = mel.spectrogram.window.detach().double()  # (win_length,)
@@ -80,9 +82,9 @@ class DftLogMel(nn.Module):
     def forward(self, wave: Tensor) -> Tensor:
         frames = wave.shape[-1] // self.hop_length + 1
         x = F.pad(wave.unsqueeze(1), (self.n_fft // 2, self.n_fft // 2), mode="reflect")  # (B, 1, T + n_fft)
-        x = x[..., self.left:]
+        x = x[..., self.left :]
         spec = F.conv1d(x, self.bases, stride=self.hop_length)[..., :frames]  # (B, 2 bins, frames)
-        power = spec[:, :self.bins].square() + spec[:, self.bins:].square()  # (B, bins, frames)
+        power = spec[:, : self.bins].square() + spec[:, self.bins :].square()  # (B, bins, frames)
         mel = torch.matmul(self.fb, power)  # (B, n_mels, frames)
         return torch.log(mel + LOG_OFFSET).unsqueeze(1)
 
@@ -161,9 +163,15 @@ def _require_onnx() -> Any:
     return onnx
 
 
-def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, frontend: bool = True,
-                checkpoint: str = "best", parity_waves: np.ndarray | None = None,
-                thresholds: dict[str, Any] | None = None) -> dict[str, Any]:
+def export_onnx(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    frontend: bool = True,
+    checkpoint: str = "best",
+    parity_waves: np.ndarray | None = None,
+    thresholds: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Export a run to ``out`` (default ``RUN/export``); returns the ``export.json`` record.
 
     The exported graph is checked against the PyTorch classifier on ``parity_waves`` (B, W)
@@ -199,9 +207,17 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, frontend:
             # The TorchScript exporter traces Python checks on shapes as constants: the exported
             # graph is fixed to this window length, which is what it is meant for.
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), str(tmp), dynamo=False, input_names=names,
-                              output_names=["probs"], dynamic_axes=axes, opset_version=OPSET,
-                              do_constant_folding=True)
+            torch.onnx.export(
+                module,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                input_names=names,
+                output_names=["probs"],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                do_constant_folding=True,
+            )
         graph = onnx.load(str(tmp))
         onnx.checker.check_model(graph)
         graph.metadata_props.add(key="labels", value=json.dumps(clf.labels))
@@ -209,8 +225,10 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, frontend:
         data = graph.SerializeToString()
     except AscaError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any exporter failure is one line
-        raise AscaError(f"ONNX export of {run_dir} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+    except Exception as exc:
+        raise AscaError(
+            f"ONNX export of {run_dir} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -223,8 +241,10 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, frontend:
     got = session.run(None, {names[0]: inputs})[0]
     diff = float(np.abs(got - reference).max())
     if not diff <= PARITY_LIMIT:
-        raise AscaError(f"the exported graph differs from PyTorch by {diff:.2e} on probabilities "
-                        f"(limit {PARITY_LIMIT:g}); the export was not written")
+        raise AscaError(
+            f"the exported graph differs from PyTorch by {diff:.2e} on probabilities "
+            f"(limit {PARITY_LIMIT:g}); the export was not written"
+        )
     ckpt = run_dir / "checkpoints" / f"{checkpoint}.safetensors" if run_dir.is_dir() else run_dir
     if thresholds is None:
         thresholds = tables.run_thresholds(run_dir, compute=True)
@@ -235,16 +255,29 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, frontend:
         "checkpoint": checkpoint,
         "checkpoint_sha256": file_digest(ckpt),
         "frontend": bool(frontend),
-        "input": {"name": names[0], "shape": ["batch", n] if frontend else ["batch", 1, *feats.input_size],
-                  "dtype": "float32", "sample_rate": feats.sample_rate, "window_seconds": feats.clip_seconds},
+        "input": {
+            "name": names[0],
+            "shape": ["batch", n] if frontend else ["batch", 1, *feats.input_size],
+            "dtype": "float32",
+            "sample_rate": feats.sample_rate,
+            "window_seconds": feats.clip_seconds,
+        },
         "output": {"name": "probs", "shape": ["batch", len(clf.labels)], "activation": clf.activation},
         "labels": clf.labels,
         "opset": OPSET,
         "exporter": "torch.onnx.export (TorchScript)",
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-                     "python": platform.python_version()},
-        "parity": {"max_abs_diff": diff, "limit": PARITY_LIMIT, "windows": int(len(waves)),
-                   "against": "asca_core.inference.Classifier (PyTorch)"},
+        "versions": {
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__,
+            "python": platform.python_version(),
+        },
+        "parity": {
+            "max_abs_diff": diff,
+            "limit": PARITY_LIMIT,
+            "windows": int(len(waves)),
+            "against": "asca_core.inference.Classifier (PyTorch)",
+        },
         "sha256": hashlib.sha256(data).hexdigest(),
     }
     atomic_write_bytes(out / MODEL_FILE, data)
@@ -268,8 +301,9 @@ def parity_signals(n: int, sample_rate: int, seed: int = 0) -> np.ndarray:
     burst = 0.3 * np.sin(2 * np.pi * 0.2 * nyq * t) * ((t % 0.5) < 0.2)
     clicks = np.zeros(n)
     clicks[:: max(1, sample_rate // 20)] = 0.9
-    return np.stack([0.3 * rng.standard_normal(n), 0.01 * rng.standard_normal(n), chirp, burst, clicks,
-                     np.zeros(n)]).astype(np.float32)
+    return np.stack(
+        [0.3 * rng.standard_normal(n), 0.01 * rng.standard_normal(n), chirp, burst, clicks, np.zeros(n)]
+    ).astype(np.float32)
 
 
 @dataclass
@@ -287,7 +321,7 @@ class OnnxScorer:
     path: Path
 
     @classmethod
-    def load(cls, folder: str | Path, threads: int | None = None) -> "OnnxScorer":
+    def load(cls, folder: str | Path, threads: int | None = None) -> OnnxScorer:
         """Open ``folder/model.onnx`` (or an ``.onnx`` file beside its ``export.json``)."""
         from .fileio import read_json
 
@@ -308,7 +342,7 @@ class OnnxScorer:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
             session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - a damaged file is one line
+        except Exception as exc:
             raise CheckpointError(f"{model} is not a loadable ONNX model: {' '.join(str(exc).split())[:200]}") from None
         return cls(session, meta, model)
 
@@ -324,5 +358,16 @@ class OnnxScorer:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(inputs, dtype=np.float32)})[0]
 
 
-__all__ = ["DftLogMel", "WaveModel", "SpecModel", "export_onnx", "OnnxScorer", "parity_signals",
-           "require_onnxruntime", "OPSET", "PARITY_LIMIT", "MODEL_FILE", "META_FILE"]
+__all__ = [
+    "META_FILE",
+    "MODEL_FILE",
+    "OPSET",
+    "PARITY_LIMIT",
+    "DftLogMel",
+    "OnnxScorer",
+    "SpecModel",
+    "WaveModel",
+    "export_onnx",
+    "parity_signals",
+    "require_onnxruntime",
+]

@@ -18,7 +18,7 @@ Two front ends produce ``spec`` (B, 1, n_mels, frames) in natural-log units:
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -73,20 +73,40 @@ class LogMel(nn.Module):
     Shapes: wave (T,) or (B, T) -> spec (B, 1, n_mels, T // hop_length + 1).
     """
 
-    def __init__(self, sample_rate: int = 16000, n_fft: int = 512, win_length: int | None = 400,
-                 hop_length: int = 160, n_mels: int = 128, f_min: float = 50.0,
-                 f_max: float | None = None, window: str = "hamming") -> None:
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_fft: int = 512,
+        win_length: int | None = 400,
+        hop_length: int = 160,
+        n_mels: int = 128,
+        f_min: float = 50.0,
+        f_max: float | None = None,
+        window: str = "hamming",
+    ) -> None:
         super().__init__()
         self.n_fft = n_fft
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length,
-            f_min=f_min, f_max=f_max, n_mels=n_mels, window_fn=_window_fn(window), power=2.0,
-            center=True, pad_mode="reflect", norm=None, mel_scale="htk")
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            win_length=win_length,
+            hop_length=hop_length,
+            f_min=f_min,
+            f_max=f_max,
+            n_mels=n_mels,
+            window_fn=_window_fn(window),
+            power=2.0,
+            center=True,
+            pad_mode="reflect",
+            norm=None,
+            mel_scale="htk",
+        )
 
     @classmethod
-    def from_config(cls, cfg: FeatureConfig) -> "LogMel":
-        return cls(cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.hop_length, cfg.n_mels,
-                   cfg.f_min, cfg.f_max, cfg.window)
+    def from_config(cls, cfg: FeatureConfig) -> LogMel:
+        return cls(
+            cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.hop_length, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.window
+        )
 
     def forward(self, wave: Tensor) -> Tensor:
         wave = _pad_short(_as_batch(wave), self.n_fft).to(self.mel.spectrogram.window.dtype)
@@ -95,9 +115,17 @@ class LogMel(nn.Module):
             return torch.log(self.mel(wave) + LOG_OFFSET).unsqueeze(1)  # (B, 1, n_mels, frames)
 
 
-def log_mel(wave: Tensor, sample_rate: int = 16000, n_fft: int = 512, win_length: int | None = 400,
-            hop_length: int = 160, n_mels: int = 128, f_min: float = 50.0,
-            f_max: float | None = None, window: str = "hamming") -> Tensor:
+def log_mel(
+    wave: Tensor,
+    sample_rate: int = 16000,
+    n_fft: int = 512,
+    win_length: int | None = 400,
+    hop_length: int = 160,
+    n_mels: int = 128,
+    f_min: float = 50.0,
+    f_max: float | None = None,
+    window: str = "hamming",
+) -> Tensor:
     """Functional :class:`LogMel`, computed with ``torchaudio.functional`` (same numbers).
 
     Shapes: wave (T,) or (B, T) -> spec (B, 1, n_mels, T // hop_length + 1).
@@ -106,18 +134,41 @@ def log_mel(wave: Tensor, sample_rate: int = 16000, n_fft: int = 512, win_length
     win_length = win_length or n_fft
     win = _window_fn(window)(win_length, dtype=wave.dtype, device=wave.device)
     power = torchaudio.functional.spectrogram(
-        wave, pad=0, window=win, n_fft=n_fft, hop_length=hop_length, win_length=win_length,
-        power=2.0, normalized=False, center=True, pad_mode="reflect", onesided=True)
+        wave,
+        pad=0,
+        window=win,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        win_length=win_length,
+        power=2.0,
+        normalized=False,
+        center=True,
+        pad_mode="reflect",
+        onesided=True,
+    )
     fb = torchaudio.functional.melscale_fbanks(
-        n_fft // 2 + 1, f_min, float(f_max if f_max is not None else sample_rate / 2), n_mels,
-        sample_rate, norm=None, mel_scale="htk").to(wave)  # (freqs, n_mels)
+        n_fft // 2 + 1,
+        f_min,
+        float(f_max if f_max is not None else sample_rate / 2),
+        n_mels,
+        sample_rate,
+        norm=None,
+        mel_scale="htk",
+    ).to(wave)  # (freqs, n_mels)
     mel = torch.matmul(power.transpose(-1, -2), fb).transpose(-1, -2)  # (B, n_mels, frames)
     return torch.log(mel + LOG_OFFSET).unsqueeze(1)
 
 
-def kaldi_fbank(wave: Tensor, sample_rate: int, n_mels: int = 128, frame_length_ms: float = 25.0,
-                frame_shift_ms: float = 10.0, f_min: float = 20.0, f_max: float | None = None,
-                window: str = "hamming") -> Tensor:
+def kaldi_fbank(
+    wave: Tensor,
+    sample_rate: int,
+    n_mels: int = 128,
+    frame_length_ms: float = 25.0,
+    frame_shift_ms: float = 10.0,
+    f_min: float = 20.0,
+    f_max: float | None = None,
+    window: str = "hamming",
+) -> Tensor:
     """The AST front end: Kaldi fbank with HTK-compatible output, no dither, no energy term.
 
     Frames do not run past the ends (``snip_edges``): 1 s at 16 kHz gives 98 frames. Natural-log
@@ -135,10 +186,18 @@ def kaldi_fbank(wave: Tensor, sample_rate: int, n_mels: int = 128, frame_length_
     if kaldi_window is None:
         raise ConfigError(f"window must be hamming, hann or povey, got {window!r}")
     fbank = torchaudio.compliance.kaldi.fbank(
-        wave.unsqueeze(0).float(), sample_frequency=float(sample_rate), num_mel_bins=n_mels,
-        frame_length=frame_length_ms, frame_shift=frame_shift_ms, low_freq=f_min,
-        high_freq=0.0 if f_max is None else float(f_max), htk_compat=True, use_energy=False,
-        window_type=kaldi_window, dither=0.0)  # (frames, n_mels)
+        wave.unsqueeze(0).float(),
+        sample_frequency=float(sample_rate),
+        num_mel_bins=n_mels,
+        frame_length=frame_length_ms,
+        frame_shift=frame_shift_ms,
+        low_freq=f_min,
+        high_freq=0.0 if f_max is None else float(f_max),
+        htk_compat=True,
+        use_energy=False,
+        window_type=kaldi_window,
+        dither=0.0,
+    )  # (frames, n_mels)
     return fbank.transpose(0, 1)
 
 
@@ -168,8 +227,9 @@ def normalize(spec: Tensor, mean: float, std: float) -> Tensor:
     return (spec - mean) / (2.0 * std)
 
 
-def fit_time(spec: Tensor, frames: int, mode: str = "center", generator: torch.Generator | None = None,
-             value: float = SILENCE) -> Tensor:
+def fit_time(
+    spec: Tensor, frames: int, mode: str = "center", generator: torch.Generator | None = None, value: float = SILENCE
+) -> Tensor:
     """Crop or pad the last (time) axis to ``frames``.
 
     ``center`` crops/pads symmetrically, ``start`` keeps the beginning and pads at the end,
@@ -189,7 +249,7 @@ def fit_time(spec: Tensor, frames: int, mode: str = "center", generator: torch.G
     else:
         first = int(torch.randint(0, abs(excess) + 1, (1,), generator=generator))
     if excess > 0:
-        return spec[..., first:first + frames]
+        return spec[..., first : first + frames]
     return F.pad(spec, (first, -excess - first), value=value)
 
 
@@ -215,8 +275,7 @@ def resize_224(spec: Tensor) -> Tensor:
     return F.interpolate(spec, size=(224, 224), mode="bilinear", align_corners=False)
 
 
-def sliding_windows(n_samples: int, sample_rate: int, window: float,
-                    hop: float) -> list[tuple[int, int]]:
+def sliding_windows(n_samples: int, sample_rate: int, window: float, hop: float) -> list[tuple[int, int]]:
     """Sample ranges ``[start, end)`` of fixed windows covering a recording.
 
     The last window may run past ``n_samples`` (pad it); a recording shorter than one window
@@ -226,8 +285,7 @@ def sliding_windows(n_samples: int, sample_rate: int, window: float,
     """
     win, step = int(round(window * sample_rate)), int(round(hop * sample_rate))
     if win < 1 or step < 1:
-        raise ConfigError(f"window ({window} s) and hop ({hop} s) must be at least one sample "
-                          f"at {sample_rate} Hz")
+        raise ConfigError(f"window ({window} s) and hop ({hop} s) must be at least one sample at {sample_rate} Hz")
     return [(start, start + win) for start in window_starts(int(n_samples), win, step)]
 
 
@@ -260,9 +318,19 @@ class FeatureExtractor(nn.Module):
             return self.logmel(wave)
         cfg = self.cfg
         wave = _as_batch(wave)
-        specs = [kaldi_fbank(w, cfg.sample_rate, cfg.n_mels, 1000.0 * cfg.win_length / cfg.sample_rate,
-                             1000.0 * cfg.hop_length / cfg.sample_rate, cfg.f_min, cfg.f_max, cfg.window)
-                 for w in wave]
+        specs = [
+            kaldi_fbank(
+                w,
+                cfg.sample_rate,
+                cfg.n_mels,
+                1000.0 * cfg.win_length / cfg.sample_rate,
+                1000.0 * cfg.hop_length / cfg.sample_rate,
+                cfg.f_min,
+                cfg.f_max,
+                cfg.window,
+            )
+            for w in wave
+        ]
         return torch.stack(specs).unsqueeze(1)
 
     def forward(self, wave: Tensor) -> Tensor:

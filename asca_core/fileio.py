@@ -142,7 +142,7 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-__all__ = ["read_bytes", "read_text", "read_json", "read_json_lines", "read_yaml_mapping", "MAX_BYTES"]
+__all__ = ["MAX_BYTES", "read_bytes", "read_json", "read_json_lines", "read_text", "read_yaml_mapping"]
 
 
 def output_folder(path: str | Path, flag: str) -> Path:

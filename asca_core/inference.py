@@ -28,16 +28,24 @@ import math
 import os
 import queue
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .audio import (MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SUPPORTED_EXTENSIONS, audio_info, iter_windows, load_audio,
-                    resample)
+from .audio import (
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    SUPPORTED_EXTENSIONS,
+    audio_info,
+    iter_windows,
+    load_audio,
+    resample,
+)
 from .config import Config
 from .errors import AscaError, AudioError, ConfigError
 from .features import FeatureExtractor, sliding_windows
@@ -95,6 +103,7 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (plain floats and lists)."""
+
         def rounded(values: np.ndarray) -> dict[str, float]:
             return {name: round(float(p), 6) for name, p in zip(self.labels, values)}
 
@@ -109,12 +118,13 @@ class Prediction:
             "probs": rounded(self.probs),
             "probs_max": rounded(self.probs_max),
             "probs_mean": rounded(self.probs_mean),
-            "timeline": [{"start": round(w.start, 6), "end": round(w.end, 6), "probs": rounded(w.probs)}
-                         for w in self.timeline],
+            "timeline": [
+                {"start": round(w.start, 6), "end": round(w.end, 6), "probs": rounded(w.probs)} for w in self.timeline
+            ],
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], top_k: int = 5) -> "Prediction":
+    def from_dict(cls, data: dict[str, Any], top_k: int = 5) -> Prediction:
         """Rebuild a prediction from :meth:`to_dict` (probabilities rounded to 6 digits)."""
         labels = list(data["probs"])
 
@@ -123,13 +133,20 @@ class Prediction:
 
         probs = vector(data["probs"])
         order = np.argsort(-probs, kind="stable")[: int(top_k)]
-        return cls(source=data["source"], duration=float(data["duration"]), labels=labels,
-                   top=[(labels[i], float(probs[i])) for i in order], probs=probs,
-                   probs_max=vector(data["probs_max"]), probs_mean=vector(data["probs_mean"]),
-                   timeline=[TimelineWindow(float(w["start"]), float(w["end"]), vector(w["probs"]))
-                             for w in data["timeline"]],
-                   window=float(data["window"]), hop=float(data["hop"]), aggregate=data["aggregate"],
-                   activation=data["activation"])
+        return cls(
+            source=data["source"],
+            duration=float(data["duration"]),
+            labels=labels,
+            top=[(labels[i], float(probs[i])) for i in order],
+            probs=probs,
+            probs_max=vector(data["probs_max"]),
+            probs_mean=vector(data["probs_mean"]),
+            timeline=[TimelineWindow(float(w["start"]), float(w["end"]), vector(w["probs"])) for w in data["timeline"]],
+            window=float(data["window"]),
+            hop=float(data["hop"]),
+            aggregate=data["aggregate"],
+            activation=data["activation"],
+        )
 
     def write_timeline_csv(self, path: str | Path, append: bool = False) -> Path:
         """Write ``source,start,end,<label>...`` rows, one per window (header unless appending)."""
@@ -141,8 +158,9 @@ class Prediction:
                 if write_header:
                     writer.writerow(["source", "start", "end", *self.labels])
                 for w in self.timeline:
-                    writer.writerow([self.source, f"{w.start:.3f}", f"{w.end:.3f}",
-                                     *(f"{float(p):.6f}" for p in w.probs)])
+                    writer.writerow(
+                        [self.source, f"{w.start:.3f}", f"{w.end:.3f}", *(f"{float(p):.6f}" for p in w.probs)]
+                    )
         except OSError as exc:
             raise AscaError(f"cannot write the timeline CSV {path}: {exc.strerror or exc}") from None
         return path
@@ -157,7 +175,7 @@ def centre_pad(wave: np.ndarray, n: int) -> np.ndarray:
         return wave
     out = np.zeros(n, dtype=np.float32)
     first = (n - wave.size) // 2
-    out[first:first + wave.size] = wave
+    out[first : first + wave.size] = wave
     return out
 
 
@@ -169,9 +187,15 @@ class Classifier:
     ``spectrogram`` returns exactly the tensor the model sees for a clip.
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: Config, labels: Sequence[str],
-                 device: str | torch.device = "cpu", batch_windows: int = DEFAULT_BATCH_WINDOWS,
-                 onnx: Any = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: Config,
+        labels: Sequence[str],
+        device: str | torch.device = "cpu",
+        batch_windows: int = DEFAULT_BATCH_WINDOWS,
+        onnx: Any = None,
+    ) -> None:
         setup_torch()
         self.onnx = onnx  # an asca_core.export.OnnxScorer, or None to score with PyTorch
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
@@ -183,9 +207,16 @@ class Classifier:
         self.extractor = self.extractor_for(cfg.features.clip_seconds)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "cpu",
-                 engine: str = "torch", onnx_path: str | Path | None = None, threads: int | None = None,
-                 **kwargs: Any) -> "Classifier":
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        checkpoint: str = "best",
+        device: str = "cpu",
+        engine: str = "torch",
+        onnx_path: str | Path | None = None,
+        threads: int | None = None,
+        **kwargs: Any,
+    ) -> Classifier:
         """Load ``run_dir/checkpoints/<checkpoint>.safetensors`` with its config and labels.
 
         ``engine="onnx"`` scores with the export in ``onnx_path`` (default ``RUN/export``), which
@@ -196,11 +227,16 @@ class Classifier:
         if engine not in ENGINES:
             raise AscaError(f"unknown engine {engine!r}: choose {' or '.join(ENGINES)}")
         model, cfg, labels = load_model_from_run(run_dir, checkpoint=checkpoint, device=device)
-        bad = [name for name, p in model.state_dict().items()
-               if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+        bad = [
+            name
+            for name, p in model.state_dict().items()
+            if p.is_floating_point() and not bool(torch.isfinite(p).all())
+        ]
         if bad:
-            raise AscaError(f"{run_dir}: the {checkpoint} checkpoint holds NaN or infinite weights "
-                            f"({len(bad)} tensor(s), first {bad[0]}); it cannot score anything")
+            raise AscaError(
+                f"{run_dir}: the {checkpoint} checkpoint holds NaN or infinite weights "
+                f"({len(bad)} tensor(s), first {bad[0]}); it cannot score anything"
+            )
         scorer = _onnx_scorer(Path(run_dir), checkpoint, labels, onnx_path, threads) if engine == "onnx" else None
         clf = cls(model, cfg, labels, device=device, onnx=scorer, **kwargs)
         clf.run_dir = Path(run_dir)
@@ -267,15 +303,17 @@ class Classifier:
         if not np.isfinite(wave).all():
             raise AudioError("the wave contains NaN or infinite samples")
         if sample_rate is not None and not (MIN_SAMPLE_RATE <= int(sample_rate) <= MAX_SAMPLE_RATE):
-            raise AudioError(f"the wave's sample rate {sample_rate} Hz is not supported "
-                             f"({MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz)")
+            raise AudioError(
+                f"the wave's sample rate {sample_rate} Hz is not supported ({MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz)"
+            )
         if sample_rate is not None and int(sample_rate) != self.sample_rate:
             wave = resample(wave, int(sample_rate), self.sample_rate)
         return wave
 
     @torch.no_grad()
-    def spectrogram(self, wave: np.ndarray | Tensor, sample_rate: int | None = None,
-                    window: float | None = None) -> Tensor:
+    def spectrogram(
+        self, wave: np.ndarray | Tensor, sample_rate: int | None = None, window: float | None = None
+    ) -> Tensor:
         """Exactly what the model sees for ``wave`` taken as one clip, as evaluation feeds it.
 
         A wave shorter than the window is zero-padded on both sides to the window (as
@@ -312,12 +350,14 @@ class Classifier:
             return self._onnx_windows(waves, extractor, window)
         out = []
         for i in range(0, waves.shape[0], self.batch_windows):
-            chunk = waves[i:i + self.batch_windows]
+            chunk = waves[i : i + self.batch_windows]
             spec = extractor(chunk.to(self.device))
             if not bool(torch.isfinite(spec).all()):
                 peak = float(chunk.abs().max()) if bool(torch.isfinite(chunk).all()) else math.nan
-                raise AscaError(f"the spectrogram holds NaN or infinite values: the audio's peak amplitude "
-                                f"{peak:.3g} is far beyond the expected range of about -1 to 1")
+                raise AscaError(
+                    f"the spectrogram holds NaN or infinite values: the audio's peak amplitude "
+                    f"{peak:.3g} is far beyond the expected range of about -1 to 1"
+                )
             probs = self.probabilities(self.model(spec).float())
             if not bool(torch.isfinite(probs).all()):
                 raise AscaError("the model gave NaN or infinite probabilities for this audio")
@@ -327,23 +367,29 @@ class Classifier:
     def _onnx_windows(self, waves: Tensor, extractor: FeatureExtractor, window: float | None) -> np.ndarray:
         n = int(round((self.clip_seconds if window is None else float(window)) * self.sample_rate))
         if n != self.cfg.features.clip_samples or waves.shape[-1] != n:
-            raise AscaError(f"the ONNX export scores windows of {self.clip_seconds:g} s only: "
-                            "drop --window or use --engine torch")
+            raise AscaError(
+                f"the ONNX export scores windows of {self.clip_seconds:g} s only: drop --window or use --engine torch"
+            )
         out = []
         for i in range(0, waves.shape[0], self.batch_windows):
-            chunk = waves[i:i + self.batch_windows]
+            chunk = waves[i : i + self.batch_windows]
             inputs = chunk.numpy() if self.onnx.frontend else extractor(chunk).numpy()
             probs = self.onnx(inputs)
             if not np.isfinite(probs).all():
                 peak = float(chunk.abs().max()) if bool(torch.isfinite(chunk).all()) else math.nan
-                raise AscaError(f"the model gave NaN or infinite probabilities (audio peak {peak:.3g}; "
-                                "expected about -1 to 1)")
+                raise AscaError(
+                    f"the model gave NaN or infinite probabilities (audio peak {peak:.3g}; expected about -1 to 1)"
+                )
             out.append(probs)
         return np.concatenate(out)
 
-    def windows(self, audio: str | Path | np.ndarray | Tensor, sample_rate: int | None = None,
-                window: float | None = None, hop: float | None = None
-                ) -> tuple[Iterator[tuple[float, np.ndarray]], float]:
+    def windows(
+        self,
+        audio: str | Path | np.ndarray | Tensor,
+        sample_rate: int | None = None,
+        window: float | None = None,
+        hop: float | None = None,
+    ) -> tuple[Iterator[tuple[float, np.ndarray]], float]:
         """Windows of a file (streamed from disk) or a wave, and the recording's duration.
 
         Windows start every ``hop`` seconds and the last one is zero-padded at its end; a
@@ -384,9 +430,15 @@ class Classifier:
         self.extractor_for(window)  # validates the window against the front end
         return window, hop
 
-    def predict(self, path_or_wave: str | Path | np.ndarray | Tensor, sample_rate: int | None = None,
-                top_k: int = 5, window: float | None = None, hop: float | None = None,
-                aggregate: str = "max") -> Prediction:
+    def predict(
+        self,
+        path_or_wave: str | Path | np.ndarray | Tensor,
+        sample_rate: int | None = None,
+        top_k: int = 5,
+        window: float | None = None,
+        hop: float | None = None,
+        aggregate: str = "max",
+    ) -> Prediction:
         """Score a file or a wave through sliding windows; see :class:`Prediction`.
 
         ``sample_rate`` is the rate of a wave (``None``: the model's rate); files carry their own.
@@ -395,16 +447,23 @@ class Classifier:
 
         Shapes: wave (T,) -> Prediction with K = number of classes.
         """
-        ((_, result),) = self.predict_many([path_or_wave], sample_rate=sample_rate, top_k=top_k, window=window,
-                                           hop=hop, aggregate=aggregate)
+        ((_, result),) = self.predict_many(
+            [path_or_wave], sample_rate=sample_rate, top_k=top_k, window=window, hop=hop, aggregate=aggregate
+        )
         if isinstance(result, AscaError):
             raise result
         return result
 
-    def predict_many(self, sources: Iterable[str | Path | np.ndarray | Tensor], sample_rate: int | None = None,
-                     top_k: int = 5, window: float | None = None, hop: float | None = None,
-                     aggregate: str = "max", prefetch: int = PREFETCH_BATCHES
-                     ) -> Iterator[tuple[Any, "Prediction | AscaError"]]:
+    def predict_many(
+        self,
+        sources: Iterable[str | Path | np.ndarray | Tensor],
+        sample_rate: int | None = None,
+        top_k: int = 5,
+        window: float | None = None,
+        hop: float | None = None,
+        aggregate: str = "max",
+        prefetch: int = PREFETCH_BATCHES,
+    ) -> Iterator[tuple[Any, Prediction | AscaError]]:
         """Score many files (or waves) in order, yielding ``(source, Prediction)`` as each ends.
 
         A background thread decodes windows up to ``prefetch`` batches ahead of scoring, across
@@ -421,8 +480,9 @@ class Classifier:
         sources = list(sources)
         items: queue.Queue = queue.Queue(maxsize=max(1, int(prefetch)))
         stop = threading.Event()
-        producer = threading.Thread(target=self._decode, args=(sources, sample_rate, window, hop, items, stop),
-                                    name="asca-decode", daemon=True)
+        producer = threading.Thread(
+            target=self._decode, args=(sources, sample_rate, window, hop, items, stop), name="asca-decode", daemon=True
+        )
         producer.start()
         starts: list[float] = []
         rows: list[np.ndarray] = []
@@ -457,9 +517,17 @@ class Classifier:
                     pass
             producer.join()
 
-    def _decode(self, sources: list[Any], sample_rate: int | None, window: float, hop: float,
-                items: queue.Queue, stop: threading.Event) -> None:
+    def _decode(
+        self,
+        sources: list[Any],
+        sample_rate: int | None,
+        window: float,
+        hop: float,
+        items: queue.Queue,
+        stop: threading.Event,
+    ) -> None:
         """Producer of :meth:`predict_many`: batches of windows, then each file's end or error."""
+
         def put(item: tuple) -> bool:
             while not stop.is_set():
                 try:
@@ -487,28 +555,49 @@ class Classifier:
                 item: tuple = ("end", i, duration)
             except AscaError as exc:
                 item = ("error", i, exc)
-            except Exception as exc:  # noqa: BLE001 - one file's failure must not end the others
+            except Exception as exc:
                 item = ("error", i, AscaError(f"{name}: cannot be read ({type(exc).__name__}: {exc})"))
             if not put(item):
                 return
         put(("done", -1))
 
-    def _prediction(self, source: str, duration: float, starts: list[float], rows: list[np.ndarray],
-                    window: float, hop: float, aggregate: str, top_k: int) -> Prediction:
+    def _prediction(
+        self,
+        source: str,
+        duration: float,
+        starts: list[float],
+        rows: list[np.ndarray],
+        window: float,
+        hop: float,
+        aggregate: str,
+        top_k: int,
+    ) -> Prediction:
         probs = np.concatenate(rows).astype(np.float32)  # (N, K)
-        timeline = [TimelineWindow(start=max(s, 0.0), end=min(s + window, duration), probs=p)
-                    for s, p in zip(starts, probs)]
+        timeline = [
+            TimelineWindow(start=max(s, 0.0), end=min(s + window, duration), probs=p) for s, p in zip(starts, probs)
+        ]
         probs_max, probs_mean = probs.max(axis=0), probs.mean(axis=0)
         chosen = probs_max if aggregate == "max" else probs_mean
         order = np.argsort(-chosen, kind="stable")[: int(top_k)]
-        return Prediction(source=source, duration=duration, labels=list(self.labels),
-                          top=[(self.labels[i], float(chosen[i])) for i in order], probs=chosen,
-                          probs_max=probs_max, probs_mean=probs_mean, timeline=timeline,
-                          window=window, hop=hop, aggregate=aggregate, activation=self.activation)
+        return Prediction(
+            source=source,
+            duration=duration,
+            labels=list(self.labels),
+            top=[(self.labels[i], float(chosen[i])) for i in order],
+            probs=chosen,
+            probs_max=probs_max,
+            probs_mean=probs_mean,
+            timeline=timeline,
+            window=window,
+            hop=hop,
+            aggregate=aggregate,
+            activation=self.activation,
+        )
 
 
-def _onnx_scorer(run_dir: Path, checkpoint: str, labels: list[str], onnx_path: str | Path | None,
-                 threads: int | None) -> Any:
+def _onnx_scorer(
+    run_dir: Path, checkpoint: str, labels: list[str], onnx_path: str | Path | None, threads: int | None
+) -> Any:
     """The run's ONNX export, checked to come from the loaded checkpoint with the same classes."""
     from .errors import CheckpointError
     from .export import OnnxScorer, file_digest
@@ -519,8 +608,10 @@ def _onnx_scorer(run_dir: Path, checkpoint: str, labels: list[str], onnx_path: s
         raise CheckpointError(f"{scorer.path} scores other classes than {run_dir}")
     ckpt = run_dir / "checkpoints" / f"{checkpoint}.safetensors" if run_dir.is_dir() else run_dir
     if ckpt.is_file() and scorer.meta.get("checkpoint_sha256") != file_digest(ckpt):
-        raise CheckpointError(f"{scorer.path} was exported from another version of the {checkpoint} "
-                              f"checkpoint of {run_dir}: run asca export {run_dir} again")
+        raise CheckpointError(
+            f"{scorer.path} was exported from another version of the {checkpoint} "
+            f"checkpoint of {run_dir}: run asca export {run_dir} again"
+        )
     return scorer
 
 
@@ -623,8 +714,13 @@ class ResultsJournal:
         from .train.runstore import json_safe
 
         st = os.stat(path)
-        entry = {"file": self.key(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "settings": settings,
-                 "prediction": pred.to_dict()}
+        entry = {
+            "file": self.key(path),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "settings": settings,
+            "prediction": pred.to_dict(),
+        }
         line = (json.dumps(json_safe(entry), allow_nan=False, separators=(",", ":")) + "\n").encode()
         try:
             os.write(self._fd, line)
@@ -638,7 +734,7 @@ class ResultsJournal:
             os.close(self._fd)  # releases the lock
             self._fd = -1
 
-    def __enter__(self) -> "ResultsJournal":
+    def __enter__(self) -> ResultsJournal:
         return self
 
     def __exit__(self, *exc: Any) -> None:

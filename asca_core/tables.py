@@ -21,9 +21,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +34,17 @@ THRESHOLDS_FILE = "thresholds.json"
 THRESHOLDS_FORMAT = "asca-thresholds/1"
 DEFAULT_PRECISION = 0.9
 FALLBACK_THRESHOLD = 0.5  # a class the validation split cannot calibrate (no positives, or no data)
-RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
-                 "High Freq (Hz)", "Label", "Score")
+RAVEN_COLUMNS = (
+    "Selection",
+    "View",
+    "Channel",
+    "Begin Time (s)",
+    "End Time (s)",
+    "Low Freq (Hz)",
+    "High Freq (Hz)",
+    "Label",
+    "Score",
+)
 DETECTION_COLUMNS = ("file", "start", "end", "label", "score")
 
 
@@ -63,8 +73,14 @@ def choose_threshold(scores: np.ndarray, positive: np.ndarray, precision: float)
     positive = np.asarray(positive, dtype=bool)
     n_pos = int(positive.sum())
     if n_pos == 0:
-        return {"threshold": FALLBACK_THRESHOLD, "precision": None, "recall": None, "positives": 0,
-                "reached": False, "source": "fallback: no validation positives"}
+        return {
+            "threshold": FALLBACK_THRESHOLD,
+            "precision": None,
+            "recall": None,
+            "positives": 0,
+            "reached": False,
+            "source": "fallback: no validation positives",
+        }
     order = np.argsort(-scores, kind="stable")
     s, y = scores[order], positive[order]
     tp, fp = np.cumsum(y), np.cumsum(~y)
@@ -74,12 +90,17 @@ def choose_threshold(scores: np.ndarray, positive: np.ndarray, precision: float)
     ok = np.nonzero(prec >= precision)[0]
     reached = ok.size > 0
     i = int(ok[-1]) if reached else int(np.lexsort((-rec, -prec))[0])
-    return {"threshold": float(cut[i]), "precision": float(prec[i]), "recall": float(rec[i]),
-            "positives": n_pos, "reached": bool(reached), "source": "validation"}
+    return {
+        "threshold": float(cut[i]),
+        "precision": float(prec[i]),
+        "recall": float(rec[i]),
+        "positives": n_pos,
+        "reached": bool(reached),
+        "source": "validation",
+    }
 
 
-def validation_scores(run_dir: str | Path, checkpoint: str = "best"
-                      ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+def validation_scores(run_dir: str | Path, checkpoint: str = "best") -> tuple[np.ndarray, np.ndarray, list[str], int]:
     """Probabilities and targets of the run's validation clips, scored as evaluation scores them.
 
     Returns ``(probs (N, K), targets (N, K), labels, N)``; DatasetError when the run's dataset
@@ -105,13 +126,15 @@ def validation_scores(run_dir: str | Path, checkpoint: str = "best"
     index = dc_replace(bundle.index, classes=list(labels))
     dataset = ClipDataset(index, items, cfg.features, make_cache(cfg), train=False)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=False, collate_fn=_collate)
-    probs, targets, _ = predict(model, FeatureExtractor(cfg.features).eval(), loader,
-                                next(model.parameters()).device, "off", cfg.train.loss)
+    probs, targets, _ = predict(
+        model, FeatureExtractor(cfg.features).eval(), loader, next(model.parameters()).device, "off", cfg.train.loss
+    )
     return probs, targets, labels, len(items)
 
 
-def compute_thresholds(run_dir: str | Path, precision: float = DEFAULT_PRECISION, checkpoint: str = "best",
-                       write: bool = True) -> dict[str, Any]:
+def compute_thresholds(
+    run_dir: str | Path, precision: float = DEFAULT_PRECISION, checkpoint: str = "best", write: bool = True
+) -> dict[str, Any]:
     """Per-class thresholds for ``precision`` on the run's validation split; stored in the run.
 
     Classes without validation positives get :data:`FALLBACK_THRESHOLD`.
@@ -121,12 +144,20 @@ def compute_thresholds(run_dir: str | Path, precision: float = DEFAULT_PRECISION
     if not (0.0 < float(precision) <= 1.0):
         raise AscaError(f"--precision must be in (0, 1], got {precision}")
     probs, targets, labels, n = validation_scores(run_dir, checkpoint)
-    classes = {name: choose_threshold(probs[:, k], targets[:, k] > 0.5, float(precision))
-               for k, name in enumerate(labels)}
-    record = {"format": THRESHOLDS_FORMAT, "created": now_iso(), "precision_target": float(precision),
-              "split": "val", "clips": n, "checkpoint": checkpoint,
-              "checkpoint_sha256": _checkpoint_sha(run_dir, checkpoint), "fallback": FALLBACK_THRESHOLD,
-              "classes": classes}
+    classes = {
+        name: choose_threshold(probs[:, k], targets[:, k] > 0.5, float(precision)) for k, name in enumerate(labels)
+    }
+    record = {
+        "format": THRESHOLDS_FORMAT,
+        "created": now_iso(),
+        "precision_target": float(precision),
+        "split": "val",
+        "clips": n,
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": _checkpoint_sha(run_dir, checkpoint),
+        "fallback": FALLBACK_THRESHOLD,
+        "classes": classes,
+    }
     if write and Path(run_dir).is_dir():
         atomic_write_json(Path(run_dir) / THRESHOLDS_FILE, record)
     return record
@@ -134,10 +165,25 @@ def compute_thresholds(run_dir: str | Path, precision: float = DEFAULT_PRECISION
 
 def fallback_thresholds(labels: Sequence[str], reason: str, value: float = FALLBACK_THRESHOLD) -> dict[str, Any]:
     """A record giving every class ``value``, saying why."""
-    return {"format": THRESHOLDS_FORMAT, "precision_target": None, "split": None, "clips": 0,
-            "fallback": value, "note": reason,
-            "classes": {name: {"threshold": value, "precision": None, "recall": None, "positives": None,
-                               "reached": False, "source": f"fallback: {reason}"} for name in labels}}
+    return {
+        "format": THRESHOLDS_FORMAT,
+        "precision_target": None,
+        "split": None,
+        "clips": 0,
+        "fallback": value,
+        "note": reason,
+        "classes": {
+            name: {
+                "threshold": value,
+                "precision": None,
+                "recall": None,
+                "positives": None,
+                "reached": False,
+                "source": f"fallback: {reason}",
+            }
+            for name in labels
+        },
+    }
 
 
 def _checkpoint_sha(run_dir: str | Path, checkpoint: str) -> str | None:
@@ -166,8 +212,9 @@ def load_thresholds(path: str | Path, labels: Sequence[str]) -> dict[str, Any]:
     return record
 
 
-def run_thresholds(run_dir: str | Path, compute: bool = True, checkpoint: str = "best",
-                   precision: float = DEFAULT_PRECISION) -> dict[str, Any]:
+def run_thresholds(
+    run_dir: str | Path, compute: bool = True, checkpoint: str = "best", precision: float = DEFAULT_PRECISION
+) -> dict[str, Any]:
     """The run's stored thresholds; computed on its validation split (and stored) when it has
     none or they belong to another checkpoint; every class at the fallback when its data is
     gone."""
@@ -203,10 +250,17 @@ def thresholds_table(record: Mapping[str, Any]) -> str:
     """Plain-text table of a thresholds record, one class per line."""
     rows = [("class", "threshold", "precision", "recall", "positives", "source")]
     for name, e in record["classes"].items():
-        rows.append((name, f"{e['threshold']:.3f}", _num(e.get("precision")), _num(e.get("recall")),
-                     "-" if e.get("positives") is None else str(e["positives"]),
-                     e.get("source", "") + ("" if e.get("reached", True) or e.get("positives") in (0, None)
-                                            else ", target not reached")))
+        rows.append(
+            (
+                name,
+                f"{e['threshold']:.3f}",
+                _num(e.get("precision")),
+                _num(e.get("recall")),
+                "-" if e.get("positives") is None else str(e["positives"]),
+                e.get("source", "")
+                + ("" if e.get("reached", True) or e.get("positives") in (0, None) else ", target not reached"),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -245,8 +299,21 @@ def raven_text(found: Iterable[Detection], low_hz: float, high_hz: float) -> str
     """A Raven Pro selection table (tab-separated, one row per detection, numbered from 1)."""
     lines = ["\t".join(RAVEN_COLUMNS)]
     for i, d in enumerate(found, start=1):
-        lines.append("\t".join([str(i), "Spectrogram 1", "1", f"{d.start:.4f}", f"{d.end:.4f}",
-                                f"{low_hz:.1f}", f"{high_hz:.1f}", _clean(d.label), f"{d.score:.4f}"]))
+        lines.append(
+            "\t".join(
+                [
+                    str(i),
+                    "Spectrogram 1",
+                    "1",
+                    f"{d.start:.4f}",
+                    f"{d.end:.4f}",
+                    f"{low_hz:.1f}",
+                    f"{high_hz:.1f}",
+                    _clean(d.label),
+                    f"{d.score:.4f}",
+                ]
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -274,8 +341,16 @@ def write_detections(path: str | Path, found: Iterable[Detection]) -> Path:
     path = Path(path)
     rows = list(found)
     if path.suffix.lower() == ".json":
-        items = [{"file": d.source, "start": round(d.start, 4), "end": round(d.end, 4), "label": d.label,
-                  "score": round(d.score, 6)} for d in rows]
+        items = [
+            {
+                "file": d.source,
+                "start": round(d.start, 4),
+                "end": round(d.end, 4),
+                "label": d.label,
+                "score": round(d.score, 6),
+            }
+            for d in rows
+        ]
         return _write(path, json.dumps({"detections": items}, indent=1) + "\n")
     return _write(path, detections_csv(rows))
 
@@ -301,7 +376,24 @@ def _write(path: str | Path, text: str) -> Path:
     return path
 
 
-__all__ = ["Detection", "choose_threshold", "compute_thresholds", "run_thresholds", "load_thresholds",
-           "fallback_thresholds", "thresholds_by_label", "thresholds_table", "detections", "raven_text",
-           "audacity_text", "detections_csv", "write_raven", "write_audacity", "write_detections", "RAVEN_COLUMNS",
-           "THRESHOLDS_FILE", "DEFAULT_PRECISION", "FALLBACK_THRESHOLD"]
+__all__ = [
+    "DEFAULT_PRECISION",
+    "FALLBACK_THRESHOLD",
+    "RAVEN_COLUMNS",
+    "THRESHOLDS_FILE",
+    "Detection",
+    "audacity_text",
+    "choose_threshold",
+    "compute_thresholds",
+    "detections",
+    "detections_csv",
+    "fallback_thresholds",
+    "load_thresholds",
+    "raven_text",
+    "run_thresholds",
+    "thresholds_by_label",
+    "thresholds_table",
+    "write_audacity",
+    "write_detections",
+    "write_raven",
+]

@@ -44,21 +44,49 @@ LEARNING_STEPS = 300  # roughly what this recipe needs on FSDD to leave chance l
 # measured here: val acc 0.29 after 144 steps, 0.45 after 216)
 
 
-def fsdd_config(fsdd: Path, model: str, layout: str, epochs: int, clips_per_class: int | None,
-                cache: Path, threads: int | None):
+def fsdd_config(
+    fsdd: Path, model: str, layout: str, epochs: int, clips_per_class: int | None, cache: Path, threads: int | None
+):
     from asca_core.config import Config
 
-    return Config.from_dict({
-        "data": {"path": str(fsdd), "val_fraction": 0.15, "seed": 0, "cache_dir": str(cache),
-                 "max_clips_per_class": clips_per_class},
-        "features": {"sample_rate": 8000, "n_fft": 512, "win_length": 200, "hop_length": 80, "n_mels": 64,
-                     "f_min": 20.0, "f_max": 4000.0, "clip_seconds": 1.0},
-        "augment": {"time_mask_width": 10, "freq_mask_width": 8, "snr_db_min": 10.0, "snr_db_max": 30.0,
-                    "time_shift": 0.1},
-        "model": {"name": model, "layout": layout},
-        "train": {"epochs": epochs, "batch_size": BATCH, "lr": 2e-3, "warmup_epochs": 1.0, "seed": 0,
-                  "device": "cpu", "num_threads": threads},
-    })
+    return Config.from_dict(
+        {
+            "data": {
+                "path": str(fsdd),
+                "val_fraction": 0.15,
+                "seed": 0,
+                "cache_dir": str(cache),
+                "max_clips_per_class": clips_per_class,
+            },
+            "features": {
+                "sample_rate": 8000,
+                "n_fft": 512,
+                "win_length": 200,
+                "hop_length": 80,
+                "n_mels": 64,
+                "f_min": 20.0,
+                "f_max": 4000.0,
+                "clip_seconds": 1.0,
+            },
+            "augment": {
+                "time_mask_width": 10,
+                "freq_mask_width": 8,
+                "snr_db_min": 10.0,
+                "snr_db_max": 30.0,
+                "time_shift": 0.1,
+            },
+            "model": {"name": model, "layout": layout},
+            "train": {
+                "epochs": epochs,
+                "batch_size": BATCH,
+                "lr": 2e-3,
+                "warmup_epochs": 1.0,
+                "seed": 0,
+                "device": "cpu",
+                "num_threads": threads,
+            },
+        }
+    )
 
 
 def step_seconds(cfg, steps: int = 2) -> float:
@@ -80,15 +108,18 @@ def step_seconds(cfg, steps: int = 2) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def plan(fsdd: Path, budget_s: float, clips_per_class: int | None, max_epochs: int, cache: Path,
-         threads: int | None) -> dict:
+def plan(
+    fsdd: Path, budget_s: float, clips_per_class: int | None, max_epochs: int, cache: Path, threads: int | None
+) -> dict:
     """Epochs (equal for all models) that fit the budget, from calibrated step times.
 
     What a model learns depends on its number of optimiser steps, which the budget fixes whatever
     the data size, so the data is not shrunk to buy epochs: all clips (``clips_per_class=None``)
     unless asked otherwise.
     """
-    step = {label: step_seconds(fsdd_config(fsdd, m, lay, 1, None, cache, threads)) for label, (m, lay) in MODELS.items()}
+    step = {
+        label: step_seconds(fsdd_config(fsdd, m, lay, 1, None, cache, threads)) for label, (m, lay) in MODELS.items()
+    }
     per_class = clips_per_class or FSDD_CLIPS_PER_CLASS
     # official split: 1/6 of each class is test, 15% of the rest validation
     steps = math.ceil(10 * per_class * 5 / 6 * 0.85 / BATCH)
@@ -96,8 +127,13 @@ def plan(fsdd: Path, budget_s: float, clips_per_class: int | None, max_epochs: i
     # + data and bookkeeping overhead
     epoch = {k: 1.3 * (steps + 0.35 * 10 * per_class * 0.3 / BATCH) * s for k, s in step.items()}
     epochs = max(1, min(max_epochs, int(budget_s // sum(epoch.values()))))
-    return {"epochs": epochs, "clips_per_class": clips_per_class, "steps_per_epoch": steps, "step_s": step,
-            "estimated_epoch_s": epoch}
+    return {
+        "epochs": epochs,
+        "clips_per_class": clips_per_class,
+        "steps_per_epoch": steps,
+        "step_s": step,
+        "estimated_epoch_s": epoch,
+    }
 
 
 def fill_cache(fsdd: Path, cache: Path) -> float:
@@ -110,8 +146,13 @@ def fill_cache(fsdd: Path, cache: Path) -> float:
     return time.perf_counter() - start
 
 
-def run(quick: bool = False, budget_minutes: float | None = None, threads: int | None = None,
-        epochs: int | None = None, clips_per_class: int | None = None) -> dict:
+def run(
+    quick: bool = False,
+    budget_minutes: float | None = None,
+    threads: int | None = None,
+    epochs: int | None = None,
+    clips_per_class: int | None = None,
+) -> dict:
     from asca_core.models import count_params, gmacs
     from asca_core.train.checkpoint import model_from_config
     from asca_core.train.engine import fit
@@ -127,8 +168,7 @@ def run(quick: bool = False, budget_minutes: float | None = None, threads: int |
     with tempfile.TemporaryDirectory(prefix="asca-bench-acc-") as tmp:
         cache = Path(tmp) / "cache"
         fill_s = fill_cache(fsdd, cache)
-        chosen = plan(fsdd, budget, clips_per_class or (QUICK_CLIPS_PER_CLASS if quick else None), 40, cache,
-                      threads)
+        chosen = plan(fsdd, budget, clips_per_class or (QUICK_CLIPS_PER_CLASS if quick else None), 40, cache, threads)
         if epochs:
             chosen["epochs"] = epochs
         started = time.perf_counter()
@@ -144,52 +184,100 @@ def run(quick: bool = False, budget_minutes: float | None = None, threads: int |
             for row in rows:
                 cumulative += row["seconds"]
                 curve.append({"epoch": row["epoch"], "seconds": round(cumulative, 2), "val_acc": row["val_acc"]})
-            results[label] = {"model": model, "layout": layout, "params": count_params(net),
-                              "gmacs": gmacs(net, cfg.features.input_size), "train_s": cumulative,
-                              "wall_s": wall, "curve": curve, "best_val_acc": max(r["val_acc"] for r in rows),
-                              "test_acc": result["test"]["acc"], "test_n": result["test"]["n"],
-                              "best_epoch": result["best_epoch"]}
+            results[label] = {
+                "model": model,
+                "layout": layout,
+                "params": count_params(net),
+                "gmacs": gmacs(net, cfg.features.input_size),
+                "train_s": cumulative,
+                "wall_s": wall,
+                "curve": curve,
+                "best_val_acc": max(r["val_acc"] for r in rows),
+                "test_acc": result["test"]["acc"],
+                "test_n": result["test"]["n"],
+                "best_epoch": result["best_epoch"],
+            }
             print(f"{label}: test acc {result['test']['acc']:.3f}, {cumulative:.0f} s training", flush=True)
         total = time.perf_counter() - started
     peer = results[PEER]
-    rows = [[label, f"{r['params'] / 1e6:.2f}M", fmt(r["gmacs"], 3), fmt(r["train_s"], 0),
-             fmt(r["train_s"] / peer["train_s"], 2) + "x", fmt(r["best_val_acc"], 3), fmt(r["test_acc"], 3),
-             fmt(r["test_acc"] / peer["test_acc"], 3) + "x" if peer["test_acc"] else "n/a"]
-            for label, r in results.items()]
+    rows = [
+        [
+            label,
+            f"{r['params'] / 1e6:.2f}M",
+            fmt(r["gmacs"], 3),
+            fmt(r["train_s"], 0),
+            fmt(r["train_s"] / peer["train_s"], 2) + "x",
+            fmt(r["best_val_acc"], 3),
+            fmt(r["test_acc"], 3),
+            fmt(r["test_acc"] / peer["test_acc"], 3) + "x" if peer["test_acc"] else "n/a",
+        ]
+        for label, r in results.items()
+    ]
     n_epochs = chosen["epochs"]
-    curve_rows = [[str(e + 1)] + [f"{r['curve'][e]['val_acc']:.3f} @ {r['curve'][e]['seconds']:.0f} s"
-                                  if e < len(r["curve"]) else "" for r in results.values()]
-                  for e in range(n_epochs)]
+    curve_rows = [
+        [str(e + 1)]
+        + [
+            f"{r['curve'][e]['val_acc']:.3f} @ {r['curve'][e]['seconds']:.0f} s" if e < len(r["curve"]) else ""
+            for r in results.values()
+        ]
+        for e in range(n_epochs)
+    ]
     per_class = chosen["clips_per_class"] or FSDD_CLIPS_PER_CLASS
     test_n = peer["test_n"]
     total_steps = chosen["epochs"] * chosen["steps_per_epoch"]
-    warning = (f"**Too short to compare accuracy:** {total_steps} optimiser steps per model, while this recipe "
-               f"needs about {LEARNING_STEPS} to leave chance level on FSDD; the times are valid, the "
-               "accuracies are not. Give a larger `--accuracy-budget` (or a quieter machine)."
-               if total_steps < LEARNING_STEPS else "")
-    md = "\n".join([
-        f"FSDD official split, {per_class} clips per digit ({'all' if not chosen['clips_per_class'] else 'capped'}; "
-        f"test set {test_n} clips), 8 kHz, 64 x 96 input, batch {BATCH}, lr 2e-3 with 1 warm-up epoch and "
-        f"cosine decay, mixup/masks/noise, {n_epochs} epochs ({total_steps} optimiser steps) for every "
-        "model, seed 0, "
-        f"{torch.get_num_threads()} torch threads. Budget {budget / 60:.0f} min (epochs chosen from "
-        f"calibrated step times); the four trainings took {total / 60:.1f} min. Training time is the sum "
-        "of epoch times (training + validation), the cache filled beforehand "
-        f"({fill_s:.0f} s, not counted).",
-        "",
-        *([warning, ""] if warning else []),
-        md_table(["model", "params", "GMACs/clip", "train s", "time x CCCT", "best val acc", "test acc",
-                  "test acc x CCCT"], rows),
-        "",
-        "Validation accuracy against cumulative training time, epoch by epoch:",
-        "",
-        md_table(["epoch"] + list(results), curve_rows),
-        "",
-        f"One seed per model: differences of a few test clips ({1 / max(1, test_n):.3f} each) are within "
-        f"noise. Load average {load_before} before, {load_average()} after.",
-    ])
-    data = {"plan": chosen, "budget_s": budget, "total_s": total, "cache_fill_s": fill_s, "models": results,
-            "threads": torch.get_num_threads()}
+    warning = (
+        f"**Too short to compare accuracy:** {total_steps} optimiser steps per model, while this recipe "
+        f"needs about {LEARNING_STEPS} to leave chance level on FSDD; the times are valid, the "
+        "accuracies are not. Give a larger `--accuracy-budget` (or a quieter machine)."
+        if total_steps < LEARNING_STEPS
+        else ""
+    )
+    md = "\n".join(
+        [
+            (
+                f"FSDD official split, {per_class} clips per digit ({'all' if not chosen['clips_per_class'] else 'capped'}; "
+                f"test set {test_n} clips), 8 kHz, 64 x 96 input, batch {BATCH}, lr 2e-3 with 1 warm-up epoch and "
+                f"cosine decay, mixup/masks/noise, {n_epochs} epochs ({total_steps} optimiser steps) for every "
+                "model, seed 0, "
+                f"{torch.get_num_threads()} torch threads. Budget {budget / 60:.0f} min (epochs chosen from "
+                f"calibrated step times); the four trainings took {total / 60:.1f} min. Training time is the sum "
+                "of epoch times (training + validation), the cache filled beforehand "
+                f"({fill_s:.0f} s, not counted)."
+            ),
+            "",
+            *([warning, ""] if warning else []),
+            md_table(
+                [
+                    "model",
+                    "params",
+                    "GMACs/clip",
+                    "train s",
+                    "time x CCCT",
+                    "best val acc",
+                    "test acc",
+                    "test acc x CCCT",
+                ],
+                rows,
+            ),
+            "",
+            "Validation accuracy against cumulative training time, epoch by epoch:",
+            "",
+            md_table(["epoch"] + list(results), curve_rows),
+            "",
+            (
+                f"One seed per model: differences of a few test clips ({1 / max(1, test_n):.3f} each) are within "
+                f"noise. Load average {load_before} before, {load_average()} after."
+            ),
+        ]
+    )
+    data = {
+        "plan": chosen,
+        "budget_s": budget,
+        "total_s": total,
+        "cache_fill_s": fill_s,
+        "models": results,
+        "threads": torch.get_num_threads(),
+    }
     return section("Accuracy against training time on FSDD", md, data)
 
 

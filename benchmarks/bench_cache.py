@@ -47,11 +47,20 @@ def _epoch_fn(dataset, batch_size: int, step=None):
         for wave, target in _loader(dataset, batch_size):
             if step is not None:
                 step(wave, target)
+
     return fn
 
 
-def dataset_case(name: str, data_path: Path, fmt_name: str, sample_rate: int, clip_seconds: float,
-                 max_clips: int | None, repeat: int, cache_root: Path) -> dict:
+def dataset_case(
+    name: str,
+    data_path: Path,
+    fmt_name: str,
+    sample_rate: int,
+    clip_seconds: float,
+    max_clips: int | None,
+    repeat: int,
+    cache_root: Path,
+) -> dict:
     from asca_core.config import FeatureConfig
     from asca_core.data import ClipDataset, FeatureCache, load_dataset
     from asca_core.train.engine import _MemoryCache
@@ -71,9 +80,13 @@ def dataset_case(name: str, data_path: Path, fmt_name: str, sample_rate: int, cl
     fill = time.perf_counter() - start
     _epoch_fn(sets["memory + disk cache (warm, as training uses)"], 32)()  # fills the memory layer
     times = alternate({k: _epoch_fn(d, 32) for k, d in sets.items()}, repeat=repeat, warmup=0)
-    return {"clips": len(items), "fill_s": fill, "times": times,
-            "median_s": {k: statistics.median(v) for k, v in times.items()},
-            "cache_mb": sum(p.stat().st_size for p in (cache_root / name).rglob("*.npy")) / 2**20}
+    return {
+        "clips": len(items),
+        "fill_s": fill,
+        "times": times,
+        "median_s": {k: statistics.median(v) for k, v in times.items()},
+        "cache_mb": sum(p.stat().st_size for p in (cache_root / name).rglob("*.npy")) / 2**20,
+    }
 
 
 def training_case(data_path: Path, max_clips: int | None, repeat: int, cache_root: Path) -> dict:
@@ -101,10 +114,20 @@ def training_case(data_path: Path, max_clips: int | None, repeat: int, cache_roo
     memory = _MemoryCache(FeatureCache(cache_root / "fsdd"))
     cached = ClipDataset(index, items, feats, memory, train=True)
     _epoch_fn(cached, 32)()  # warm
-    times = alternate({"no cache": _epoch_fn(ClipDataset(index, items, feats, None, train=True), 32, step),
-                       "memory + disk cache (warm)": _epoch_fn(cached, 32, step)}, repeat=repeat, warmup=0)
-    return {"clips": len(items), "input": list(feats.input_size), "times": times,
-            "median_s": {k: statistics.median(v) for k, v in times.items()}}
+    times = alternate(
+        {
+            "no cache": _epoch_fn(ClipDataset(index, items, feats, None, train=True), 32, step),
+            "memory + disk cache (warm)": _epoch_fn(cached, 32, step),
+        },
+        repeat=repeat,
+        warmup=0,
+    )
+    return {
+        "clips": len(items),
+        "input": list(feats.input_size),
+        "times": times,
+        "median_s": {k: statistics.median(v) for k, v in times.items()},
+    }
 
 
 def run(quick: bool = False) -> dict:
@@ -119,35 +142,43 @@ def run(quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="asca-bench-cache-") as tmp:
         cases = {
             "FSDD, 8 kHz wav -> 16 kHz, 1 s crops": dataset_case(
-                "fsdd", fsdd, "auto", 16000, 1.0, 600 if quick else None, repeat, Path(tmp)),
+                "fsdd", fsdd, "auto", 16000, 1.0, 600 if quick else None, repeat, Path(tmp)
+            ),
             "BirdCLEF sample, 32 kHz ogg, 5 s crops": dataset_case(
-                "bird", bird, "birdclef", 32000, 5.0, None, repeat + 2, Path(tmp)),
+                "bird", bird, "birdclef", 32000, 5.0, None, repeat + 2, Path(tmp)
+            ),
         }
         train = training_case(fsdd, 256 if quick else 512, repeat - 1, Path(tmp))
     rows = []
     for case, r in cases.items():
         base = r["median_s"]["no cache"]
         for k, t in r["median_s"].items():
-            rows.append([case if k == "no cache" else "", k, fmt(t, 3), fmt(r["clips"] / t, 0),
-                         fmt(base / t, 1) + "x"])
+            rows.append([case if k == "no cache" else "", k, fmt(t, 3), fmt(r["clips"] / t, 0), fmt(base / t, 1) + "x"])
         rows.append(["", f"one-time cache fill ({r['cache_mb']:.0f} MB on disk)", fmt(r["fill_s"], 3), "", ""])
     base = train["median_s"]["no cache"]
-    train_rows = [[k, fmt(t, 2), fmt(train["clips"] / t, 1), fmt(base / t, 2) + "x"]
-                  for k, t in train["median_s"].items()]
-    md = "\n".join([
-        f"Data-only epochs (DataLoader over ClipDataset with training crops, batch 32, no workers), median "
-        f"of {repeat} epochs in alternation ({repeat + 2} for the 18 BirdCLEF recordings); "
-        f"{torch.get_num_threads()} torch threads.",
-        "",
-        md_table(["dataset", "loading", "epoch s", "clips/s", "speed-up"], rows),
-        "",
-        f"Training epochs on {train['clips']} FSDD clips (16 kHz, 1 s, input {train['input'][0]} x "
-        f"{train['input'][1]}; asca_tiny AdamW step per batch of 32), median of {repeat - 1} in alternation:",
-        "",
-        md_table(["loading", "epoch s", "clips/s", "speed-up"], train_rows),
-        "",
-        f"Load average {load_before} before, {load_average()} after.",
-    ])
+    train_rows = [
+        [k, fmt(t, 2), fmt(train["clips"] / t, 1), fmt(base / t, 2) + "x"] for k, t in train["median_s"].items()
+    ]
+    md = "\n".join(
+        [
+            (
+                f"Data-only epochs (DataLoader over ClipDataset with training crops, batch 32, no workers), median "
+                f"of {repeat} epochs in alternation ({repeat + 2} for the 18 BirdCLEF recordings); "
+                f"{torch.get_num_threads()} torch threads."
+            ),
+            "",
+            md_table(["dataset", "loading", "epoch s", "clips/s", "speed-up"], rows),
+            "",
+            (
+                f"Training epochs on {train['clips']} FSDD clips (16 kHz, 1 s, input {train['input'][0]} x "
+                f"{train['input'][1]}; asca_tiny AdamW step per batch of 32), median of {repeat - 1} in alternation:"
+            ),
+            "",
+            md_table(["loading", "epoch s", "clips/s", "speed-up"], train_rows),
+            "",
+            f"Load average {load_before} before, {load_average()} after.",
+        ]
+    )
     data = {"data_only": cases, "training": train, "repeat": repeat, "threads": torch.get_num_threads()}
     return section("Epoch time with and without the feature cache", md, data)
 

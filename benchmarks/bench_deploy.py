@@ -36,13 +36,21 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from common import SHARED_DATA, fmt, load_average, machine_info, md_table, save_json  # noqa: E402
+from common import SHARED_DATA, fmt, load_average, machine_info, md_table, save_json
 
 BIRD = SHARED_DATA / "birdclef2023_sample" / "train_audio"
 START, END = "<!-- deploy:start -->", "<!-- deploy:end -->"
 FEATURES = {  # the demo preset's front end: 64 x 160 input per 3 s window
-    "demo": {"sample_rate": 16000, "n_fft": 1024, "win_length": 640, "hop_length": 320, "n_mels": 64,
-             "f_min": 50.0, "f_max": 8000.0, "clip_seconds": 3.0},
+    "demo": {
+        "sample_rate": 16000,
+        "n_fft": 1024,
+        "win_length": 640,
+        "hop_length": 320,
+        "n_mels": 64,
+        "f_min": 50.0,
+        "f_max": 8000.0,
+        "clip_seconds": 3.0,
+    },
     # the library defaults: 128 mel bins at a 10 ms hop, 128 x 320 input per 3 s window
     "default": {"sample_rate": 16000, "clip_seconds": 3.0},
 }
@@ -79,8 +87,9 @@ def folder_of(path: Path, count: int) -> Path:
     for i in range(count):
         target = path / f"{i:03d}_{sources[i % len(sources)].name}"
         if not target.exists():
-            os.link(sources[i % len(sources)], target) if _same_fs(sources[0], path) else \
-                target.write_bytes(sources[i % len(sources)].read_bytes())
+            os.link(sources[i % len(sources)], target) if _same_fs(sources[0], path) else target.write_bytes(
+                sources[i % len(sources)].read_bytes()
+            )
     return path
 
 
@@ -99,8 +108,14 @@ def make_run(run_dir: Path, model: str, features: dict) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from fixtures_runs import write_run
 
-    cfg = Config.from_dict({"data": {"path": str(run_dir / "no-data")}, "features": features,
-                            "model": {"name": model}, "train": {"device": "cpu"}})
+    cfg = Config.from_dict(
+        {
+            "data": {"path": str(run_dir / "no-data")},
+            "features": features,
+            "model": {"name": model},
+            "train": {"device": "cpu"},
+        }
+    )
     write_run(run_dir, cfg, [f"class_{i}" for i in range(8)])
     export_onnx(run_dir)
     return run_dir
@@ -126,9 +141,20 @@ def child(args: argparse.Namespace) -> int:
     for _, pred in clf.predict_many(files, hop=args.hop):
         windows += len(pred.timeline)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"engine": args.engine, "files": len(files), "audio_s": audio, "windows": windows,
-                      "score_s": seconds, "load_s": loaded - started, "threads": args.threads,
-                      "peak_rss_mb": _own_peak_mb()}))
+    print(
+        json.dumps(
+            {
+                "engine": args.engine,
+                "files": len(files),
+                "audio_s": audio,
+                "windows": windows,
+                "score_s": seconds,
+                "load_s": loaded - started,
+                "threads": args.threads,
+                "peak_rss_mb": _own_peak_mb(),
+            }
+        )
+    )
     return 0
 
 
@@ -147,8 +173,7 @@ def run_child(argv: list[str], threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, __file__, "--child", *argv], stdout=out, stderr=err, env=env,
-                                cwd=ROOT)
+        proc = subprocess.Popen([sys.executable, __file__, "--child", *argv], stdout=out, stderr=err, env=env, cwd=ROOT)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         out.seek(0)
@@ -166,13 +191,25 @@ def measure(run: Path, workloads: dict[str, list[Path]], threads: int, repeat: i
     for name, files in workloads.items():
         results[name] = {"torch": [], "onnx": []}
         for r in range(repeat):
-            for engine in (("torch", "onnx") if r % 2 == 0 else ("onnx", "torch")):
-                argv = ["--run", str(run), "--engine", engine, "--threads", str(threads), "--hop", str(hop),
-                        *map(str, files)]
+            for engine in ("torch", "onnx") if r % 2 == 0 else ("onnx", "torch"):
+                argv = [
+                    "--run",
+                    str(run),
+                    "--engine",
+                    engine,
+                    "--threads",
+                    str(threads),
+                    "--hop",
+                    str(hop),
+                    *map(str, files),
+                ]
                 res = run_child(argv, threads)
                 results[name][engine].append(res)
-                print(f"  {name:>12} {engine:>5}: {res['audio_s'] / res['score_s']:.1f}x real time, "
-                      f"{res['peak_rss_mb']:.0f} MB", flush=True)
+                print(
+                    f"  {name:>12} {engine:>5}: {res['audio_s'] / res['score_s']:.1f}x real time, "
+                    f"{res['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
     return results
 
 
@@ -183,15 +220,30 @@ def summarise(results: dict, label: str) -> tuple[list[list], dict]:
             best = min(runs, key=lambda r: r["score_s"])  # least disturbed by other load
             med = float(np.median([r["score_s"] for r in runs]))
             rtf = best["audio_s"] / med
-            summary[f"{name}/{engine}"] = {"rtf": rtf, "score_s": med, "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-                                           "windows": best["windows"], "audio_s": best["audio_s"],
-                                           "windows_per_s": best["windows"] / med, "load_s": best["load_s"]}
+            summary[f"{name}/{engine}"] = {
+                "rtf": rtf,
+                "score_s": med,
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                "windows": best["windows"],
+                "audio_s": best["audio_s"],
+                "windows_per_s": best["windows"] / med,
+                "load_s": best["load_s"],
+            }
         t, o = summary[f"{name}/torch"], summary[f"{name}/onnx"]
         for engine, s in (("torch", t), ("onnx", o)):
-            rows.append([f"{name}" if engine == "torch" else "", engine, f"{s['audio_s'] / 60:.1f}", s["windows"],
-                         fmt(s["score_s"]), f"**{s['rtf']:.0f}x**" if s["rtf"] >= 100 else f"{s['rtf']:.0f}x",
-                         f"{s['windows_per_s']:.0f}", f"{s['peak_rss_mb']:,.0f}",
-                         "1.00" if engine == "torch" else f"{t['score_s'] / o['score_s']:.2f}"])
+            rows.append(
+                [
+                    f"{name}" if engine == "torch" else "",
+                    engine,
+                    f"{s['audio_s'] / 60:.1f}",
+                    s["windows"],
+                    fmt(s["score_s"]),
+                    f"**{s['rtf']:.0f}x**" if s["rtf"] >= 100 else f"{s['rtf']:.0f}x",
+                    f"{s['windows_per_s']:.0f}",
+                    f"{s['peak_rss_mb']:,.0f}",
+                    "1.00" if engine == "torch" else f"{t['score_s'] / o['score_s']:.2f}",
+                ]
+            )
     return rows, summary
 
 
@@ -244,8 +296,9 @@ def main() -> int:
         from asca_core.config import FeatureConfig
 
         f_cfg = FeatureConfig(**FEATURES[feat])
-        print(f"{args.model}, {feat} features ({f_cfg.input_size[0]} x {f_cfg.input_size[1]} per 3 s window):",
-              flush=True)
+        print(
+            f"{args.model}, {feat} features ({f_cfg.input_size[0]} x {f_cfg.input_size[1]} per 3 s window):", flush=True
+        )
         results = measure(run, workloads, args.threads, repeat, args.hop)
         rows, summary = summarise(results, feat)
         raw[feat] = {"results": results, "summary": summary, "input_size": list(f_cfg.input_size)}
@@ -256,14 +309,27 @@ def main() -> int:
             f"**{args.model}, {f_cfg.input_size[0]} x {f_cfg.input_size[1]} input** ({feat} features: "
             f"{f_cfg.n_mels} mel bins, {1000 * f_cfg.hop_length / f_cfg.sample_rate:g} ms hop, "
             f"{f_cfg.sample_rate // 1000} kHz):\n\n"
-            + md_table(["workload", "engine", "audio min", "windows", "scoring s", "x real time", "windows/s",
-                        "peak RSS MB", "speed x torch"], rows)
+            + md_table(
+                [
+                    "workload",
+                    "engine",
+                    "audio min",
+                    "windows",
+                    "scoring s",
+                    "x real time",
+                    "windows/s",
+                    "peak RSS MB",
+                    "speed x torch",
+                ],
+                rows,
+            )
             + f"\n\nOn the {long_minutes}-minute recording: {best:.0f}x real time at best "
-              f"({'meets' if best >= 100 else 'misses'} the 100x target); peak memory "
-              f"{long_t['peak_rss_mb']:,.0f} MB (torch) and {long_o['peak_rss_mb']:,.0f} MB (onnx) against "
-              f"{one_t['peak_rss_mb']:,.0f} / {one_o['peak_rss_mb']:,.0f} MB for 1 minute "
-              f"(ratio {long_t['peak_rss_mb'] / one_t['peak_rss_mb']:.2f} / "
-              f"{long_o['peak_rss_mb'] / one_o['peak_rss_mb']:.2f}).")
+            f"({'meets' if best >= 100 else 'misses'} the 100x target); peak memory "
+            f"{long_t['peak_rss_mb']:,.0f} MB (torch) and {long_o['peak_rss_mb']:,.0f} MB (onnx) against "
+            f"{one_t['peak_rss_mb']:,.0f} / {one_o['peak_rss_mb']:,.0f} MB for 1 minute "
+            f"(ratio {long_t['peak_rss_mb'] / one_t['peak_rss_mb']:.2f} / "
+            f"{long_o['peak_rss_mb'] / one_o['peak_rss_mb']:.2f})."
+        )
     load_after = load_average()
     minutes = (time.time() - started) / 60
     markdown = (
@@ -277,7 +343,8 @@ def main() -> int:
         f"decoding, scoring time from the first window to the last result (median of {repeat}; model "
         f"loading not included, about 1-3 s), peak resident memory of the whole process (`VmHWM`: "
         f"PyTorch, and ONNX Runtime for onnx, included). The ONNX graph holds the log-Mel front end (DFT as a "
-        f"convolution) and runs on ONNX Runtime's CPU provider.\n\n" + "\n\n".join(sections) + "\n")
+        f"convolution) and runs on ONNX Runtime's CPU provider.\n\n" + "\n\n".join(sections) + "\n"
+    )
     print(markdown)
     raw["markdown"] = markdown
     print(f"wrote {save_json('deploy', raw)}")

@@ -35,7 +35,7 @@ def make_clips(n: int, seed: int = 0) -> np.ndarray:
     clips = 0.05 * rng.standard_normal((n, t.size))
     for i in range(n):
         f0 = rng.uniform(300, 3000)
-        clips[i] += 0.3 * np.sin(2 * np.pi * (f0 * t + 200 * t ** 2))
+        clips[i] += 0.3 * np.sin(2 * np.pi * (f0 * t + 200 * t**2))
     return clips.astype(np.float32)
 
 
@@ -58,56 +58,101 @@ def run(quick: bool = False) -> dict:
 
     def ours_batches_of_8():
         with torch.no_grad():
-            return [logmel(batch[i:i + 8]) for i in range(0, n, 8)]
+            return [logmel(batch[i : i + 8]) for i in range(0, n, 8)]
 
     def ours_single():
         with torch.no_grad():
             return [logmel(batch[i]) for i in range(n)]
 
     def librosa_single():
-        return [np.log(librosa.feature.melspectrogram(
-            y=clip, sr=SAMPLE_RATE, n_fft=SETTINGS["n_fft"], win_length=SETTINGS["win_length"],
-            hop_length=SETTINGS["hop_length"], window="hamming", center=True, pad_mode="reflect",
-            power=2.0, n_mels=SETTINGS["n_mels"], fmin=SETTINGS["f_min"], htk=True, norm=None) + 1e-6)
-            for clip in clips]
+        return [
+            np.log(
+                librosa.feature.melspectrogram(
+                    y=clip,
+                    sr=SAMPLE_RATE,
+                    n_fft=SETTINGS["n_fft"],
+                    win_length=SETTINGS["win_length"],
+                    hop_length=SETTINGS["hop_length"],
+                    window="hamming",
+                    center=True,
+                    pad_mode="reflect",
+                    power=2.0,
+                    n_mels=SETTINGS["n_mels"],
+                    fmin=SETTINGS["f_min"],
+                    htk=True,
+                    norm=None,
+                )
+                + 1e-6
+            )
+            for clip in clips
+        ]
 
     def kaldi_single():
         with torch.no_grad():
-            return [kaldi_fbank(batch[i], SAMPLE_RATE, n_mels=SETTINGS["n_mels"], f_min=SETTINGS["f_min"])
-                    for i in range(n)]
+            return [
+                kaldi_fbank(batch[i], SAMPLE_RATE, n_mels=SETTINGS["n_mels"], f_min=SETTINGS["f_min"]) for i in range(n)
+            ]
 
     # the same computation: compare log values where librosa's filters see energy
     ours = ours_batched()[:, 0].numpy()
     ref = np.stack(librosa_single())
     agreement = float(np.median(np.abs(ours - ref)))
 
-    peers = {"ours_batched": ours_batched, "ours_batches_of_8": ours_batches_of_8, "ours_one_at_a_time": ours_single,
-             "librosa_one_at_a_time": librosa_single, "kaldi_fbank_one_at_a_time": kaldi_single}
+    peers = {
+        "ours_batched": ours_batched,
+        "ours_batches_of_8": ours_batches_of_8,
+        "ours_one_at_a_time": ours_single,
+        "librosa_one_at_a_time": librosa_single,
+        "kaldi_fbank_one_at_a_time": kaldi_single,
+    }
     load_before = load_average()
     times = alternate(peers, repeat=repeat, warmup=1)
     rate = {k: n / statistics.median(v) for k, v in times.items()}
-    names = {"ours_batched": f"ours, LogMel on a batch of {n}",
-             "ours_batches_of_8": "ours, LogMel on batches of 8",
-             "ours_one_at_a_time": "ours, LogMel one clip at a time",
-             "librosa_one_at_a_time": f"librosa {librosa.__version__} melspectrogram, one at a time",
-             "kaldi_fbank_one_at_a_time": "Kaldi fbank (torchaudio.compliance), one at a time"}
-    rows = [[names[k], fmt(rate[k], 1), fmt(rate[k] / rate["librosa_one_at_a_time"]),
-             fmt(rate[k] / rate["kaldi_fbank_one_at_a_time"])] for k in peers]
-    md = "\n".join([
-        f"{n} clips of {SECONDS:g} s at {SAMPLE_RATE // 1000} kHz; n_fft {SETTINGS['n_fft']}, 25 ms Hamming "
-        f"window, 10 ms hop, {SETTINGS['n_mels']} HTK mel bins from {SETTINGS['f_min']:g} Hz; median of "
-        f"{repeat} alternating rounds, {torch.get_num_threads()} torch threads (librosa uses NumPy's FFT).",
-        "",
-        md_table(["front end", "clips/s", "x librosa", "x Kaldi fbank"], rows),
-        "",
-        f"Our log-Mel matches librosa's to a median absolute difference of {agreement:.2e} (natural-log "
-        f"units): the same computation. Load average {load_before} before, {load_average()} after.",
-    ])
-    data = {"clips": n, "seconds": SECONDS, "sample_rate": SAMPLE_RATE, "settings": SETTINGS,
-            "repeat": repeat, "clips_per_second": rate, "times": times, "median_abs_diff_vs_librosa": agreement,
-            "ratio_batched_vs_librosa": rate["ours_batched"] / rate["librosa_one_at_a_time"],
-            "ratio_batched_vs_kaldi": rate["ours_batched"] / rate["kaldi_fbank_one_at_a_time"],
-            "threads": torch.get_num_threads()}
+    names = {
+        "ours_batched": f"ours, LogMel on a batch of {n}",
+        "ours_batches_of_8": "ours, LogMel on batches of 8",
+        "ours_one_at_a_time": "ours, LogMel one clip at a time",
+        "librosa_one_at_a_time": f"librosa {librosa.__version__} melspectrogram, one at a time",
+        "kaldi_fbank_one_at_a_time": "Kaldi fbank (torchaudio.compliance), one at a time",
+    }
+    rows = [
+        [
+            names[k],
+            fmt(rate[k], 1),
+            fmt(rate[k] / rate["librosa_one_at_a_time"]),
+            fmt(rate[k] / rate["kaldi_fbank_one_at_a_time"]),
+        ]
+        for k in peers
+    ]
+    md = "\n".join(
+        [
+            (
+                f"{n} clips of {SECONDS:g} s at {SAMPLE_RATE // 1000} kHz; n_fft {SETTINGS['n_fft']}, 25 ms Hamming "
+                f"window, 10 ms hop, {SETTINGS['n_mels']} HTK mel bins from {SETTINGS['f_min']:g} Hz; median of "
+                f"{repeat} alternating rounds, {torch.get_num_threads()} torch threads (librosa uses NumPy's FFT)."
+            ),
+            "",
+            md_table(["front end", "clips/s", "x librosa", "x Kaldi fbank"], rows),
+            "",
+            (
+                f"Our log-Mel matches librosa's to a median absolute difference of {agreement:.2e} (natural-log "
+                f"units): the same computation. Load average {load_before} before, {load_average()} after."
+            ),
+        ]
+    )
+    data = {
+        "clips": n,
+        "seconds": SECONDS,
+        "sample_rate": SAMPLE_RATE,
+        "settings": SETTINGS,
+        "repeat": repeat,
+        "clips_per_second": rate,
+        "times": times,
+        "median_abs_diff_vs_librosa": agreement,
+        "ratio_batched_vs_librosa": rate["ours_batched"] / rate["librosa_one_at_a_time"],
+        "ratio_batched_vs_kaldi": rate["ours_batched"] / rate["kaldi_fbank_one_at_a_time"],
+        "threads": torch.get_num_threads(),
+    }
     return section("Feature extraction: clips per second", md, data)
 
 

@@ -63,8 +63,7 @@ def run(quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="asca-bench-") as tmp:
         path = write_recording(Path(tmp) / "recording.wav", RECORDING_SECONDS, FILE_RATE)
         hop = WINDOW_SECONDS / 2
-        n_windows = len(sliding_windows(int(RECORDING_SECONDS * clf.sample_rate), clf.sample_rate,
-                                        WINDOW_SECONDS, hop))
+        n_windows = len(sliding_windows(int(RECORDING_SECONDS * clf.sample_rate), clf.sample_rate, WINDOW_SECONDS, hop))
 
         def ours():
             return clf.predict(path, top_k=3)
@@ -85,38 +84,67 @@ def run(quick: bool = False) -> dict:
         predict_times = alternate({"predict": ours, "naive": naive}, repeat=repeat, warmup=0)
 
         window = load_audio(path, clf.sample_rate, offset=20.0, duration=WINDOW_SECONDS)
-        attr_times = alternate({
-            "integrated_gradients": lambda: attribute(clf, window, "integrated_gradients", target=0,
-                                                      sample_rate=clf.sample_rate),
-            "saliency": lambda: attribute(clf, window, "saliency", target=0, sample_rate=clf.sample_rate),
-        }, repeat=repeat + 1, warmup=1)
+        attr_times = alternate(
+            {
+                "integrated_gradients": lambda: attribute(
+                    clf, window, "integrated_gradients", target=0, sample_rate=clf.sample_rate
+                ),
+                "saliency": lambda: attribute(clf, window, "saliency", target=0, sample_rate=clf.sample_rate),
+            },
+            repeat=repeat + 1,
+            warmup=1,
+        )
     med = {k: statistics.median(v) for k, v in {**predict_times, **attr_times}.items()}
     rows = [
-        [f"predict, 60 s recording ({n_windows} windows of {WINDOW_SECONDS:g} s)", fmt(med["predict"], 2),
-         "real time (60 s)", f"{RECORDING_SECONDS / med['predict']:.1f}x real time"],
-        ["", "", f"naive loop: whole decode, one window per forward ({fmt(med['naive'], 2)} s)",
-         f"{med['naive'] / med['predict']:.2f}x its speed"],
-        ["Integrated Gradients, one 5 s window (32 steps)", fmt(med["integrated_gradients"], 2),
-         f"one saliency map ({fmt(med['saliency'], 2)} s)",
-         f"{med['integrated_gradients'] / med['saliency']:.1f}x its time"],
+        [
+            f"predict, 60 s recording ({n_windows} windows of {WINDOW_SECONDS:g} s)",
+            fmt(med["predict"], 2),
+            "real time (60 s)",
+            f"{RECORDING_SECONDS / med['predict']:.1f}x real time",
+        ],
+        [
+            "",
+            "",
+            f"naive loop: whole decode, one window per forward ({fmt(med['naive'], 2)} s)",
+            f"{med['naive'] / med['predict']:.2f}x its speed",
+        ],
+        [
+            "Integrated Gradients, one 5 s window (32 steps)",
+            fmt(med["integrated_gradients"], 2),
+            f"one saliency map ({fmt(med['saliency'], 2)} s)",
+            f"{med['integrated_gradients'] / med['saliency']:.1f}x its time",
+        ],
     ]
-    md = "\n".join([
-        f"asca_tiny ({len(LABELS)} classes), 16 kHz front end, 128 x 512 input per {WINDOW_SECONDS:g} s window; "
-        f"recording written at {FILE_RATE // 1000} kHz (decoded, resampled and scored); median of "
-        f"{repeat} run(s) for predict, {repeat + 1} for attributions, peers in alternation; "
-        f"{torch.get_num_threads()} torch threads.",
-        "",
-        md_table(["task", "seconds", "peer", "ratio"], rows),
-        "",
-        f"predict and the naive loop agree to {agree:.1e} in every window probability. Load average "
-        f"{load_before} before, {load_average()} after.",
-    ])
-    data = {"window_seconds": WINDOW_SECONDS, "recording_seconds": RECORDING_SECONDS, "file_rate": FILE_RATE,
-            "windows": n_windows, "median_s": med, "times": {**predict_times, **attr_times},
-            "real_time_factor": RECORDING_SECONDS / med["predict"],
-            "predict_vs_naive": med["naive"] / med["predict"],
-            "ig_vs_saliency": med["integrated_gradients"] / med["saliency"], "max_abs_diff_vs_naive": agree,
-            "threads": torch.get_num_threads()}
+    md = "\n".join(
+        [
+            (
+                f"asca_tiny ({len(LABELS)} classes), 16 kHz front end, 128 x 512 input per {WINDOW_SECONDS:g} s window; "
+                f"recording written at {FILE_RATE // 1000} kHz (decoded, resampled and scored); median of "
+                f"{repeat} run(s) for predict, {repeat + 1} for attributions, peers in alternation; "
+                f"{torch.get_num_threads()} torch threads."
+            ),
+            "",
+            md_table(["task", "seconds", "peer", "ratio"], rows),
+            "",
+            (
+                f"predict and the naive loop agree to {agree:.1e} in every window probability. Load average "
+                f"{load_before} before, {load_average()} after."
+            ),
+        ]
+    )
+    data = {
+        "window_seconds": WINDOW_SECONDS,
+        "recording_seconds": RECORDING_SECONDS,
+        "file_rate": FILE_RATE,
+        "windows": n_windows,
+        "median_s": med,
+        "times": {**predict_times, **attr_times},
+        "real_time_factor": RECORDING_SECONDS / med["predict"],
+        "predict_vs_naive": med["naive"] / med["predict"],
+        "ig_vs_saliency": med["integrated_gradients"] / med["saliency"],
+        "max_abs_diff_vs_naive": agree,
+        "threads": torch.get_num_threads(),
+    }
     return section("Latency: predict on 60 s, Integrated Gradients on 5 s", md, data)
 
 

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from asca_core.models import build_model, count_params, gmacs  # noqa: E402
-from asca_core.utils import setup_torch  # noqa: E402
+from asca_core.models import build_model, count_params, gmacs
+from asca_core.utils import setup_torch
 
 INPUT_SIZE = (128, 320)
 TIMM_STRIDE = {"paper": "1x1", "depthwise": "dw"}
@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
     setup_torch(num_threads=args.threads)  # flushes denormals: both models run under the same settings
     torch.manual_seed(0)
     models = {
-        "asca_tiny": build_model("asca_tiny", args.num_classes, stride_mode=args.stride_mode,
-                                 drop_path=args.drop_path).train(),
+        "asca_tiny": build_model(
+            "asca_tiny", args.num_classes, stride_mode=args.stride_mode, drop_path=args.drop_path
+        ).train(),
         "timm_maxxvit": timm_coatnet(args.num_classes, args.stride_mode, args.drop_path).train(),
     }
     info = {name: {"params": count_params(m), "gmacs": round(gmacs(m, INPUT_SIZE), 4)} for name, m in models.items()}
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     times: dict[str, list[float]] = {name: [] for name in order}
     cpu_times: dict[str, list[float]] = {name: [] for name in order}
     for step in range(args.steps):
-        for name in (order if step % 2 == 0 else order[::-1]):
+        for name in order if step % 2 == 0 else order[::-1]:
             wall, cpu = train_step(models[name], spec, target)
             times[name].append(wall)
             cpu_times[name].append(cpu)
@@ -120,21 +121,31 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "timm": timm.__version__,
         "cpu": platform.processor() or platform.machine(),
-        "models": {name: {**info[name], "median_s": round(median[name], 4),
-                          "min_s": round(min(times[name]), 4), "max_s": round(max(times[name]), 4),
-                          "cpu_median_s": round(cpu_median[name], 4)}
-                   for name in order},
+        "models": {
+            name: {
+                **info[name],
+                "median_s": round(median[name], 4),
+                "min_s": round(min(times[name]), 4),
+                "max_s": round(max(times[name]), 4),
+                "cpu_median_s": round(cpu_median[name], 4),
+            }
+            for name in order
+        },
         "ratio_ours_over_timm": round(median["asca_tiny"] / median["timm_maxxvit"], 3),
         "cpu_ratio_ours_over_timm": round(cpu_median["asca_tiny"] / cpu_median["timm_maxxvit"], 3),
     }
     for name in order:
         m = result["models"][name]
-        print(f"{name:13s} params {m['params'] / 1e6:.3f}M  GMACs {m['gmacs']:.3f}  "
-              f"step median {m['median_s']:.3f}s (min {m['min_s']:.3f}, max {m['max_s']:.3f}), "
-              f"CPU {m['cpu_median_s']:.3f}s")
-    print(f"ratio asca_tiny / timm = {result['ratio_ours_over_timm']:.3f} wall, "
-          f"{result['cpu_ratio_ours_over_timm']:.3f} CPU time "
-          f"(threads {result['threads']}, load average {result['load_average_1min']})")
+        print(
+            f"{name:13s} params {m['params'] / 1e6:.3f}M  GMACs {m['gmacs']:.3f}  "
+            f"step median {m['median_s']:.3f}s (min {m['min_s']:.3f}, max {m['max_s']:.3f}), "
+            f"CPU {m['cpu_median_s']:.3f}s"
+        )
+    print(
+        f"ratio asca_tiny / timm = {result['ratio_ours_over_timm']:.3f} wall, "
+        f"{result['cpu_ratio_ours_over_timm']:.3f} CPU time "
+        f"(threads {result['threads']}, load average {result['load_average_1min']})"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

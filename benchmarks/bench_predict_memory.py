@@ -104,24 +104,39 @@ def main() -> int:
             path = write_recording(tmp / f"rec_{minutes:g}min.wav", minutes, rate)
             doc, peak_mb, seconds = run_child([*base_cmd, str(path), "--json"], args.threads)
             windows = len(doc["predictions"][0]["timeline"])
-            row = {"minutes": minutes, "duration_s": minutes * 60, "file_mb": round(path.stat().st_size / 2**20, 1),
-                   "windows": windows, "peak_rss_mb": round(peak_mb, 1),
-                   "above_baseline_mb": round(peak_mb - base_mb, 1), "seconds": round(seconds, 1),
-                   "windows_per_second": round(windows / seconds, 1)}
+            row = {
+                "minutes": minutes,
+                "duration_s": minutes * 60,
+                "file_mb": round(path.stat().st_size / 2**20, 1),
+                "windows": windows,
+                "peak_rss_mb": round(peak_mb, 1),
+                "above_baseline_mb": round(peak_mb - base_mb, 1),
+                "seconds": round(seconds, 1),
+                "windows_per_second": round(windows / seconds, 1),
+            }
             rows.append(row)
-            print(f"{minutes:>5g} min: {windows:>5} windows, peak RSS {peak_mb:7.1f} MB "
-                  f"(+{peak_mb - base_mb:5.1f} MB over a 1 s file), {seconds:6.1f} s", flush=True)
+            print(
+                f"{minutes:>5g} min: {windows:>5} windows, peak RSS {peak_mb:7.1f} MB "
+                f"(+{peak_mb - base_mb:5.1f} MB over a 1 s file), {seconds:6.1f} s",
+                flush=True,
+            )
             path.unlink()
     from common import machine_info
 
     result = {
         "what": "peak RSS of `asca predict RUN FILE --json` in a fresh process vs recording length",
         "run": "untrained " + args.model if not args.run else str(args.run),
-        "features": {"sample_rate": rate, "clip_seconds": cfg.features.clip_seconds,
-                     "n_mels": cfg.features.n_mels, "hop_seconds": cfg.features.clip_seconds / 2},
+        "features": {
+            "sample_rate": rate,
+            "clip_seconds": cfg.features.clip_seconds,
+            "n_mels": cfg.features.n_mels,
+            "hop_seconds": cfg.features.clip_seconds / 2,
+        },
         "baseline_1s_file": {"peak_rss_mb": round(base_mb, 1), "seconds": round(base_s, 1)},
         "rows": rows,
-        "growth_ratio_longest_vs_shortest": round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3) if rows else None,
+        "growth_ratio_longest_vs_shortest": round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3)
+        if rows
+        else None,
         "machine": {**machine_info(), "child_threads": args.threads},
     }
     out = Path(args.out)

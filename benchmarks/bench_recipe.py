@@ -32,8 +32,18 @@ def train(data: str, budget: str, overrides: list[str], run_dir: Path) -> dict:
     status_file = run_dir / "status.json"
     if status_file.is_file() and json.loads(status_file.read_text()).get("state") == "finished":
         return read(run_dir)
-    cmd = [sys.executable, "-m", "asca_core.cli", "train", data, "--budget", budget, "--run-dir", str(run_dir),
-           "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "asca_core.cli",
+        "train",
+        data,
+        "--budget",
+        budget,
+        "--run-dir",
+        str(run_dir),
+        "--quiet",
+    ]
     if run_dir.exists():
         cmd.append("--resume")
     for item in overrides:
@@ -46,25 +56,33 @@ def train(data: str, budget: str, overrides: list[str], run_dir: Path) -> dict:
 def read(run_dir: Path) -> dict:
     status = json.loads((run_dir / "status.json").read_text())
     evaluation = json.loads((run_dir / "eval.json").read_text())
-    return {"test_acc": evaluation["acc"], "test_map": evaluation["map"], "epochs": status["epoch"],
-            "minutes": round(status.get("train_seconds", 0.0) / 60, 2)}
+    return {
+        "test_acc": evaluation["acc"],
+        "test_map": evaluation["map"],
+        "epochs": status["epoch"],
+        "minutes": round(status.get("train_seconds", 0.0) / 60, 2),
+    }
 
 
 def summarise(rows: list[dict]) -> str:
-    lines = ["| dataset | variant | overrides | seeds | test acc | test mAP | epochs | minutes |",
-             "|---|---|---|---:|---|---|---:|---:|"]
+    lines = [
+        "| dataset | variant | overrides | seeds | test acc | test mAP | epochs | minutes |",
+        "|---|---|---|---:|---|---|---:|---:|",
+    ]
     keys = sorted({(r["dataset"], r["variant"]) for r in rows}, key=lambda k: (k[0], k[1] != "recipe", k[1]))
     for dataset, variant in keys:
         group = [r for r in rows if (r["dataset"], r["variant"]) == (dataset, variant)]
 
         def stat(name: str) -> str:
-            values = [r[name] for r in group]
+            values = [r[name] for r in group]  # noqa: B023 - called inside the loop
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
-        lines.append(f"| {dataset} | {variant} | {' '.join(group[0]['overrides']) or '(none)'} | {len(group)} | "
-                     f"{stat('test_acc')} | {stat('test_map')} | {statistics.mean(r['epochs'] for r in group):.0f} | "
-                     f"{statistics.mean(r['minutes'] for r in group):.1f} |")
+        lines.append(
+            f"| {dataset} | {variant} | {' '.join(group[0]['overrides']) or '(none)'} | {len(group)} | "
+            f"{stat('test_acc')} | {stat('test_map')} | {statistics.mean(r['epochs'] for r in group):.0f} | "
+            f"{statistics.mean(r['minutes'] for r in group):.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -73,8 +91,13 @@ def main() -> None:
     parser.add_argument("--data", action="append", choices=sorted(DATASETS), help="datasets (repeatable)")
     parser.add_argument("--budget", help="budget per run (default: the dataset's own)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (train.seed and data.seed)")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME=K=V,K=V",
-                        help="a named set of overrides; NAME= alone is the plain recipe")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=K=V,K=V",
+        help="a named set of overrides; NAME= alone is the plain recipe",
+    )
     parser.add_argument("--out", type=Path, default=OUT / "recipe")
     args = parser.parse_args()
     variants = {}
@@ -89,8 +112,15 @@ def main() -> None:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 items = overrides + [f"train.seed={seed}", f"data.seed={seed}"]
                 run_dir = args.out / f"{dataset}-{name}-seed{seed}"
-                rows.append({"dataset": dataset, "variant": name, "overrides": overrides, "seed": seed,
-                             **train(data, args.budget or budget, items, run_dir)})
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "variant": name,
+                        "overrides": overrides,
+                        "seed": seed,
+                        **train(data, args.budget or budget, items, run_dir),
+                    }
+                )
                 args.out.mkdir(parents=True, exist_ok=True)
                 results.write_text(json.dumps(rows, indent=2))
     table = summarise(rows)

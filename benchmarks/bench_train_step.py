@@ -34,8 +34,8 @@ def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 3072), repeat: int = 5) ->
     results = {}
     for n in sizes:
         a, b = torch.randn(n, n), torch.randn(n, n)
-        times = alternate({"mm": lambda: torch.mm(a, b)}, repeat=repeat, warmup=2)["mm"]
-        results[n] = 2 * n ** 3 / statistics.median(times) / 1e9
+        times = alternate({"mm": lambda: torch.mm(a, b)}, repeat=repeat, warmup=2)["mm"]  # noqa: B023 - timed here
+        results[n] = 2 * n**3 / statistics.median(times) / 1e9
     best = max(results, key=results.get)
     return {"gflops": results[best], "size": best, "by_size": results}
 
@@ -54,10 +54,9 @@ def step_flops(model: torch.nn.Module, spec: torch.Tensor) -> float:
 
 
 def run(quick: bool = False, threads: int | None = None) -> dict:
-    from bench_model_vs_timm import INPUT_SIZE, timm_coatnet
-
     from asca_core.models import build_model, count_params
     from asca_core.utils import setup_torch
+    from bench_model_vs_timm import INPUT_SIZE, timm_coatnet
 
     setup_torch(threads)
     steps = 4 if quick else 12
@@ -81,6 +80,7 @@ def run(quick: bool = False, threads: int | None = None) -> dict:
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(spec), target).backward()
             opt.step()
+
         return fn
 
     load_before = load_average()
@@ -93,28 +93,60 @@ def run(quick: bool = False, threads: int | None = None) -> dict:
     rows = []
     for k in models:
         achieved = flops[k] / median[k] / 1e9
-        rows.append([k, f"{params[k] / 1e6:.3f}M", fmt(flops[k] / 1e9 / BATCH, 3), fmt(median[k], 3),
-                     fmt(BATCH / median[k], 1), fmt(achieved, 1), f"{100 * achieved / peak:.1f}%",
-                     fmt(median[theirs] / median[k])])
-    md = "\n".join([
-        f"One AdamW step (forward, cross-entropy, backward, update) at batch {BATCH} on a 1 x "
-        f"{INPUT_SIZE[0]} x {INPUT_SIZE[1]} input, median of {steps} steps timed in alternation after a "
-        f"warm-up; {torch.get_num_threads()} torch thread(s), denormals flushed. GFLOP per sample: "
-        "forward + backward as 3 x the counted forward (convolutions, matmuls, attention). fp32 matmul "
-        f"peak measured in the same run: **{peak:.1f} GFLOP/s** (best square sgemm, n = {peak_before['size']}; before the steps "
-        f"{peak_before['gflops']:.1f}, after {peak_after['gflops']:.1f}).",
-        "",
-        md_table(["model", "params", "GFLOP/sample (fwd+bwd)", "step s", "samples/s", "achieved GFLOP/s",
-                  "of matmul peak", "speed x timm"], rows),
-        "",
-        f"Load average {load_before} before, {load_average()} after.",
-    ])
-    data = {"batch": BATCH, "input": list(INPUT_SIZE), "steps": steps, "params": params, "flops_per_step": flops,
-            "median_step_s": median, "times": times, "matmul_peak": {"before": peak_before, "after": peak_after,
-                                                                     "gflops": peak},
-            "achieved_gflops": {k: flops[k] / median[k] / 1e9 for k in models},
-            "fraction_of_peak": {k: flops[k] / median[k] / 1e9 / peak for k in models},
-            "speed_ratio_ours_vs_timm": median[theirs] / median[ours], "threads": torch.get_num_threads()}
+        rows.append(
+            [
+                k,
+                f"{params[k] / 1e6:.3f}M",
+                fmt(flops[k] / 1e9 / BATCH, 3),
+                fmt(median[k], 3),
+                fmt(BATCH / median[k], 1),
+                fmt(achieved, 1),
+                f"{100 * achieved / peak:.1f}%",
+                fmt(median[theirs] / median[k]),
+            ]
+        )
+    md = "\n".join(
+        [
+            (
+                f"One AdamW step (forward, cross-entropy, backward, update) at batch {BATCH} on a 1 x "
+                f"{INPUT_SIZE[0]} x {INPUT_SIZE[1]} input, median of {steps} steps timed in alternation after a "
+                f"warm-up; {torch.get_num_threads()} torch thread(s), denormals flushed. GFLOP per sample: "
+                "forward + backward as 3 x the counted forward (convolutions, matmuls, attention). fp32 matmul "
+                f"peak measured in the same run: **{peak:.1f} GFLOP/s** (best square sgemm, n = {peak_before['size']}; before the steps "
+                f"{peak_before['gflops']:.1f}, after {peak_after['gflops']:.1f})."
+            ),
+            "",
+            md_table(
+                [
+                    "model",
+                    "params",
+                    "GFLOP/sample (fwd+bwd)",
+                    "step s",
+                    "samples/s",
+                    "achieved GFLOP/s",
+                    "of matmul peak",
+                    "speed x timm",
+                ],
+                rows,
+            ),
+            "",
+            f"Load average {load_before} before, {load_average()} after.",
+        ]
+    )
+    data = {
+        "batch": BATCH,
+        "input": list(INPUT_SIZE),
+        "steps": steps,
+        "params": params,
+        "flops_per_step": flops,
+        "median_step_s": median,
+        "times": times,
+        "matmul_peak": {"before": peak_before, "after": peak_after, "gflops": peak},
+        "achieved_gflops": {k: flops[k] / median[k] / 1e9 for k in models},
+        "fraction_of_peak": {k: flops[k] / median[k] / 1e9 / peak for k in models},
+        "speed_ratio_ours_vs_timm": median[theirs] / median[ours],
+        "threads": torch.get_num_threads(),
+    }
     return section("Training step: asca_tiny vs timm CoAtNet, achieved GFLOP/s", md, data)
 
 

@@ -33,11 +33,33 @@ def run(mode: str, epochs: int, cache: Path) -> dict:
         env["ASCA_TRAINING_SLOT"] = str(root / "training.lock")
     count = 1 if mode == "alone" else 2
     started = time.monotonic()
-    procs = [subprocess.Popen([sys.executable, "-m", "asca_core.cli", "train", "--config", str(ROOT / "configs" / "demo.yaml"),
-                               "--set", f"train.epochs={epochs}", "--set", "train.num_threads=2",
-                               "--set", "train.device=cpu", "--run-dir", str(root / f"run{i}"), "--quiet"],
-                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for i in range(count)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "asca_core.cli",
+                "train",
+                "--config",
+                str(ROOT / "configs" / "demo.yaml"),
+                "--set",
+                f"train.epochs={epochs}",
+                "--set",
+                "train.num_threads=2",
+                "--set",
+                "train.device=cpu",
+                "--run-dir",
+                str(root / f"run{i}"),
+                "--quiet",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(count)
+    ]
     for proc in procs:
         _, err = proc.communicate()
         if proc.returncode != 0:
@@ -48,8 +70,13 @@ def run(mode: str, epochs: int, cache: Path) -> dict:
         rows = [json.loads(line) for line in (root / f"run{i}" / "metrics.jsonl").read_text().splitlines() if line]
         later = [r["seconds"] for r in rows[1:]] or [rows[-1]["seconds"]]
         log = (root / f"run{i}" / "log.txt").read_text()
-        runs.append({"epoch_seconds": [r["seconds"] for r in rows], "median_later_epoch_s": statistics.median(later),
-                     "queued": "queued:" in log})
+        runs.append(
+            {
+                "epoch_seconds": [r["seconds"] for r in rows],
+                "median_later_epoch_s": statistics.median(later),
+                "queued": "queued:" in log,
+            }
+        )
     return {"mode": mode, "epochs": epochs, "wall_s": round(wall, 1), "runs": runs}
 
 

@@ -13,9 +13,10 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"  # raw JSON of each benchmark (git-ignored)
@@ -44,7 +45,7 @@ def machine_info() -> dict[str, Any]:
     except AttributeError:  # pragma: no cover - not Linux
         affinity = os.cpu_count()
     return {
-        "date": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).astimezone().isoformat(timespec="seconds"),
         "cpu": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(),
@@ -82,7 +83,7 @@ def alternate(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1) -
             fns[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeat):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names if r % 2 == 0 else names[::-1]:
             start = time.perf_counter()
             fns[name]()
             times[name].append(time.perf_counter() - start)
@@ -91,6 +92,7 @@ def alternate(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1) -
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table (numbers right-aligned)."""
+
     def cell(v: Any) -> str:
         return v if isinstance(v, str) else f"{v}"
 

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import OUT, SHARED_DATA
-
 from asca_core.audio import load_audio, write_audio
+from common import OUT, SHARED_DATA
 
 RATE = 44100
 SECONDS = 5.0
@@ -51,7 +50,7 @@ def build(out: Path, per_class: int = 107, seed: int = 0) -> Path:
             fold = row["fold"]
             noise = load_audio(source / rng.choice(by_fold[("_silence_", fold)]), RATE)
             scene = np.roll(np.tile(noise, int(np.ceil(n / len(noise)))), int(rng.integers(len(noise))))[:n].copy()
-            scene *= 10 ** (rng.uniform(-10, 0) / 20) / (np.sqrt(np.mean(scene ** 2)) + 1e-8) * 0.05
+            scene *= 10 ** (rng.uniform(-10, 0) / 20) / (np.sqrt(np.mean(scene**2)) + 1e-8) * 0.05
             _place(scene, load_audio(source / row["filename"], RATE), rng, snr_db=rng.uniform(0, 20))
             scene /= max(1.0, float(np.abs(scene).max()) / 0.99)
             name = f"{word}/{word}_{k:03d}.flac"
@@ -70,9 +69,9 @@ def _place(scene: np.ndarray, event: np.ndarray, rng: np.random.Generator, snr_d
     """Add ``event`` at a random time, ``snr_db`` above the scene's background level."""
     start = int(rng.integers(0, max(1, len(scene) - len(event))))
     event = event[: len(scene) - start]
-    background = np.sqrt(np.mean(scene ** 2)) + 1e-8
-    level = np.sqrt(np.mean(event ** 2)) + 1e-8
-    scene[start:start + len(event)] += event * (background / level) * 10 ** (snr_db / 20)
+    background = np.sqrt(np.mean(scene**2)) + 1e-8
+    level = np.sqrt(np.mean(event**2)) + 1e-8
+    scene[start : start + len(event)] += event * (background / level) * 10 ** (snr_db / 20)
 
 
 def main() -> None:

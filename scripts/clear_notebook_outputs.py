@@ -1,8 +1,8 @@
 """Strip outputs, execution counts and saved widget state from notebooks before committing.
 
-    python scripts/clear_notebook_outputs.py                  # every notebooks/*.ipynb, in place
-    python scripts/clear_notebook_outputs.py --check          # exit 1 if any notebook has outputs
-    python scripts/clear_notebook_outputs.py path/to/x.ipynb  # only these
+python scripts/clear_notebook_outputs.py                  # every notebooks/*.ipynb, in place
+python scripts/clear_notebook_outputs.py --check          # exit 1 if any notebook has outputs
+python scripts/clear_notebook_outputs.py path/to/x.ipynb  # only these
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def is_clean(nb: nbformat.NotebookNode) -> bool:
     """True when no code cell holds outputs or a count and no widget state is saved."""
     return "widgets" not in nb.metadata and all(
-        cell.outputs == [] and cell.execution_count is None for cell in nb.cells if cell.cell_type == "code")
+        cell.outputs == [] and cell.execution_count is None for cell in nb.cells if cell.cell_type == "code"
+    )
 
 
 def clear(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:

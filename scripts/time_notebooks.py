@@ -25,16 +25,17 @@ from nbclient import NotebookClient, output_widget
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-CPU_CELL = ("import resource as _r; _u = _r.getrusage(_r.RUSAGE_SELF); _c = _r.getrusage(_r.RUSAGE_CHILDREN); "
-            "print(_u.ru_utime + _u.ru_stime + _c.ru_utime + _c.ru_stime)")
+CPU_CELL = (
+    "import resource as _r; _u = _r.getrusage(_r.RUSAGE_SELF); _c = _r.getrusage(_r.RUSAGE_CHILDREN); "
+    "print(_u.ru_utime + _u.ru_stime + _c.ru_utime + _c.ru_stime)"
+)
 
 
 def run(path: Path, kernel: str) -> tuple[float, float]:
     """(wall seconds, kernel CPU seconds) of one top-to-bottom run."""
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(CPU_CELL))
-    client = NotebookClient(nb, kernel_name=kernel, timeout=1800,
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(nb, kernel_name=kernel, timeout=1800, resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
     client.execute()
     wall = time.perf_counter() - start
@@ -53,19 +54,29 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.keep or tempfile.mkdtemp(prefix="asca-notebooks-"))
     spec = work / "jupyter" / "kernels" / "python3"
     spec.mkdir(parents=True, exist_ok=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (ASCA)", "language": "python"}))
-    os.environ.update(JUPYTER_PATH=str(work / "jupyter"), ASCA_CACHE_DIR=str(work / "cache"),
-                      ASCA_RUNS_DIR=str(work / "runs"))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (ASCA)",
+                "language": "python",
+            }
+        )
+    )
+    os.environ.update(
+        JUPYTER_PATH=str(work / "jupyter"), ASCA_CACHE_DIR=str(work / "cache"), ASCA_RUNS_DIR=str(work / "runs")
+    )
     if args.smoke:
         os.environ["ASCA_SMOKE"] = "1"
     else:
         os.environ.pop("ASCA_SMOKE", None)
 
     load = os.getloadavg()[0]
-    print(f"{'smoke' if args.smoke else 'full'} mode, {os.cpu_count()} cores, load average {load:.2f}, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}", file=sys.stderr)
+    print(
+        f"{'smoke' if args.smoke else 'full'} mode, {os.cpu_count()} cores, load average {load:.2f}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}",
+        file=sys.stderr,
+    )
     print("| notebook | wall s | kernel CPU s |\n|---|---:|---:|")
     for path in NOTEBOOKS:
         wall, cpu = run(path, "python3")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -20,8 +20,9 @@ def tone(freq: float, seconds: float, sample_rate: int, amplitude: float = 0.5) 
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-def write_tone(path: Path, freq: float = 1000.0, seconds: float = 1.0, sample_rate: int = 16000,
-               subtype: str | None = None) -> Path:
+def write_tone(
+    path: Path, freq: float = 1000.0, seconds: float = 1.0, sample_rate: int = 16000, subtype: str | None = None
+) -> Path:
     """Write a sine in the format given by the extension (wav, flac, ogg, mp3)."""
     sf.write(path, tone(freq, seconds, sample_rate), sample_rate, subtype=subtype)
     return Path(path)
@@ -35,8 +36,9 @@ def write_noise(path: Path, seconds: float = 2.0, sample_rate: int = 16000, seed
     return Path(path)
 
 
-def write_chirp(path: Path, seconds: float = 6.0, sample_rate: int = 16000, f0: float = 200.0,
-                f1: float = 4000.0) -> Path:
+def write_chirp(
+    path: Path, seconds: float = 6.0, sample_rate: int = 16000, f0: float = 200.0, f1: float = 4000.0
+) -> Path:
     """A logarithmic sweep: tonal (MP3 leans on its bit reservoir) yet never periodic, so a read
     from the wrong place or a badly decoded frame cannot match the reference."""
     t = np.arange(int(round(seconds * sample_rate))) / sample_rate

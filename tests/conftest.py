@@ -12,6 +12,9 @@ from asca_core.utils import setup_torch
 
 setup_torch()
 
+# fixtures shared by several test modules (trained runs, app roots) live in their own modules
+pytest_plugins = ["fixtures_app", "fixtures_runs"]
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ASCA_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

@@ -3,7 +3,7 @@
 ``tiny_run`` trains ``asca_pico`` for two epochs on a five-clips-per-class demo set (seconds on
 CPU), so pages that need a model (Runs, Attention, Classify) have real curves, checkpoints and
 evaluation files to show. ``runs_root`` points ``ASCA_RUNS_DIR`` at the folder holding it.
-Import with ``from fixtures_app import tiny_demo, tiny_run, runs_root``.
+Registered for every test module by ``pytest_plugins`` in conftest.py.
 """
 
 from __future__ import annotations

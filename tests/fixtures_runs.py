@@ -1,6 +1,6 @@
 """Run directories shared by tests: built once per session, under pytest's temp folder.
 
-Import the fixtures into a test module with ``from fixtures_runs import pico_run, demo_run``.
+The fixtures are registered for every test module by ``pytest_plugins`` in conftest.py.
 
 - ``pico_run``: an untrained ``asca_pico`` (C-C-C-T) saved as a complete run (config.yaml,
   labels.json, best/last safetensors); instant, for shape and plumbing tests.

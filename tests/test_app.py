@@ -9,7 +9,6 @@ import numpy as np
 import plotly.io as pio
 from streamlit.testing.v1 import AppTest
 
-from fixtures_app import runs_root, tiny_demo, tiny_run  # noqa: F401 - pytest fixtures
 from workbench import jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,17 +45,22 @@ def labelled(widgets, label: str):
     return next(w for w in widgets if w.label == label)
 
 
-def test_app_routes_to_every_page(runs_root):  # noqa: F811
+def test_app_routes_to_every_page(runs_root):
     at = ok(AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).run())
     assert at.title[0].value == "Data"  # the front door is the demo data
-    for name, title in [("augment", "Augment"), ("train", "Train"), ("runs", "Runs"),
-                        ("attention", "Attention"), ("classify", "Classify")]:
+    for name, title in [
+        ("augment", "Augment"),
+        ("train", "Train"),
+        ("runs", "Runs"),
+        ("attention", "Attention"),
+        ("classify", "Classify"),
+    ]:
         at.switch_page(f"workbench/pages/{name}.py").run()
         ok(at)
         assert at.title[0].value == title
 
 
-def test_data_page_summarises_the_demo_set_and_follows_the_sliders(runs_root):  # noqa: F811
+def test_data_page_summarises_the_demo_set_and_follows_the_sliders(runs_root):
     at = ok(page("data").run())
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Clips"] == "320" and metrics["Classes"] == "8"
@@ -75,7 +79,7 @@ def test_data_page_summarises_the_demo_set_and_follows_the_sliders(runs_root):  
     assert set(ok(at).dataframe[0].value["labels"]) == {"trill"}
 
 
-def test_data_page_reads_a_real_dataset_and_names_a_missing_one(shared_data, runs_root):  # noqa: F811
+def test_data_page_reads_a_real_dataset_and_names_a_missing_one(shared_data, runs_root):
     at = page("data").run()
     at.text_input(key="data_path").input(str(shared_data / "fsdd" / "labels.csv")).run()
     metrics = {m.label: m.value for m in ok(at).metric}
@@ -85,7 +89,7 @@ def test_data_page_reads_a_real_dataset_and_names_a_missing_one(shared_data, run
     assert any("/no/such/dataset" in e.value for e in at.error)
 
 
-def test_augment_page_shows_each_augmentation(runs_root):  # noqa: F811
+def test_augment_page_shows_each_augmentation(runs_root):
     at = ok(page("augment").run())
     assert len(at.tabs) == 6
     assert {"Max gain (dB)", "Time masks", "Mixup alpha (λ ~ Beta(α, α))"} <= {s.label for s in at.slider}
@@ -100,7 +104,7 @@ def test_augment_page_shows_each_augmentation(runs_root):  # noqa: F811
     assert before.shape == arr(masks.data[1].z).shape
 
 
-def test_train_page_lists_runs_and_builds_the_command(runs_root, tiny_run):  # noqa: F811
+def test_train_page_lists_runs_and_builds_the_command(runs_root, tiny_run):
     at = ok(page("train").run())
     table = at.dataframe[0].value
     assert list(table["run"]) == [tiny_run.name] and list(table["state"]) == ["finished"]
@@ -115,7 +119,7 @@ def test_train_page_lists_runs_and_builds_the_command(runs_root, tiny_run):  # n
     assert [r.name for r in jobs.list_runs()] == [tiny_run.name]  # nothing was started
 
 
-def test_train_page_offers_the_automatic_recipe_first(runs_root, tiny_run):  # noqa: F811
+def test_train_page_offers_the_automatic_recipe_first(runs_root, tiny_run):
     at = ok(page("train").run())
     assert at.tabs[0].label.startswith("Auto")
     at.number_input(key="tr_auto_minutes").set_value(5).run()
@@ -130,7 +134,7 @@ def test_train_page_offers_the_automatic_recipe_first(runs_root, tiny_run):  # n
     assert [r.name for r in jobs.list_runs()] == [tiny_run.name]  # nothing was started
 
 
-def test_runs_page_compares_runs_and_reads_an_ablation(runs_root, tiny_run):  # noqa: F811
+def test_runs_page_compares_runs_and_reads_an_ablation(runs_root, tiny_run):
     from asca_core.train.ablate import summarize, to_csv
 
     at = ok(page("runs").run())
@@ -139,9 +143,23 @@ def test_runs_page_compares_runs_and_reads_an_ablation(runs_root, tiny_run):  # 
     assert any("Average precision" in t for t in titles) and any("Confusion matrix" in t for t in titles)
     out = runs_root / "ablation"
     out.mkdir(exist_ok=True)
-    per_run = [{"layout": layout, "seed": s, "params": p, "gmacs": g, "val_acc": 0.5, "val_map": m + s / 100,
-                "test_acc": 0.5, "test_map": m, "test_auc": 0.8, "test_cmap": 0.9, "train_minutes": 1.0}
-               for layout, p, g, m in [("CCCC", 2e6, 0.4, 0.6), ("CCCT", 3e6, 0.5, 0.7)] for s in (0, 1)]
+    per_run = [
+        {
+            "layout": layout,
+            "seed": s,
+            "params": p,
+            "gmacs": g,
+            "val_acc": 0.5,
+            "val_map": m + s / 100,
+            "test_acc": 0.5,
+            "test_map": m,
+            "test_auc": 0.8,
+            "test_cmap": 0.9,
+            "train_minutes": 1.0,
+        }
+        for layout, p, g, m in [("CCCC", 2e6, 0.4, 0.6), ("CCCT", 3e6, 0.5, 0.7)]
+        for s in (0, 1)
+    ]
     (out / "results.csv").write_text(to_csv(summarize(per_run, ["CCCC", "CCCT"])))
     at = ok(page("runs").run())
     assert at.text_input(key="ablation_dir").value == str(out)
@@ -149,7 +167,7 @@ def test_runs_page_compares_runs_and_reads_an_ablation(runs_root, tiny_run):  # 
     assert list(arr(bars.data[0].x)) == ["CCCC", "CCCT"] and list(arr(bars.data[0].y)) == [0.6, 0.7]
 
 
-def test_attention_page_maps_a_query_and_moves_it(runs_root):  # noqa: F811
+def test_attention_page_maps_a_query_and_moves_it(runs_root):
     at = ok(page("attention").run())
     assert at.selectbox(key="attn_block").value.startswith("s4")
     assert {"Query frequency row", "Query time column"} == {s.label for s in at.slider}
@@ -163,7 +181,7 @@ def test_attention_page_maps_a_query_and_moves_it(runs_root):  # noqa: F811
     assert figures_of(ok(at))[0].layout.title.text.endswith("head 1")
 
 
-def test_classify_page_predicts_an_uploaded_recording(shared_data, runs_root, tiny_run):  # noqa: F811
+def test_classify_page_predicts_an_uploaded_recording(shared_data, runs_root, tiny_run):
     at = ok(page("classify").run())
     assert at.segmented_control(key="cls_source").value == "Upload"
     data = (shared_data / FSDD_CLIP).read_bytes()
@@ -181,7 +199,7 @@ def test_classify_page_predicts_an_uploaded_recording(shared_data, runs_root, ti
     assert any((f.layout.title.text or "").startswith("Saliency") for f in figures_of(ok(at)))
 
 
-def test_classify_page_shows_a_timeline_for_a_long_recording(shared_data, runs_root):  # noqa: F811
+def test_classify_page_shows_a_timeline_for_a_long_recording(shared_data, runs_root):
     at = page("classify").run()
     at.segmented_control(key="cls_source").set_value("File on this machine").run()
     at.text_input(key="cls_path").input(str(shared_data / BIRD_CLIP)).run()
@@ -189,7 +207,7 @@ def test_classify_page_shows_a_timeline_for_a_long_recording(shared_data, runs_r
     assert arr(timeline.data[0].z).shape[1] >= 10  # 18.7 s in 1.5 s hops
 
 
-def test_classify_page_names_a_bad_upload(runs_root):  # noqa: F811
+def test_classify_page_names_a_bad_upload(runs_root):
     at = page("classify").run()
     at.file_uploader(key="cls_upload").set_value(("notes.wav", b"this is not audio", "audio/wav")).run()
     assert not at.exception
@@ -219,7 +237,7 @@ def test_without_a_model_the_pages_offer_the_quick_demo(tmp_path, monkeypatch):
             jobs.stop_run(run.path)
 
 
-def test_train_page_offers_stop_for_a_live_run_and_resume_for_a_stopped_one(tmp_path, monkeypatch, tiny_run):  # noqa: F811
+def test_train_page_offers_stop_for_a_live_run_and_resume_for_a_stopped_one(tmp_path, monkeypatch, tiny_run):
     import os
     import shutil
 
@@ -230,15 +248,27 @@ def test_train_page_offers_stop_for_a_live_run_and_resume_for_a_stopped_one(tmp_
     (stopped / "status.json").write_text(json.dumps({**status, "state": "stopped", "epoch": 1, "epochs": 5}))
     live = tmp_path / "live-run"
     live.mkdir()
-    rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_acc": 0.2 * e, "val_map": 0.25 * e}
-            for e in (1, 2)]
+    rows = [
+        {"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_acc": 0.2 * e, "val_map": 0.25 * e}
+        for e in (1, 2)
+    ]
     (live / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     # this test process stands in for the trainer: its pid is alive
     from asca_core.train.runstore import process_start_time
 
-    (live / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid(),
-                                                  "pid_start": process_start_time(os.getpid()), "epoch": 2,
-                                                  "epochs": 8, "batch": 3, "batches": 6}))
+    (live / "status.json").write_text(
+        json.dumps(
+            {
+                "state": "running",
+                "pid": os.getpid(),
+                "pid_start": process_start_time(os.getpid()),
+                "epoch": 2,
+                "epochs": 8,
+                "batch": 3,
+                "batches": 6,
+            }
+        )
+    )
     at = ok(page("train").run())
     assert at.selectbox(key="tr_selected").value == "live-run"  # the active run is shown first
     assert at.button(key="stop_live-run").label == "Stop"

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from asca_core.errors import ModelError
-from asca_core.inspect import (AttentionMap, attention_rollout, capture_attention, query_attention,
-                               relative_bias_tables)
+from asca_core.inspect import AttentionMap, attention_rollout, capture_attention, query_attention, relative_bias_tables
 from asca_core.models import build_model, list_models
 from asca_core.models.attention import MultiHeadAttention
 
@@ -70,8 +69,8 @@ def test_captured_maps_follow_the_relative_attention_formula():
     cf, ct = table.shape[1] // 2, table.shape[2] // 2
     expected = torch.empty(x.shape[0], heads, h * w, h * w)
     for hd in range(heads):
-        qh, kh = q[..., hd * d:(hd + 1) * d], k[..., hd * d:(hd + 1) * d]
-        logits = qh @ kh.transpose(1, 2) / d ** 0.5
+        qh, kh = q[..., hd * d : (hd + 1) * d], k[..., hd * d : (hd + 1) * d]
+        logits = qh @ kh.transpose(1, 2) / d**0.5
         for i in range(h * w):
             for j in range(h * w):
                 logits[:, i, j] += table[hd, i // w - j // w + cf, i % w - j % w + ct]
@@ -117,8 +116,9 @@ def test_windowed_maps_are_zero_between_windows():
     assert amap.grid == (8, 16)
     h, w = amap.grid
     cell = torch.arange(h * w)
-    same_window = ((cell[:, None] // w) // 3 == (cell[None, :] // w) // 3) & \
-                  ((cell[:, None] % w) // 3 == (cell[None, :] % w) // 3)
+    same_window = ((cell[:, None] // w) // 3 == (cell[None, :] // w) // 3) & (
+        (cell[:, None] % w) // 3 == (cell[None, :] % w) // 3
+    )
     probs = amap.probs[0]
     assert (probs[:, ~same_window] == 0).all()
     assert (probs[:, same_window] > 0).all()

@@ -14,24 +14,44 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from fixtures_runs import PICO_CONFIG, PICO_LABELS, write_run
 
 from asca_core.config import Config
 from asca_core.errors import AscaError
 from asca_core.inference import Classifier
-from asca_core.inspect.attribution import (METHODS, Attribution, attribute, explain_audio, frame_times,
-                                           make_baseline, mel_frequencies, silence_value)
-from asca_core.inspect.faithfulness import (attention_agreement, deletion_curve, insertion_curve,
-                                            random_map, rank_agreement, rollout_map)
+from asca_core.inspect.attribution import (
+    METHODS,
+    Attribution,
+    attribute,
+    explain_audio,
+    frame_times,
+    make_baseline,
+    mel_frequencies,
+    silence_value,
+)
+from asca_core.inspect.faithfulness import (
+    attention_agreement,
+    deletion_curve,
+    insertion_curve,
+    random_map,
+    rank_agreement,
+    rollout_map,
+)
 from asca_core.inspect.views import attention_views, bias_views
-from fixtures_runs import PICO_CONFIG, PICO_LABELS, pico_run, write_run  # noqa: F401
 
 SR = 16000
 FAST = {  # per-method options that keep each call to a fraction of a second on a pico model
     "integrated_gradients": {"n_steps": 16},
     "occlusion": {"patch": (16, 16), "stride": (16, 16)},
 }
-HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-         "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs")
+HOOKS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+)
 
 
 def _call(seconds: float = 1.0, at: tuple[float, float] = (0.3, 0.6), seed: int = 0) -> np.ndarray:
@@ -157,7 +177,7 @@ def test_long_recording_is_stitched_from_windows(clf):
     assert attr.times[0] == pytest.approx(0.02) and attr.times[-1] == pytest.approx(4.5)
     # Columns of window 2 are that window's own attribution.
     start = int(1.92 * SR)
-    alone = attribute(clf, wave[start:start + SR], method="saliency", target=2)
+    alone = attribute(clf, wave[start : start + SR], method="saliency", target=2)
     cols = slice(192, 192 + 96)
     np.testing.assert_allclose(attr.map[:, cols], alone.map, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(attr.spec[:, cols], alone.spec, rtol=1e-5, atol=1e-6)
@@ -181,8 +201,7 @@ def test_overlapping_windows_are_averaged(clf):
     assert attr.meta["windows"] == 3
     # Windows at 0, 0.5 and 1.0 s each see front-end frames 2..97 of their second of audio.
     assert attr.map.shape == (64, 196) and attr.times[-1] == pytest.approx(1.97)
-    maps = [attribute(clf, wave[int(s * SR):int(s * SR) + SR], method="saliency", target=0).map
-            for s in (0.0, 0.5)]
+    maps = [attribute(clf, wave[int(s * SR) : int(s * SR) + SR], method="saliency", target=0).map for s in (0.0, 0.5)]
     # Frame 60 (0.62 s) is seen by the first two windows, as their columns 58 and 8.
     np.testing.assert_allclose(attr.map[:, 58], (maps[0][:, 58] + maps[1][:, 8]) / 2, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(attr.map[:, 10], maps[0][:, 10], rtol=1e-5, atol=1e-8)  # one window only
@@ -228,22 +247,37 @@ def test_explain_audio_keeps_only_the_attributed_regions():
     cfg = Config.from_dict(PICO_CONFIG).features
     wave = _call(seconds=1.0, at=(0.0, 1.0))
     times = frame_times(cfg, 101)
-    stft = {"sample_rate": SR, "n_fft": cfg.n_fft, "win_length": cfg.win_length,
-            "hop_length": cfg.hop_length, "f_min": cfg.f_min, "f_max": cfg.f_max}
-    everything = Attribution(map=np.ones((64, 101)), spec=np.zeros((64, 101)), times=times,
-                             freqs=mel_frequencies(cfg), target=0, label="x", method="test", meta={"stft": stft})
+    stft = {
+        "sample_rate": SR,
+        "n_fft": cfg.n_fft,
+        "win_length": cfg.win_length,
+        "hop_length": cfg.hop_length,
+        "f_min": cfg.f_min,
+        "f_max": cfg.f_max,
+    }
+    everything = Attribution(
+        map=np.ones((64, 101)),
+        spec=np.zeros((64, 101)),
+        times=times,
+        freqs=mel_frequencies(cfg),
+        target=0,
+        label="x",
+        method="test",
+        meta={"stft": stft},
+    )
     out = explain_audio(everything, wave, SR, keep=1.0)
     assert out.shape == wave.shape and out.dtype == np.float32
     # Mel filters leave no STFT bin below f_min uncovered but the lowest; the rest comes back.
     assert np.abs(out - wave)[800:-800].max() < 0.05
     late = np.zeros((64, 101))
     late[:, 60:] = 1.0  # only the last 0.4 s is attributed
-    out = explain_audio(Attribution(late, late, times, mel_frequencies(cfg), 0, "x", "test", {"stft": stft}),
-                        wave, SR, keep=1.0)
-    assert np.abs(out[: int(0.5 * SR)]).max() < 0.02 and np.abs(out[int(0.7 * SR):]).max() > 0.3
+    out = explain_audio(
+        Attribution(late, late, times, mel_frequencies(cfg), 0, "x", "test", {"stft": stft}), wave, SR, keep=1.0
+    )
+    assert np.abs(out[: int(0.5 * SR)]).max() < 0.02 and np.abs(out[int(0.7 * SR) :]).max() > 0.3
     random = dataclasses.replace(everything, map=np.random.default_rng(0).random((64, 101)))
     tight = explain_audio(random, wave, SR, keep=0.05)
-    assert np.sqrt(np.mean(tight ** 2)) < np.sqrt(np.mean(wave ** 2))
+    assert np.sqrt(np.mean(tight**2)) < np.sqrt(np.mean(wave**2))
     with pytest.raises(AscaError, match="keep"):
         explain_audio(everything, wave, SR, keep=0.0)
 
@@ -276,8 +310,9 @@ def test_attention_views_units_and_shapes(clf):
     assert views.spec.shape == (64, 96) and views.times.shape == (96,) and views.freqs.shape == (64,)
     np.testing.assert_allclose(views.probs, clf.predict(wave).probs, rtol=1e-5)
     one = attention_views(clf, wave, head=1, query=(0, 0))
-    np.testing.assert_allclose(one.blocks["s4.0"].heads[0], attention_views(clf, wave, query=(0, 0))
-                               .blocks["s4.0"].heads[1], rtol=1e-6)
+    np.testing.assert_allclose(
+        one.blocks["s4.0"].heads[0], attention_views(clf, wave, query=(0, 0)).blocks["s4.0"].heads[1], rtol=1e-6
+    )
     with pytest.raises(AscaError, match="outside"):
         attention_views(clf, wave, query=(5, 0))
     with pytest.raises(AscaError, match="no attention block"):
@@ -341,8 +376,12 @@ def test_deletion_and_insertion_curve_end_points(clf):
     insertion = insertion_curve(clf, attr, steps=10, baseline="silence")
     assert deletion.baseline == "silence"
     assert deletion.fractions.shape == deletion.probs.shape == (11,)
-    assert deletion.probs[0] == pytest.approx(p_full, abs=1e-5) and deletion.probs[-1] == pytest.approx(p_base, abs=1e-5)
-    assert insertion.probs[0] == pytest.approx(p_base, abs=1e-5) and insertion.probs[-1] == pytest.approx(p_full, abs=1e-5)
+    assert deletion.probs[0] == pytest.approx(p_full, abs=1e-5) and deletion.probs[-1] == pytest.approx(
+        p_base, abs=1e-5
+    )
+    assert insertion.probs[0] == pytest.approx(p_base, abs=1e-5) and insertion.probs[-1] == pytest.approx(
+        p_full, abs=1e-5
+    )
     assert deletion.auc == pytest.approx(np.trapezoid(deletion.probs, deletion.fractions))
     shuffled = deletion_curve(clf, attr, values=random_map(attr.map.shape, seed=1), steps=10, baseline="silence")
     blurred = deletion_curve(clf, attr, steps=10)  # default: cells replaced by a blurred copy

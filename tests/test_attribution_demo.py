@@ -20,7 +20,6 @@ from asca_core.audio import load_audio
 from asca_core.inference import Classifier
 from asca_core.inspect.attribution import attribute
 from asca_core.inspect.faithfulness import attention_agreement, deletion_curve, insertion_curve, random_map
-from fixtures_runs import demo_run  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +48,14 @@ def held_back(demo) -> list[HeldBack]:
     clips = []
     for i in bundle.splits["test"]:
         clip = bundle.index.clips[i]
-        clips.append(HeldBack(bundle.index.root / clip.path, clip.labels[0],
-                              float(clip.meta["call_start"]), float(clip.meta["call_end"])))
+        clips.append(
+            HeldBack(
+                bundle.index.root / clip.path,
+                clip.labels[0],
+                float(clip.meta["call_start"]),
+                float(clip.meta["call_end"]),
+            )
+        )
     assert len(clips) >= 24
     return clips
 
@@ -80,7 +85,7 @@ def _inside(maps: list, clips: list[HeldBack]) -> tuple[float, float, list[float
 
 
 def test_integrated_gradients_mass_falls_on_the_call(ig_maps, held_back):
-    """"The largest share of the mass falls inside the call's time span": more than half of the
+    """ "The largest share of the mass falls inside the call's time span": more than half of the
     positive attribution (the evidence for the explained, true class), summed over frequency, lies
     inside [call_start, call_end], although calls cover only 10-40% of a clip. Required for at
     least 80% of the held-back clips (measured: 43 of 48). Weaker and near-universal: the mass is
@@ -133,8 +138,7 @@ def test_ig_insertion_curve_is_above_a_random_order(demo, ig_maps):
 def test_every_method_runs_on_the_demo_model_and_rollout_agrees_somewhat(demo, held_back):
     clip = held_back[0]
     shapes = set()
-    for options in (IG, OCCLUSION, {"method": "saliency"}, {"method": "gradcam_conv"},
-                    {"method": "gradcam_attention"}):
+    for options in (IG, OCCLUSION, {"method": "saliency"}, {"method": "gradcam_conv"}, {"method": "gradcam_attention"}):
         attr = attribute(demo, clip.path, **options)
         assert attr.map.shape == attr.spec.shape
         shapes.add(attr.map.shape)

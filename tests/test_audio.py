@@ -7,12 +7,11 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
+from audio_factory import BAD_FILES, tone, write_chirp, write_noise, write_tone, write_truncated
 
-from asca_core.audio import (DEFAULT_MAX_DURATION, audio_info, iter_windows, load_audio, resample,
-                             write_audio)
+from asca_core.audio import DEFAULT_MAX_DURATION, audio_info, iter_windows, load_audio, resample, write_audio
 from asca_core.errors import AudioError
 from asca_core.features import sliding_windows
-from audio_factory import BAD_FILES, tone, write_chirp, write_noise, write_tone, write_truncated
 
 FORMATS = ["wav", "flac", "ogg", "mp3"]
 
@@ -98,7 +97,7 @@ def test_fsdd_recording_at_8k(shared_data):
     assert np.isfinite(wave).all() and np.abs(wave).max() > 0.01  # speech, not silence
     # an upsampled signal has (almost) nothing above the old Nyquist frequency
     power = np.abs(np.fft.rfft(wave)) ** 2
-    assert power[len(power) // 2 + 10:].sum() < 1e-3 * power.sum()
+    assert power[len(power) // 2 + 10 :].sum() < 1e-3 * power.sum()
 
 
 def test_birdclef_ogg_at_32k_window(shared_data):
@@ -167,14 +166,17 @@ def test_length_limit_applies_to_the_decoded_span(tmp_path):
     assert len(load_audio(path, max_duration=None)) == 24000
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"offset": -1.0}, "offset must be"),
-    ({"offset": float("nan")}, "offset must be"),
-    ({"offset": 5.0}, "offset 5 s is beyond the end"),
-    ({"duration": 0.0}, "duration must be"),
-    ({"duration": -2.0}, "duration must be"),
-    ({"sample_rate": 100}, "unsupported target sample rate 100 Hz"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"offset": -1.0}, "offset must be"),
+        ({"offset": float("nan")}, "offset must be"),
+        ({"offset": 5.0}, "offset 5 s is beyond the end"),
+        ({"duration": 0.0}, "duration must be"),
+        ({"duration": -2.0}, "duration must be"),
+        ({"sample_rate": 100}, "unsupported target sample rate 100 Hz"),
+    ],
+)
 def test_bad_offset_duration_and_rate(tmp_path, kwargs, words):
     path = write_tone(tmp_path / "clip.wav", seconds=1.0)
     with pytest.raises(AudioError, match=words) as err:
@@ -191,10 +193,9 @@ def test_iter_windows_equal_load_audio_slices(tmp_path, read_spy):
     assert max(read_spy) <= 16000  # streamed: never more than one window per read
     for start, wave in windows:
         first = int(start * 16000)
-        expected = np.pad(full[first:first + 16000], (0, max(0, first + 16000 - len(full))))
+        expected = np.pad(full[first : first + 16000], (0, max(0, first + 16000 - len(full))))
         np.testing.assert_array_equal(wave, expected)
-    assert [(int(s * 16000), int(s * 16000) + 16000) for s, _ in windows] == \
-        sliding_windows(len(full), 16000, 1.0, 0.5)
+    assert [(int(s * 16000), int(s * 16000) + 16000) for s, _ in windows] == sliding_windows(len(full), 16000, 1.0, 0.5)
 
 
 def test_iter_windows_resample_each_window_like_load_audio(tmp_path):
@@ -205,7 +206,7 @@ def test_iter_windows_resample_each_window_like_load_audio(tmp_path):
         assert wave.shape == (6000,)
         expected = load_audio(path, 8000, offset=start, duration=0.75)
         np.testing.assert_array_equal(wave[: len(expected)], expected)
-        assert not wave[len(expected):].any()  # zero padding after the end
+        assert not wave[len(expected) :].any()  # zero padding after the end
 
 
 def test_short_clip_gives_one_padded_window(tmp_path):

@@ -7,9 +7,18 @@ import pytest
 import soundfile as sf
 import torch
 
-from asca_core.augment import (Mixup, SpecAugment, TrainAugment, WaveAugment, add_noise_at_snr,
-                               circular_shift, colored_noise, load_noise_bank, sample_beta,
-                               step_generator)
+from asca_core.augment import (
+    Mixup,
+    SpecAugment,
+    TrainAugment,
+    WaveAugment,
+    add_noise_at_snr,
+    circular_shift,
+    colored_noise,
+    load_noise_bank,
+    sample_beta,
+    step_generator,
+)
 from asca_core.config import AugmentConfig
 from asca_core.errors import ConfigError
 
@@ -145,8 +154,9 @@ def test_noise_bank_from_folder(tmp_path):
     sf.write(tmp_path / "silence.wav", np.zeros(800, dtype=np.float32), 8000)
     bank = load_noise_bank(tmp_path, 8000)
     assert len(bank) == 1 and bank[0].numel() == 4000
-    cfg = AugmentConfig(noise_prob=1.0, noise_dir=str(tmp_path), gain_db=0.0, time_shift=0.0,
-                        snr_db_min=10.0, snr_db_max=10.0)
+    cfg = AugmentConfig(
+        noise_prob=1.0, noise_dir=str(tmp_path), gain_db=0.0, time_shift=0.0, snr_db_min=10.0, snr_db_max=10.0
+    )
     aug = TrainAugment.from_config(cfg, sample_rate=8000).train()
     wave = _wave(batch=2, length=12000)  # longer than the recording: tiled
     out = aug.wave(wave, step_generator(0))

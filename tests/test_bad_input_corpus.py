@@ -26,19 +26,18 @@ import struct
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pytest
 import soundfile as sf
+from audio_factory import tone, write_empty, write_header_only, write_text, write_tone, write_truncated_to_header
+from fixtures_runs import PICO_CONFIG, PICO_LABELS, write_run
 
 from asca_core.config import Config
 from asca_core.errors import AscaError
-from audio_factory import (tone, write_empty, write_header_only, write_text, write_tone,
-                           write_truncated_to_header)
-from fixtures_runs import PICO_CONFIG, PICO_LABELS, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -69,10 +68,12 @@ class Sandbox:
 
     def config(self, extra: str = "", data: Path | None = None, name: str = "pico.yaml") -> Path:
         """A one-epoch asca_pico config on ``data`` (default: the tone set), with ``extra`` YAML lines."""
-        text = ("data:\n  path: " + json.dumps(str(data or self.data)) + "\n"
-                "model:\n  name: asca_pico\n"
-                "features:\n  clip_seconds: 1.0\n  n_mels: 64\n"
-                "train:\n  epochs: 1\n  batch_size: 4\n  num_threads: 1\n  device: cpu\n  warmup_epochs: 0.0\n")
+        text = (
+            "data:\n  path: " + json.dumps(str(data or self.data)) + "\n"
+            "model:\n  name: asca_pico\n"
+            "features:\n  clip_seconds: 1.0\n  n_mels: 64\n"
+            "train:\n  epochs: 1\n  batch_size: 4\n  num_threads: 1\n  device: cpu\n  warmup_epochs: 0.0\n"
+        )
         return self.file(name, text + extra)
 
 
@@ -137,8 +138,15 @@ def run_child(sb: Sandbox, *argv: str | Path) -> Outcome:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     _mark()
     try:
-        proc = subprocess.run([sys.executable, "-m", "asca_core.cli", *map(str, argv)], capture_output=True,
-                              text=True, cwd=sb.work, env=env, timeout=CHILD_TIMEOUT, preexec_fn=_limit_memory)
+        proc = subprocess.run(
+            [sys.executable, "-m", "asca_core.cli", *map(str, argv)],
+            capture_output=True,
+            text=True,
+            cwd=sb.work,
+            env=env,
+            timeout=CHILD_TIMEOUT,
+            preexec_fn=_limit_memory,
+        )
     except subprocess.TimeoutExpired as exc:
         return Outcome(-9, str(exc.stdout or ""), f"timed out after {CHILD_TIMEOUT} s")
     return Outcome(proc.returncode, proc.stdout, proc.stderr)
@@ -172,16 +180,28 @@ def _truncated_ogg(path: Path) -> Path:
     return path
 
 
-def _wav_header(path: Path, channels: int = 1, rate: int = SR, bits: int = 16, data_bytes: int | None = None,
-                frames: int = SR, riff_bytes: int | None = None) -> Path:
+def _wav_header(
+    path: Path,
+    channels: int = 1,
+    rate: int = SR,
+    bits: int = 16,
+    data_bytes: int | None = None,
+    frames: int = SR,
+    riff_bytes: int | None = None,
+) -> Path:
     """A PCM wav whose header fields can lie: channel count, rate, sample size, chunk sizes."""
     payload = (tone(440.0, frames / SR, SR) * 32767).astype("<i2").tobytes()
     block = max(1, channels * bits // 8)
     size = len(payload) if data_bytes is None else data_bytes
-    header = (b"RIFF" + struct.pack("<I", (36 + size if riff_bytes is None else riff_bytes) & 0xFFFFFFFF)
-              + b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, rate & 0xFFFFFFFF,
-                                               (rate * block) & 0xFFFFFFFF, block & 0xFFFF, bits)
-              + b"data" + struct.pack("<I", size & 0xFFFFFFFF))
+    header = (
+        b"RIFF"
+        + struct.pack("<I", (36 + size if riff_bytes is None else riff_bytes) & 0xFFFFFFFF)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, channels, rate & 0xFFFFFFFF, (rate * block) & 0xFFFFFFFF, block & 0xFFFF, bits)
+        + b"data"
+        + struct.pack("<I", size & 0xFFFFFFFF)
+    )
     path.write_bytes(header + payload)
     return path
 
@@ -215,10 +235,14 @@ def templates(tmp_path_factory) -> dict[str, Path]:
     run = write_run(base / "run", Config.from_dict(PICO_CONFIG), PICO_LABELS)
     from asca_core.train.engine import fit
 
-    cfg = Config.from_dict({"data": {"path": str(data)}, "model": {"name": "asca_pico"},
-                            "features": {"clip_seconds": 1.0, "n_mels": 64},
-                            "train": {"epochs": 1, "batch_size": 4, "num_threads": 1, "device": "cpu",
-                                      "warmup_epochs": 0.0}})
+    cfg = Config.from_dict(
+        {
+            "data": {"path": str(data)},
+            "model": {"name": "asca_pico"},
+            "features": {"clip_seconds": 1.0, "n_mels": 64},
+            "train": {"epochs": 1, "batch_size": 4, "num_threads": 1, "device": "cpu", "warmup_epochs": 0.0},
+        }
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ASCA_CACHE_DIR", str(base / "cache"))
         result = fit(cfg, base / "trained", progress=False)
@@ -244,9 +268,16 @@ def sb(tmp_path, templates, monkeypatch) -> Iterator[Sandbox]:
     monkeypatch.setenv("TMPDIR", str(dirs["tmp"]))
     monkeypatch.delenv("ASCA_DEBUG", raising=False)
     monkeypatch.chdir(dirs["work"])
-    sandbox = Sandbox(root=tmp_path, work=dirs["work"], runs=dirs["runs"], cache=dirs["cache"],
-                   data=tmp_path / "data", run=dirs["runs"] / "pico",
-                   trained=dirs["runs"] / "trained", outside=dirs["outside"])
+    sandbox = Sandbox(
+        root=tmp_path,
+        work=dirs["work"],
+        runs=dirs["runs"],
+        cache=dirs["cache"],
+        data=tmp_path / "data",
+        run=dirs["runs"] / "pico",
+        trained=dirs["runs"] / "trained",
+        outside=dirs["outside"],
+    )
     _CURRENT.append(sandbox)
     yield sandbox
     _CURRENT.remove(sandbox)
@@ -266,6 +297,7 @@ def case(cid: str, *words: str) -> Callable:
         assert cid not in CASES, cid
         CASES[cid] = (fn, words)
         return fn
+
     return register
 
 
@@ -281,17 +313,21 @@ def _classifier(sb: Sandbox):
 
 # -- library: audio files ----------------------------------------------------------------------
 for _name in AUDIO:
+
     def _load(sb: Sandbox, name: str = _name) -> Outcome:
         from asca_core.audio import load_audio
 
         path = _audio(sb, name)
         return run_lib(lambda: load_audio(path, SR))
+
     case(f"lib-audio-load-{_name}", _name)(_load)
 
 for _name in ("nan_float.wav", "huge_header_channels.wav", "random_bytes.wav"):
+
     def _predict_file(sb: Sandbox, name: str = _name) -> Outcome:
         path = _audio(sb, name)
         return run_lib(lambda: _classifier(sb).predict(path))
+
     case(f"lib-predict-{_name}", _name)(_predict_file)
 
 
@@ -303,7 +339,9 @@ def _wave_case(cid: str, make: Callable[[], np.ndarray], *words: str, call: str 
         if call == "predict":
             return run_lib(lambda: clf.predict(wave, sample_rate=SR))
         from asca_core.inspect.attribution import attribute
+
         return run_lib(lambda: attribute(clf, wave, method="saliency", sample_rate=SR))
+
     case(cid, *words)(fn)
 
 
@@ -345,18 +383,21 @@ def _top_k_zero(sb):
 @case("lib-attribute-unknown-label", "unknown class 'owl'")
 def _unknown_label(sb):
     from asca_core.inspect.attribution import attribute
+
     return run_lib(lambda: attribute(_classifier(sb), tone(440.0, 1.0, SR), method="saliency", target="owl"))
 
 
 @case("lib-attribute-unknown-method", "unknown attribution method")
 def _unknown_method(sb):
     from asca_core.inspect.attribution import attribute
+
     return run_lib(lambda: attribute(_classifier(sb), tone(440.0, 1.0, SR), method="magic"))
 
 
 @case("lib-attention-start-outside", "outside")
 def _attention_start(sb):
     from asca_core.inspect.views import attention_views
+
     return run_lib(lambda: attention_views(_classifier(sb), tone(440.0, 1.0, SR), sample_rate=SR, start=5.0))
 
 
@@ -364,8 +405,10 @@ def _attention_start(sb):
 def _dataset_case(cid: str, build: Callable[[Sandbox], Path], *words: str) -> None:
     def fn(sb: Sandbox) -> Outcome:
         from asca_core.data import load_dataset
+
         path = build(sb)
         return run_lib(lambda: load_dataset(path))
+
     case(cid, *words)(fn)
 
 
@@ -378,8 +421,7 @@ def _csv(sb: Sandbox, content: bytes | str, name: str = "labels.csv") -> Path:
 _dataset_case("lib-csv-missing-columns", lambda sb: _csv(sb, "file,class\nlow/tone_0.wav,low\n"), "missing columns")
 _dataset_case("lib-csv-empty", lambda sb: _csv(sb, ""), "labels.csv")
 _dataset_case("lib-csv-binary", lambda sb: _csv(sb, b"\x00\xff\xfe\x00" * 64), "labels.csv")
-_dataset_case("lib-csv-not-utf8", lambda sb: _csv(sb, "filename,label\ncaf\xe9.wav,a\n".encode("latin-1")),
-              "not UTF-8")
+_dataset_case("lib-csv-not-utf8", lambda sb: _csv(sb, "filename,label\ncaf\xe9.wav,a\n".encode("latin-1")), "not UTF-8")
 _dataset_case("lib-dataset-missing", lambda sb: sb.root / "no" / "such" / "dataset", "no")
 _dataset_case("lib-dataset-is-audio", lambda sb: write_tone(sb.work / "one.wav"), "one.wav")
 
@@ -399,8 +441,10 @@ def _symlink_outside(sb: Sandbox, kind: str) -> Path:
 
 
 for _kind in ("file", "folder", "manifest"):
+
     def _symlink_lib(sb: Sandbox, kind: str = _kind) -> Outcome:
         from asca_core.data import load_dataset
+
         path = _symlink_outside(sb, kind)
         _mark()
         try:
@@ -412,6 +456,7 @@ for _kind in ("file", "folder", "manifest"):
         if escaped or not named:  # indexed a file outside the root, or said nothing
             return Outcome(0, "", f"indexed outside the root: {escaped}; problems: {index.problems}")
         return Outcome(None, "", named[0])
+
     case(f"lib-symlink-{_kind}-outside-root", "outside the dataset root")(_symlink_lib)
 
 
@@ -432,18 +477,29 @@ LIB_OVERRIDES = {
     "features.f_min=9000": "f_min",
 }
 for _override, _word in LIB_OVERRIDES.items():
+
     def _lib_override(sb: Sandbox, override: str = _override) -> Outcome:
         from asca_core.config import load_config
+
         path = sb.config()
         return run_lib(lambda: load_config(path, [override]))
+
     case(f"lib-config-{_override}", _word)(_lib_override)
 
 
 # -- CLI: audio ---------------------------------------------------------------------------------
-for _name in ("zero_length.wav", "text_named.wav", "truncated.ogg", "nan_float.wav", "huge_header_rate.wav",
-              "channels_zero.wav"):
+for _name in (
+    "zero_length.wav",
+    "text_named.wav",
+    "truncated.ogg",
+    "nan_float.wav",
+    "huge_header_rate.wav",
+    "channels_zero.wav",
+):
+
     def _cli_predict(sb: Sandbox, name: str = _name) -> Outcome:
         return run_cli(sb, "predict", sb.run, _audio(sb, name))
+
     case(f"cli-predict-{_name}", _name)(_cli_predict)
 
 
@@ -475,8 +531,9 @@ def _cli_top_k(sb):
 @case("cli-predict-timeline-csv-is-a-directory", "timeline")
 def _cli_timeline(sb):
     (sb.work / "t.csv").mkdir()
-    return run_cli(sb, "predict", sb.run, write_tone(sb.work / "ok.wav", seconds=2.0), "--timeline-csv",
-                   sb.work / "t.csv")
+    return run_cli(
+        sb, "predict", sb.run, write_tone(sb.work / "ok.wav", seconds=2.0), "--timeline-csv", sb.work / "t.csv"
+    )
 
 
 # -- CLI: configs -------------------------------------------------------------------------------
@@ -491,8 +548,10 @@ CLI_CONFIG_FILES = {
     "unknown-section": (b"trian:\n  lr: 0.1\n", "trian"),
 }
 for _cid, (_content, _word) in CLI_CONFIG_FILES.items():
+
     def _cli_config(sb: Sandbox, content: bytes = _content) -> Outcome:
         return run_cli(sb, "train", "--config", sb.file("cfg.yaml", content), "--run-dir", sb.runs / "new")
+
     case(f"cli-train-config-{_cid}", _word)(_cli_config)
 
 
@@ -508,23 +567,34 @@ def _cli_config_missing(sb):
 
 
 # Values that used to exhaust memory or crash: a child process with bounded memory.
-for _override, _word in {"features.n_fft=100000000": "features.n_fft",
-                         "train.num_threads=100000": "train.num_threads",
-                         "model.attn_window=100000": "model.attn_window",
-                         "features.n_mels=100000": "features.n_mels"}.items():
+for _override, _word in {
+    "features.n_fft=100000000": "features.n_fft",
+    "train.num_threads=100000": "train.num_threads",
+    "model.attn_window=100000": "model.attn_window",
+    "features.n_mels=100000": "features.n_mels",
+}.items():
+
     def _cli_bound(sb: Sandbox, override: str = _override) -> Outcome:
         sb.allowed.append(sb.runs / "new")
-        return run_child(sb, "train", "--config", sb.config(), "--set", override, "--run-dir", sb.runs / "new",
-                         "--quiet")
+        return run_child(
+            sb, "train", "--config", sb.config(), "--set", override, "--run-dir", sb.runs / "new", "--quiet"
+        )
+
     case(f"cli-train-set-{_override}", _word)(_cli_bound)
 
-for _override, _word in {"train.lr=fast": "train.lr", "train.epochs=2.5": "train.epochs",
-                         "features.sample_rate=abc": "features.sample_rate", "nodots=1": "section.key",
-                         "train.batch_size=0": "train.batch_size", "model.name=no_such_model": "no_such_model",
-                         "train.device=tpu": "tpu"}.items():
+for _override, _word in {
+    "train.lr=fast": "train.lr",
+    "train.epochs=2.5": "train.epochs",
+    "features.sample_rate=abc": "features.sample_rate",
+    "nodots=1": "section.key",
+    "train.batch_size=0": "train.batch_size",
+    "model.name=no_such_model": "no_such_model",
+    "train.device=tpu": "tpu",
+}.items():
+
     def _cli_set(sb: Sandbox, override: str = _override) -> Outcome:
-        return run_cli(sb, "train", "--config", sb.config(), "--set", override, "--run-dir", sb.runs / "new",
-                       "--quiet")
+        return run_cli(sb, "train", "--config", sb.config(), "--set", override, "--run-dir", sb.runs / "new", "--quiet")
+
     case(f"cli-train-set-{_override}", _word)(_cli_set)
 
 
@@ -590,9 +660,11 @@ DAMAGED = {  # id: (file, content (None: a directory), words)
     "checkpoint-directory": ("checkpoints/best.safetensors", None, "best.safetensors"),
 }
 for _cid, (_rel, _content, _word) in DAMAGED.items():
+
     def _cli_damaged(sb: Sandbox, rel: str = _rel, content: bytes | None = _content) -> Outcome:
         _damage(sb, rel, content)
         return run_cli(sb, "predict", sb.run, write_tone(sb.work / "ok.wav"))
+
     case(f"cli-predict-run-{_cid}", _word)(_cli_damaged)
 
 
@@ -610,6 +682,7 @@ RESUME_DAMAGE = {  # id: (file, content (None: a directory; ...: deleted), words
     "missing-last-state": ("checkpoints/last.state.safetensors", ..., "last.state.safetensors"),
 }
 for _cid, (_rel, _content, _word) in RESUME_DAMAGE.items():
+
     def _cli_resume(sb: Sandbox, rel: str = _rel, content=_content) -> Outcome:
         if content is ...:
             (sb.trained / rel).unlink()
@@ -617,10 +690,12 @@ for _cid, (_rel, _content, _word) in RESUME_DAMAGE.items():
             path = sb.trained / rel
             shutil.rmtree(path) if path.is_dir() else path.unlink()
             path.mkdir() if content is None else path.write_bytes(
-                content.encode() if isinstance(content, str) else content)
+                content.encode() if isinstance(content, str) else content
+            )
         # a refused resume loses nothing: only the run's lock file may appear
         sb.allowed.append(sb.trained / ".lock")
         return run_cli(sb, "train", "--run-dir", sb.trained, "--resume", "--quiet")
+
     case(f"cli-resume-{_cid}", _word)(_cli_resume)
 
 
@@ -665,8 +740,12 @@ def _others_work(sb: Sandbox, outcome: Outcome) -> Outcome:
     for name in ("classify", "attention"):
         at = _page(name).run()
         if at.exception or at.error:
-            return Outcome(-1, "", f"Traceback? page {name} broke afterwards: "
-                           + " | ".join(str(e.value) for e in [*at.exception, *at.error]))
+            return Outcome(
+                -1,
+                "",
+                f"Traceback? page {name} broke afterwards: "
+                + " | ".join(str(e.value) for e in [*at.exception, *at.error]),
+            )
     return outcome
 
 
@@ -676,24 +755,28 @@ def _data_page_case(cid: str, build: Callable[[Sandbox], Path], *words: str) -> 
         at.session_state["data_path"] = str(build(sb))  # set before the first run: no demo set is built
         _mark()
         return _others_work(sb, _shown(at.run()))
+
     case(cid, *words)(fn)
 
 
 _data_page_case("app-data-missing", lambda sb: sb.root / "no" / "such", "such")
 _data_page_case("app-data-csv-binary", lambda sb: _csv(sb, bytes(range(256)) * 8), "labels.csv")
 _data_page_case("app-data-csv-missing-columns", lambda sb: _csv(sb, "file,class\nx.wav,a\n"), "missing columns")
-_data_page_case("app-data-csv-not-utf8", lambda sb: _csv(sb, "filename,label\ncaf\xe9.wav,a\n".encode("latin-1")),
-                "not UTF-8")
+_data_page_case(
+    "app-data-csv-not-utf8", lambda sb: _csv(sb, "filename,label\ncaf\xe9.wav,a\n".encode("latin-1")), "not UTF-8"
+)
 _data_page_case("app-data-audio-file", lambda sb: _audio(sb, "text_named.wav"), "text_named.wav")
 
 
 for _name in ("zero_length.wav", "text_named.wav", "nan_float.wav", "huge_header_channels.wav", "random_bytes.wav"):
+
     def _upload(sb: Sandbox, name: str = _name) -> Outcome:
         data = _audio(sb, name).read_bytes()
         _mark()
         at = _page("classify").run()
         at.file_uploader(key="cls_upload").set_value((name, data, "audio/wav")).run()
         return _others_work(sb, _shown(at))
+
     case(f"app-classify-upload-{_name}", _name)(_upload)
 
 
@@ -713,6 +796,7 @@ APP_DAMAGED = {  # id: (file, content (None: a directory), words)
     "metrics-garbage": ("metrics.jsonl", b"\x00\xff{]\n", "metrics.jsonl"),
 }
 for _cid, (_rel, _content, _word) in APP_DAMAGED.items():
+
     def _runs_page(sb: Sandbox, rel: str = _rel, content: bytes | None = _content) -> Outcome:
         broken = sb.runs / "broken"
         shutil.copytree(sb.trained, broken)
@@ -726,11 +810,15 @@ for _cid, (_rel, _content, _word) in APP_DAMAGED.items():
         if outcome.code is None and "trained" not in text + " ".join(str(s.value) for s in at.multiselect):
             return Outcome(-1, "", "Traceback? the good run is no longer listed")
         return _others_work(sb, outcome)
+
     case(f"app-runs-damaged-{_cid}", _word)(_runs_page)
 
 
-for _override, _word in {"features.n_fft=100000000": "features.n_fft",
-                         "model.attn_window=100000": "model.attn_window"}.items():
+for _override, _word in {
+    "features.n_fft=100000000": "features.n_fft",
+    "model.attn_window=100000": "model.attn_window",
+}.items():
+
     def _train_page(sb: Sandbox, override: str = _override) -> Outcome:
         from asca_core.config import load_config
         from asca_core.errors import ConfigError
@@ -750,6 +838,7 @@ for _override, _word in {"features.n_fft=100000000": "features.n_fft",
         if any(sb.runs.glob("*/status.json")) and len(list(sb.runs.iterdir())) > 2:
             return Outcome(0, "", "a run was started")
         return outcome
+
     case(f"app-train-{_override}", _word)(_train_page)
 
 
@@ -765,8 +854,10 @@ def _assert_clear(outcome: Outcome, words: tuple[str, ...]) -> None:
 
 
 def _params() -> list:
-    return [pytest.param(cid, id=cid, marks=[pytest.mark.xfail(strict=True, reason=KNOWN[cid])]
-                         if cid in KNOWN else []) for cid in CASES]
+    return [
+        pytest.param(cid, id=cid, marks=[pytest.mark.xfail(strict=True, reason=KNOWN[cid])] if cid in KNOWN else [])
+        for cid in CASES
+    ]
 
 
 @pytest.mark.parametrize("cid", _params())

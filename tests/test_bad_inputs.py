@@ -18,21 +18,28 @@ import struct
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import soundfile as sf
+from audio_factory import (
+    tone,
+    write_empty,
+    write_header_only,
+    write_text,
+    write_tone,
+    write_truncated,
+    write_truncated_to_header,
+)
+from fixtures_runs import PICO_CONFIG, PICO_LABELS, write_run
 
 from asca_core import audio
 from asca_core.cli import main as cli_main
 from asca_core.config import Config, load_config
 from asca_core.data import check_dataset, filter_readable, load_dataset
 from asca_core.errors import AudioError, ConfigError, DatasetError
-from audio_factory import (tone, write_empty, write_header_only, write_text, write_tone,
-                           write_truncated, write_truncated_to_header)
-from fixtures_runs import PICO_CONFIG, PICO_LABELS, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -57,6 +64,7 @@ def _float_wav_with(value: float, at_seconds: float) -> Callable[[Path], Path]:
         wave[int(at_seconds * SR)] = value
         sf.write(path, wave, SR, subtype="FLOAT")
         return path
+
     return write
 
 
@@ -74,8 +82,9 @@ def _rate_192k(path: Path) -> Path:
     return write_tone(path, 1000.0, 1.0, 192000)
 
 
-def write_long_sparse(path: Path, seconds: int = LONG_SECONDS, sample_rate: int = LONG_RATE,
-                      marker_seconds: int = 10) -> Path:
+def write_long_sparse(
+    path: Path, seconds: int = LONG_SECONDS, sample_rate: int = LONG_RATE, marker_seconds: int = 10
+) -> Path:
     """A PCM16 wav of ``seconds`` (3 h: 173 MB) written sparsely: header, a hole, a marker tone.
 
     The hole reads as digital silence and costs no disk blocks on file systems with sparse files;
@@ -83,10 +92,16 @@ def write_long_sparse(path: Path, seconds: int = LONG_SECONDS, sample_rate: int 
     """
     n = seconds * sample_rate
     data_bytes = 2 * n
-    header = (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE"
-              + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, 2 * sample_rate, 2, 16)
-              + b"data" + struct.pack("<I", data_bytes))
-    marker = (0.5 * np.sin(2 * np.pi * 440.0 * np.arange(marker_seconds * sample_rate) / sample_rate))
+    header = (
+        b"RIFF"
+        + struct.pack("<I", 36 + data_bytes)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, 2 * sample_rate, 2, 16)
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
+    marker = 0.5 * np.sin(2 * np.pi * 440.0 * np.arange(marker_seconds * sample_rate) / sample_rate)
     with open(path, "wb") as f:
         f.write(header)
         f.seek(len(header) + 2 * (n - marker_seconds * sample_rate))
@@ -130,8 +145,7 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pico_clf_run(tmp_path_factory) -> Path:
     """An untrained asca_pico run (1 s windows at 16 kHz) alone in its runs folder."""
-    return write_run(tmp_path_factory.mktemp("bad-input-runs") / "pico", Config.from_dict(PICO_CONFIG),
-                     PICO_LABELS)
+    return write_run(tmp_path_factory.mktemp("bad-input-runs") / "pico", Config.from_dict(PICO_CONFIG), PICO_LABELS)
 
 
 @pytest.fixture
@@ -178,8 +192,14 @@ def assert_one_line(message: str, *words: str) -> None:
 def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m asca_core.cli ...`` in a fresh interpreter with the sandbox environment."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "asca_core.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "asca_core.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
 
 
 # ================================================================================ library: audio
@@ -350,14 +370,17 @@ def manifests(tmp_path_factory) -> dict[str, Path]:
     (root / "a" / "notes.txt").write_text("not audio\n")
     rows = [
         "filename,label",
-        "a/tone_0.wav,a", "a/tone_1.wav,a", "b/tone_0.wav,b", "b/tone_1.wav,b",
-        "a/tone_0.wav,a",                   # duplicate row
-        "b/tone_1.wav,a",                   # listed again with another label
-        "a/missing.wav,a",                  # unknown file
-        "a/notes.txt,a",                    # not an audio type
-        "../outside.wav,b",                 # escapes the root
-        f"{outside},b",                     # absolute path outside the root
-        "a/../../outside.wav,b",            # escapes through a class folder
+        "a/tone_0.wav,a",
+        "a/tone_1.wav,a",
+        "b/tone_0.wav,b",
+        "b/tone_1.wav,b",
+        "a/tone_0.wav,a",  # duplicate row
+        "b/tone_1.wav,a",  # listed again with another label
+        "a/missing.wav,a",  # unknown file
+        "a/notes.txt,a",  # not an audio type
+        "../outside.wav,b",  # escapes the root
+        f"{outside},b",  # absolute path outside the root
+        "a/../../outside.wav,b",  # escapes through a class folder
     ]
     return {
         "mixed": _csv(root, "\n".join(rows) + "\n"),
@@ -424,13 +447,16 @@ def test_bad_config_is_one_config_error_naming_the_key(tmp_path, name):
     assert_one_line(str(err.value), words)
 
 
-@pytest.mark.parametrize("override, words", [
-    ("train.batch_size=abc", "train.batch_size must be an integer, got 'abc'"),
-    ("train.epochs=.nan", "train.epochs must be an integer, got nan"),
-    ("train.lr=1e400", "train.lr must be finite"),
-    ("train.nope=1", "unknown config key 'train.nope'"),
-    ("lr=0.1", "must look like section.key"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.batch_size=abc", "train.batch_size must be an integer, got 'abc'"),
+        ("train.epochs=.nan", "train.epochs must be an integer, got nan"),
+        ("train.lr=1e400", "train.lr must be finite"),
+        ("train.nope=1", "unknown config key 'train.nope'"),
+        ("lr=0.1", "must look like section.key"),
+    ],
+)
 def test_bad_override_is_one_config_error(override, words):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
@@ -444,7 +470,7 @@ def test_cli_train_bad_configs_in_process(sandbox, capsys):
         path = sandbox["work"] / f"{name}.yaml"
         path.write_text(text)
         code = cli_main(["train", "--config", str(path), "--run-dir", str(sandbox["runs"] / name)])
-        out, err = capsys.readouterr()
+        _out, err = capsys.readouterr()
         assert code == 2, name
         assert_one_line(err, "asca train: error:", words)
         assert not (sandbox["runs"] / name).exists()
@@ -463,8 +489,10 @@ def test_cli_predict_names_each_broken_file_on_one_line(sandbox, corpus, pico_cl
         assert line.startswith("asca predict: error:") and words in line
     for name in USABLE:  # the other files are still scored
         assert f"{name}  (" in proc.stdout
-    assert changed_outside(before, snapshot(sandbox["root"], corpus, pico_clf_run),
-                           [sandbox["cache"], sandbox["runs"]]) == []
+    assert (
+        changed_outside(before, snapshot(sandbox["root"], corpus, pico_clf_run), [sandbox["cache"], sandbox["runs"]])
+        == []
+    )
 
 
 def test_cli_data_check_lists_every_broken_file(sandbox, corpus_dataset):
@@ -474,8 +502,7 @@ def test_cli_data_check_lists_every_broken_file(sandbox, corpus_dataset):
     for name in list(BROKEN) + ["truncated.wav"]:
         assert name in proc.stdout
     assert "OK: 12 usable clips in 2 classes" in proc.stdout
-    assert changed_outside(before, snapshot(sandbox["root"], corpus_dataset),
-                           [sandbox["cache"], sandbox["runs"]]) == []
+    assert changed_outside(before, snapshot(sandbox["root"], corpus_dataset), [sandbox["cache"], sandbox["runs"]]) == []
 
 
 def test_cli_bad_manifests_and_config(sandbox, manifests):
@@ -502,15 +529,24 @@ def test_cli_bad_manifests_and_config(sandbox, manifests):
     assert proc.returncode == 2
     assert_one_line(proc.stderr, "asca train: error:")
     assert not (sandbox["runs"] / "never").exists()
-    assert changed_outside(before, snapshot(sandbox["root"], manifests["outside"].parent),
-                           [sandbox["cache"], sandbox["runs"]]) == []
+    assert (
+        changed_outside(
+            before, snapshot(sandbox["root"], manifests["outside"].parent), [sandbox["cache"], sandbox["runs"]]
+        )
+        == []
+    )
 
 
 def test_cli_output_into_a_closed_pipe_ends_quietly(sandbox, corpus_dataset):
     """``asca data check DATA | head -1``: the reader leaves early; no traceback, exit 141."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "asca_core.cli", "data", "check", str(corpus_dataset), "--quick"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=sandbox["work"], env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asca_core.cli", "data", "check", str(corpus_dataset), "--quick"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=sandbox["work"],
+        env=env,
+    )
     proc.stdout.close()  # before the command prints anything
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141
@@ -522,7 +558,8 @@ def _train_yaml(path: Path, data: Path) -> Path:
         "data:\n  path: " + json.dumps(str(data)) + "\n"
         "model:\n  name: asca_pico\n"
         "features:\n  clip_seconds: 1.0\n  n_mels: 64\n"
-        "train:\n  epochs: 1\n  batch_size: 4\n  num_threads: 1\n  device: cpu\n  warmup_epochs: 0.0\n")
+        "train:\n  epochs: 1\n  batch_size: 4\n  num_threads: 1\n  device: cpu\n  warmup_epochs: 0.0\n"
+    )
     return path
 
 
@@ -538,27 +575,27 @@ def test_cli_training_skips_broken_files_and_names_undecodable_ones(sandbox, cor
         (data / ("low", "high")[i % 2] / name).write_bytes((corpus / name).read_bytes())
     config = _train_yaml(sandbox["work"] / "pico.yaml", data)
     before = snapshot(sandbox["root"], corpus)
-    proc = cli("train", "--config", str(config), "--run-dir", str(sandbox["runs"] / "ok"), "--quiet",
-               cwd=sandbox["work"])
+    proc = cli(
+        "train", "--config", str(config), "--run-dir", str(sandbox["runs"] / "ok"), "--quiet", cwd=sandbox["work"]
+    )
     assert proc.returncode == 0, proc.stderr
     log = (sandbox["runs"] / "ok" / "log.txt").read_text()
     assert "11 clips, 2 classes (single-label)" in log and f"{len(header_broken)} skipped" in log
     assert json.loads((sandbox["runs"] / "ok" / "status.json").read_text())["state"] == "finished"
-    assert changed_outside(before, snapshot(sandbox["root"], corpus),
-                           [sandbox["cache"], sandbox["runs"]]) == []
+    assert changed_outside(before, snapshot(sandbox["root"], corpus), [sandbox["cache"], sandbox["runs"]]) == []
 
     (data / "low" / "nan_float.wav").write_bytes((corpus / "nan_float.wav").read_bytes())
     before = snapshot(sandbox["root"], corpus)
-    proc = cli("train", "--config", str(config), "--run-dir", str(sandbox["runs"] / "nan"), "--quiet",
-               cwd=sandbox["work"])
+    proc = cli(
+        "train", "--config", str(config), "--run-dir", str(sandbox["runs"] / "nan"), "--quiet", cwd=sandbox["work"]
+    )
     assert proc.returncode == 0, proc.stderr  # the clip is skipped, not the run
     assert "Traceback" not in proc.stderr
     status = json.loads((sandbox["runs"] / "nan" / "status.json").read_text())
     assert status["state"] == "finished" and status["skipped_clips"] == 1
     log = (sandbox["runs"] / "nan" / "log.txt").read_text()
     assert "skipped low/nan_float.wav: contains NaN or infinite samples" in log
-    assert changed_outside(before, snapshot(sandbox["root"], corpus),
-                           [sandbox["cache"], sandbox["runs"]]) == []
+    assert changed_outside(before, snapshot(sandbox["root"], corpus), [sandbox["cache"], sandbox["runs"]]) == []
 
 
 # ================================================================================ app
@@ -599,8 +636,12 @@ def test_data_page_shows_one_line_for_bad_dataset_paths(sandbox, manifests, corp
     assert not at.error
     skipped = next(m for m in at.metric if m.label == "Skipped files")
     assert skipped.value == "1"
-    assert changed_outside(before, snapshot(sandbox["root"], corpus, manifests["outside"].parent),
-                           [sandbox["cache"], sandbox["runs"]]) == []
+    assert (
+        changed_outside(
+            before, snapshot(sandbox["root"], corpus, manifests["outside"].parent), [sandbox["cache"], sandbox["runs"]]
+        )
+        == []
+    )
 
 
 def test_classify_page_names_each_bad_upload(sandbox, corpus, pico_clf_run, monkeypatch):
@@ -613,25 +654,37 @@ def test_classify_page_names_each_bad_upload(sandbox, corpus, pico_clf_run, monk
         _no_crash(at)
         assert at.error, name
         assert_one_line(at.error[0].value, name)
-    for path, words in ((corpus / "nan_float.wav", "NaN or infinite samples"), (corpus, "no such file"),
-                        (corpus / "missing.wav", "no such file")):
+    for path, words in (
+        (corpus / "nan_float.wav", "NaN or infinite samples"),
+        (corpus, "no such file"),
+        (corpus / "missing.wav", "no such file"),
+    ):
         at = _page("classify").run()
         at.segmented_control(key="cls_source").set_value("File on this machine").run()
         at.text_input(key="cls_path").input(str(path)).run()
         _no_crash(at)
         assert at.error, path
         assert_one_line(at.error[0].value, path.name, words)
-    assert changed_outside(before, snapshot(sandbox["root"], corpus, pico_clf_run),
-                           [sandbox["cache"], sandbox["runs"], pico_clf_run.parent]) == []
+    assert (
+        changed_outside(
+            before,
+            snapshot(sandbox["root"], corpus, pico_clf_run),
+            [sandbox["cache"], sandbox["runs"], pico_clf_run.parent],
+        )
+        == []
+    )
 
 
-@pytest.mark.parametrize("extra, words", [
-    ("train.epochs=2.5", "train.epochs must be an integer, got 2.5"),
-    ("train.lr=fast", "train.lr must be a number, got 'fast'"),
-    ("train.batch_size=.nan", "train.batch_size must be an integer, got nan"),
-    ("augment.mixup=maybe", "augment.mixup must be true or false"),
-    ("train.learning_rate=0.1", "unknown config key 'train.learning_rate'"),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        ("train.epochs=2.5", "train.epochs must be an integer, got 2.5"),
+        ("train.lr=fast", "train.lr must be a number, got 'fast'"),
+        ("train.batch_size=.nan", "train.batch_size must be an integer, got nan"),
+        ("augment.mixup=maybe", "augment.mixup must be true or false"),
+        ("train.learning_rate=0.1", "unknown config key 'train.learning_rate'"),
+    ],
+)
 def test_train_page_names_a_bad_override_and_starts_nothing(sandbox, extra, words):
     before = snapshot(sandbox["root"])
     at = _page("train").run()

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_app import tiny_demo, tiny_run  # noqa: F401 - pytest fixtures
-from fixtures_runs import demo_run  # noqa: F401 - pytest fixture
 from workbench.state import GENERIC_ERROR
 
 pytestmark = pytest.mark.slow
@@ -28,8 +26,15 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = Path(os.environ.get("ASCA_SCREENSHOT_DIR") or ROOT / "tests" / "artifacts" / "screenshots").resolve()
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
 RECORDING = "fsdd/recordings/0_george_0.wav"
 # Streamlit scrolls inside its main section, so a full-page shot needs the window as tall as it.
@@ -48,7 +53,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_run, demo_run):  # noqa: F811
+def server(tmp_path_factory, tiny_run, demo_run):
     """``streamlit run app.py`` on a free loopback port; its runs folder holds the session's tiny
     run and the demo preset's run (the newest, so the pages open on it)."""
     if not Path(CHROMIUM).is_file():
@@ -58,14 +63,33 @@ def server(tmp_path_factory, tiny_run, demo_run):  # noqa: F811
     shutil.copytree(demo_run, runs / "demo")
     (runs / "demo" / "config.yaml").touch()  # runs are listed newest first
     port = _free_port()
-    env = dict(os.environ, ASCA_RUNS_DIR=str(runs),
-               ASCA_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "asca-cache"))
+    env = dict(os.environ, ASCA_RUNS_DIR=str(runs), ASCA_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "asca-cache"))
     log = tmp_path_factory.mktemp("browser-log") / "streamlit.txt"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                                 "--server.address", "127.0.0.1", "--server.headless", "true",
-                                 "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+                "--server.headless",
+                "true",
+                "--browser.gatherUsageStats",
+                "false",
+                "--server.fileWatcherType",
+                "none",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

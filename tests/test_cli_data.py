@@ -68,8 +68,13 @@ def test_check_fsdd_json_quick(shared_data, capsys):
 
 
 def test_check_fsdd_installed_command(shared_data):
-    proc = subprocess.run([*_asca_command(), "data", "check", str(shared_data / "fsdd" / "labels.csv")],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [*_asca_command(), "data", "check", str(shared_data / "fsdd" / "labels.csv")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "3,000 listed, 3,000 readable" in proc.stdout
     assert "train 2,700, test 300" in proc.stdout
@@ -100,9 +105,11 @@ def test_check_bad_files_in_process(tmp_path, capsys):
     assert code == 1
     assert "Traceback" not in err + out
     lines = out.splitlines()
-    for name, reason in (("empty.wav", "empty file (0 bytes)"),
-                         ("notes.wav", "not a readable audio file"),
-                         ("cut.wav", "truncated: the header declares")):
+    for name, reason in (
+        ("empty.wav", "empty file (0 bytes)"),
+        ("notes.wav", "not a readable audio file"),
+        ("cut.wav", "truncated: the header declares"),
+    ):
         hit = [line for line in lines if name in line]
         assert len(hit) == 1 and reason in hit[0], (name, hit)
     assert "UNUSABLE" in out
@@ -111,8 +118,9 @@ def test_check_bad_files_in_process(tmp_path, capsys):
 def test_check_bad_files_installed_command(tmp_path):
     folder = _bad_folder(tmp_path / "bad", with_good=True)
     env = {**os.environ, "ASCA_DEBUG": ""}
-    proc = subprocess.run([*_asca_command(), "data", "check", str(folder), "--json"],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [*_asca_command(), "data", "check", str(folder), "--json"], capture_output=True, text=True, timeout=300, env=env
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     report = json.loads(proc.stdout)
@@ -124,16 +132,15 @@ def test_check_bad_files_installed_command(tmp_path):
 
 
 def test_check_errors_are_one_line(tmp_path, capsys):
-    code, out, err = _run(capsys, "data", "check", str(tmp_path / "nowhere"))
+    code, _out, err = _run(capsys, "data", "check", str(tmp_path / "nowhere"))
     assert code == 2 and err.count("\n") == 1 and "no such file or folder" in err
     (tmp_path / "labels.csv").write_text("name,category\nx.wav,a\n")
-    code, out, err = _run(capsys, "data", "check", str(tmp_path / "labels.csv"))
+    code, _out, err = _run(capsys, "data", "check", str(tmp_path / "labels.csv"))
     assert code == 2 and "missing columns filename, label" in err and err.count("\n") == 1
 
 
 def test_demo_data_command(tmp_path, capsys):
-    code, out, err = _run(capsys, "demo-data", str(tmp_path / "demo"), "--clips-per-class", "3",
-                          "--seed", "1")
+    code, out, err = _run(capsys, "demo-data", str(tmp_path / "demo"), "--clips-per-class", "3", "--seed", "1")
     assert code == 0, err
     assert "wrote 24 clips (8 classes x 3)" in out
     assert (tmp_path / "demo" / "labels.csv").is_file()

@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+from fixtures_runs import PICO_LABELS
 
 from asca_core.cli import main
-from fixtures_runs import PICO_LABELS, pico_run  # noqa: F401
 
 SR = 16000
 
@@ -21,8 +21,9 @@ SR = 16000
 def _asca(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("ASCA_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "asca_core.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "asca_core.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,19 @@ def test_one_window_file_prints_no_timeline(pico_run, files, capsys):
 
 def test_unreadable_files_give_one_line_each_and_the_rest_is_scored(pico_run, files, tmp_path):
     csv_path = tmp_path / "timeline.csv"
-    proc = _asca("predict", str(pico_run), str(files["broken"]), str(files["short"]), str(files["missing"]),
-                 "--window", "0.5", "--hop", "0.25", "--timeline-csv", str(csv_path))
+    proc = _asca(
+        "predict",
+        str(pico_run),
+        str(files["broken"]),
+        str(files["short"]),
+        str(files["missing"]),
+        "--window",
+        "0.5",
+        "--hop",
+        "0.25",
+        "--timeline-csv",
+        str(csv_path),
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     errors = proc.stderr.strip().splitlines()

@@ -41,16 +41,19 @@ def _one_line_error(result, *needles):
     return lines[0]
 
 
-@pytest.mark.parametrize("override, needles", [
-    ("train.lr=-1", ["train.lr must be > 0", "-1"]),
-    ("train.epochs=abc", ["train.epochs must be an integer", "abc"]),
-    ("train.lrr=0.1", ["unknown config key", "train.lrr"]),
-    ("model.layout=CCXT", ["model.layout", "CCXT"]),
-    ("augment.noise_prob=1.5", ["augment.noise_prob", "1.5"]),
-    ("features.n_fft=100", ["features.n_fft"]),
-    ("train.amp=fp8", ["train.amp", "fp8"]),
-    ("nosection.x=1", ["unknown config section", "nosection"]),
-])
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        ("train.lr=-1", ["train.lr must be > 0", "-1"]),
+        ("train.epochs=abc", ["train.epochs must be an integer", "abc"]),
+        ("train.lrr=0.1", ["unknown config key", "train.lrr"]),
+        ("model.layout=CCXT", ["model.layout", "CCXT"]),
+        ("augment.noise_prob=1.5", ["augment.noise_prob", "1.5"]),
+        ("features.n_fft=100", ["features.n_fft"]),
+        ("train.amp=fp8", ["train.amp", "fp8"]),
+        ("nosection.x=1", ["unknown config section", "nosection"]),
+    ],
+)
 def test_bad_values_give_one_clear_line(config, tmp_path, override, needles):
     result = run_cli("train", "--config", str(config), "--set", override, "--run-dir", str(tmp_path / "r"))
     _one_line_error(result, *needles)
@@ -117,8 +120,9 @@ def test_train_prints_run_dir_and_final_metrics(config, tmp_path):
 
 def test_default_run_dir_under_runs_dir(config, tmp_path):
     runs = tmp_path / "runs"
-    result = run_cli("train", "--config", str(config), "--set", "train.epochs=1", "--quiet",
-                     env={"ASCA_RUNS_DIR": str(runs)})
+    result = run_cli(
+        "train", "--config", str(config), "--set", "train.epochs=1", "--quiet", env={"ASCA_RUNS_DIR": str(runs)}
+    )
     assert result.returncode == 0, result.stderr
     made = list(runs.iterdir())
     assert len(made) == 1 and made[0].name.startswith("tiny-")
@@ -128,8 +132,21 @@ def test_default_run_dir_under_runs_dir(config, tmp_path):
 
 def test_ablate_writes_tables(config, tmp_path):
     out = tmp_path / "ablation"
-    result = run_cli("ablate", "--config", str(config), "--layouts", "CCCT,CCCC", "--seeds", "2",
-                     "--out", str(out), "--set", "train.epochs=1", "--quiet", timeout=600)
+    result = run_cli(
+        "ablate",
+        "--config",
+        str(config),
+        "--layouts",
+        "CCCT,CCCC",
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+        "--set",
+        "train.epochs=1",
+        "--quiet",
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     for name in ("results.md", "results.csv", "runs.csv", "results.html", "results.svg", "ablation.json"):
         assert (out / name).is_file(), name
@@ -150,6 +167,18 @@ def test_ablate_writes_tables(config, tmp_path):
     b = RunStore(out / "CCCC-seed0").config()
     assert a.data == b.data and a.train == b.train and a.augment == b.augment
     # a second call reuses the finished runs
-    again = run_cli("ablate", "--config", str(config), "--layouts", "CCCT,CCCC", "--seeds", "2",
-                    "--out", str(out), "--set", "train.epochs=1", timeout=600)
+    again = run_cli(
+        "ablate",
+        "--config",
+        str(config),
+        "--layouts",
+        "CCCT,CCCC",
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+        "--set",
+        "train.epochs=1",
+        timeout=600,
+    )
     assert again.returncode == 0 and again.stderr.count("reused") == 4

@@ -9,32 +9,44 @@ sinks) changes while they run.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from fixtures_runs import PICO_CONFIG, PICO_LABELS
 
 from asca_core.config import Config
 from asca_core.inference import Classifier
 from asca_core.inspect import capture_attention
-from asca_core.inspect.views import attention_views
 from asca_core.inspect.attribution import METHODS, attribute
+from asca_core.inspect.views import attention_views
 from asca_core.models.attention import MultiHeadAttention
 from asca_core.train.checkpoint import model_from_config
-from fixtures_runs import PICO_CONFIG, PICO_LABELS
 
 SR = 16000
 N_THREADS = 8
 ROUNDS = 2
-HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-         "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
+HOOKS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks_with_kwargs",
+)
 OPTIONS = {"integrated_gradients": {"n_steps": 8}, "occlusion": {"patch": (16, 16), "stride": (16, 16)}}
 
 
 def _hooks(model: torch.nn.Module) -> dict[tuple[str, str], tuple[int, ...]]:
-    return {(path, name): tuple(getattr(m, name, {}) or {}) for path, m in model.named_modules() for name in HOOKS
-            if getattr(m, name, None)}
+    return {
+        (path, name): tuple(getattr(m, name, {}) or {})
+        for path, m in model.named_modules()
+        for name in HOOKS
+        if getattr(m, name, None)
+    }
 
 
 def _flags(model: torch.nn.Module) -> tuple[bool, ...]:
@@ -73,11 +85,14 @@ def _attribution(method: str) -> Callable[[Classifier, np.ndarray], dict[str, np
     def run(clf: Classifier, wave: np.ndarray) -> dict[str, np.ndarray]:
         attr = attribute(clf, wave, method=method, target=1, sample_rate=SR, **OPTIONS.get(method, {}))
         return {"map": attr.map}
+
     return run
 
 
 TASKS: dict[str, Callable[[Classifier, np.ndarray], dict[str, np.ndarray]]] = {
-    "predict": _predict, "capture": _capture, "attention_views": _views,
+    "predict": _predict,
+    "capture": _capture,
+    "attention_views": _views,
     **{method: _attribution(method) for method in METHODS},
 }
 
@@ -201,8 +216,11 @@ def test_a_failing_call_leaves_the_other_threads_and_the_model_clean(clf, serial
     def work(i: int) -> Any:
         wave = _wave(i)
         if i % 2 == 0:
-            return {"capture": _capture(clf, wave), "saliency": TASKS["saliency"](clf, wave),
-                    "gradcam_attention": TASKS["gradcam_attention"](clf, wave)}
+            return {
+                "capture": _capture(clf, wave),
+                "saliency": TASKS["saliency"](clf, wave),
+                "gradcam_attention": TASKS["gradcam_attention"](clf, wave),
+            }
         with pytest.raises(Boom):
             with capture_attention(model):
                 clf.model(clf.spectrogram(wave))

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 from safetensors import safe_open
+from train_factory import cli_popen, make_tiny_data, run_cli, write_tiny_yaml
 
 from asca_core.train.checkpoint import load_model_from_run, load_tensors
 from asca_core.train.runstore import RunStore
-from train_factory import cli_popen, make_tiny_data, run_cli, write_tiny_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def every_file_loads(run_dir: Path) -> list[str]:
             continue  # hidden files are a killed writer's temporaries: never read, swept on resume
         if path.suffix == ".safetensors":
             with safe_open(str(path), "pt") as handle:
-                for key in handle.keys():
+                for key in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
                     handle.get_tensor(key)
             load_tensors(path)
         elif path.suffix == ".json":
@@ -114,8 +114,14 @@ def run_trial(config: Path, run_dir: Path, rng: random.Random) -> tuple[str, dic
     assert [r["epoch"] for r in store.metrics()] == list(range(1, EPOCHS + 1)), context
     assert not list(run_dir.rglob(".*.tmp")), context  # the killed writer's temporaries are gone
     checked = every_file_loads(run_dir)
-    assert {"checkpoints/best.safetensors", "checkpoints/last.safetensors", "labels.json",
-            "status.json", "metrics.jsonl", "config.yaml"} <= set(checked), context
+    assert {
+        "checkpoints/best.safetensors",
+        "checkpoints/last.safetensors",
+        "labels.json",
+        "status.json",
+        "metrics.jsonl",
+        "config.yaml",
+    } <= set(checked), context
     return context, load_tensors(run_dir / "checkpoints" / "last.safetensors")[0]
 
 
@@ -197,8 +203,9 @@ def mid_epoch_trial(config: Path, run_dir: Path, rng: random.Random) -> tuple[st
 def test_kill_9_in_the_middle_of_an_epoch_ten_times_then_resume(tiny_yaml, tmp_path):
     rngs = [random.Random(SEED * 7 + trial) for trial in range(MID_EPOCH_TRIALS)]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        finals = list(pool.map(lambda t: mid_epoch_trial(tiny_yaml, tmp_path / f"mid{t}", rngs[t]),
-                               range(MID_EPOCH_TRIALS)))
+        finals = list(
+            pool.map(lambda t: mid_epoch_trial(tiny_yaml, tmp_path / f"mid{t}", rngs[t]), range(MID_EPOCH_TRIALS))
+        )
     assert len(finals) == MID_EPOCH_TRIALS
     reference_context, reference = finals[0]
     for context, tensors in finals[1:]:

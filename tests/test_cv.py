@@ -118,10 +118,12 @@ def test_cli_continues_a_finished_cv_and_reuses_every_fold(kfold, tmp_path):
 
 def test_cli_bad_folds_and_by_give_one_line(folded, tmp_path):
     config = write_tiny_yaml(tmp_path / "tiny.yaml", folded, *FAST)
-    for args, needles in ((["--folds", "1,9"], ["fold 9 not found", "1, 2, 3"]),
-                          (["--folds", "one"], ["'one' is not a fold number"]),
-                          (["--folds", ","], ["--folds must list folds"]),
-                          (["--by", "speaker"], ["group column 'speaker' not found"])):
+    for args, needles in (
+        (["--folds", "1,9"], ["fold 9 not found", "1, 2, 3"]),
+        (["--folds", "one"], ["'one' is not a fold number"]),
+        (["--folds", ","], ["--folds must list folds"]),
+        (["--by", "speaker"], ["group column 'speaker' not found"]),
+    ):
         result = run_cli("cv", "--config", str(config), "--out", str(tmp_path / "cv"), *args)
         assert result.returncode == 2, (args, result.stderr)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -153,10 +155,14 @@ def test_leave_one_speaker_out_on_fsdd(shared_data, tmp_path):
 
 # ------------------------------------------------------------------------------ the splitter
 def _index(n_groups: int = 6, per_group: int = 6) -> DatasetIndex:
-    clips = [Clip(path=Path(f"/data/{g}_{i}.wav"), labels=(f"c{i % 3}",), meta={"speaker": f"s{g}"})
-             for g in range(n_groups) for i in range(per_group)]
-    return DatasetIndex(root=Path("/data"), format="csv", clips=clips, classes=["c0", "c1", "c2"],
-                        multi_label=False, problems=[])
+    clips = [
+        Clip(path=Path(f"/data/{g}_{i}.wav"), labels=(f"c{i % 3}",), meta={"speaker": f"s{g}"})
+        for g in range(n_groups)
+        for i in range(per_group)
+    ]
+    return DatasetIndex(
+        root=Path("/data"), format="csv", clips=clips, classes=["c0", "c1", "c2"], multi_label=False, problems=[]
+    )
 
 
 def test_make_splits_test_group_holds_out_that_group():

@@ -8,8 +8,7 @@ import soundfile as sf
 import torch
 
 from asca_core.config import FeatureConfig
-from asca_core.data import (Clip, ClipDataset, FeatureCache, class_weights_for_sampling,
-                            fit_length, load_dataset)
+from asca_core.data import Clip, ClipDataset, FeatureCache, class_weights_for_sampling, fit_length, load_dataset
 
 
 def _ramp(path, seconds, sample_rate=8000):
@@ -25,14 +24,12 @@ def dataset_dir(tmp_path):
     _ramp(tmp_path / "long.wav", 2.0)
     _ramp(tmp_path / "short.wav", 0.5)
     _ramp(tmp_path / "x" / "exact.wav", 1.0)
-    (tmp_path / "labels.csv").write_text(
-        "filename,label\nlong.wav,a;c\nshort.wav,b\nx/exact.wav,c\n", encoding="utf-8")
+    (tmp_path / "labels.csv").write_text("filename,label\nlong.wav,a;c\nshort.wav,b\nx/exact.wav,c\n", encoding="utf-8")
     return tmp_path
 
 
 def _cfg(**kw):
-    return FeatureConfig(sample_rate=8000, n_fft=256, win_length=200, hop_length=25,
-                         clip_seconds=1.0, n_mels=32, **kw)
+    return FeatureConfig(sample_rate=8000, n_fft=256, win_length=200, hop_length=25, clip_seconds=1.0, n_mels=32, **kw)
 
 
 @pytest.mark.parametrize("use_cache", [False, True])
@@ -76,8 +73,7 @@ def test_train_crops_seeded_by_epoch(dataset_dir, tmp_path, use_cache):
 
 def test_resampled_and_real_clips(shared_data, tmp_path):
     index = load_dataset(shared_data / "birdclef2023_sample")
-    ds = ClipDataset(index, list(range(2)), FeatureConfig(clip_seconds=2.0),
-                     cache=None, train=True)
+    ds = ClipDataset(index, list(range(2)), FeatureConfig(clip_seconds=2.0), cache=None, train=True)
     wave, target = ds[1]
     assert wave.shape == (32000,) and torch.isfinite(wave).all() and wave.abs().max() > 0
     assert target.sum() == len(index.clips[1].labels)

@@ -31,8 +31,7 @@ def test_demo_is_deterministic(small_demo, tmp_path):
     again = make_demo_dataset(tmp_path / "again", clips_per_class=5, seed=3)
     assert again.read_bytes() == small_demo.read_bytes()
     for row in _rows(small_demo)[::7]:
-        assert (again.parent / row["filename"]).read_bytes() == \
-               (small_demo.parent / row["filename"]).read_bytes()
+        assert (again.parent / row["filename"]).read_bytes() == (small_demo.parent / row["filename"]).read_bytes()
     other = make_demo_dataset(tmp_path / "other", clips_per_class=5, seed=4)
     assert other.read_bytes() != small_demo.read_bytes()
 
@@ -40,9 +39,18 @@ def test_demo_is_deterministic(small_demo, tmp_path):
 def test_demo_layout_and_manifest(small_demo):
     assert len(DEMO_CLASSES) >= 6
     rows = _rows(small_demo)
-    assert list(rows[0]) == ["filename", "label", "split", "call_start", "call_end", "f_low",
-                             "f_high", "background", "snr_db"]
-    assert Counter(r["label"] for r in rows) == {c: 5 for c in DEMO_CLASSES}
+    assert list(rows[0]) == [
+        "filename",
+        "label",
+        "split",
+        "call_start",
+        "call_end",
+        "f_low",
+        "f_high",
+        "background",
+        "snr_db",
+    ]
+    assert Counter(r["label"] for r in rows) == dict.fromkeys(DEMO_CLASSES, 5)
     assert {r["background"] for r in rows} <= set(BACKGROUNDS)
     assert len({r["background"] for r in rows}) == 3
     snrs = [float(r["snr_db"]) for r in rows]
@@ -99,8 +107,7 @@ def test_demo_dataset_path_generates_once(monkeypatch, tmp_path):
 
     calls = []
     real = demo.make_demo_dataset
-    monkeypatch.setattr(demo, "make_demo_dataset",
-                        lambda root: calls.append(root) or real(root, clips_per_class=2))
+    monkeypatch.setattr(demo, "make_demo_dataset", lambda root: calls.append(root) or real(root, clips_per_class=2))
     labels = demo_dataset_path()
     assert labels == tmp_path / "demo-v1" / "labels.csv" and labels.is_file()
     assert calls and calls[0] != labels.parent  # generated elsewhere, then renamed into place

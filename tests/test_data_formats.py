@@ -29,6 +29,7 @@ def _csv(path: Path, rows: list[list[str]]) -> Path:
 
 # ------------------------------------------------------------------------------ folder-per-class
 
+
 def test_folder_per_class(tmp_path):
     for label, n in (("dog", 3), ("cat", 2)):
         for k in range(n):
@@ -59,16 +60,20 @@ def test_folder_loose_files_are_not_labelled(tmp_path):
 
 # ----------------------------------------------------------------------------------- CSV manifest
 
+
 def test_csv_manifest_multilabel_fold_and_meta(tmp_path):
     for name in ("a.wav", "b.flac", "sub/c.wav", "d.wav"):
         _wav(tmp_path / "audio" / name)
-    manifest = _csv(tmp_path / "meta.csv", [
-        ["filename", "label", "fold", "group", "site"],
-        ["audio/a.wav", "bird", "1", "rec1", "north"],
-        ["audio/b.flac", "bird;rain", "2", "rec1", "south"],
-        ["audio/sub/c.wav", " rain ", "2", "rec2", ""],
-        [str((tmp_path / "audio" / "d.wav").resolve()), "wind", "3", "", "east"],  # absolute inside
-    ])
+    manifest = _csv(
+        tmp_path / "meta.csv",
+        [
+            ["filename", "label", "fold", "group", "site"],
+            ["audio/a.wav", "bird", "1", "rec1", "north"],
+            ["audio/b.flac", "bird;rain", "2", "rec1", "south"],
+            ["audio/sub/c.wav", " rain ", "2", "rec2", ""],
+            [str((tmp_path / "audio" / "d.wav").resolve()), "wind", "3", "", "east"],  # absolute inside
+        ],
+    )
     assert detect_format(manifest) == "csv"
     index = load_dataset(manifest)
     assert index.format == "csv" and index.manifest == manifest
@@ -111,19 +116,23 @@ def test_fsdd_manifest(shared_data):
 
 # ------------------------------------------------------------------------------ malformed CSVs
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "empty manifest"),
-    (b"   \n\n", "empty manifest"),
-    (b"file,category\na.wav,x\n", "missing columns filename, label"),
-    (b"filename,split\na.wav,train\n", "missing column label"),
-    (b"filename,label\n", "header but no rows"),
-    (b"filename,label\na.wav,x,extra\n", "line 2 has 3 fields"),
-    (b"filename,label\n\xff\xfe.wav,x\n", "not UTF-8"),
-    (b"filename,label,split\na.wav,x,holdout\n", "unknown split 'holdout'"),
-    (b"filename,label,fold\na.wav,x,one\n", "fold must be an integer"),
-    (b"filename,label\na.wav,\n", "empty label"),
-    (b"filename,label,label\na.wav,x,y\n", "duplicate column label"),
-])
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty manifest"),
+        (b"   \n\n", "empty manifest"),
+        (b"file,category\na.wav,x\n", "missing columns filename, label"),
+        (b"filename,split\na.wav,train\n", "missing column label"),
+        (b"filename,label\n", "header but no rows"),
+        (b"filename,label\na.wav,x,extra\n", "line 2 has 3 fields"),
+        (b"filename,label\n\xff\xfe.wav,x\n", "not UTF-8"),
+        (b"filename,label,split\na.wav,x,holdout\n", "unknown split 'holdout'"),
+        (b"filename,label,fold\na.wav,x,one\n", "fold must be an integer"),
+        (b"filename,label\na.wav,\n", "empty label"),
+        (b"filename,label,label\na.wav,x,y\n", "duplicate column label"),
+    ],
+)
 def test_malformed_csv_raises_one_line(tmp_path, content, message):
     _wav(tmp_path / "a.wav")
     manifest = tmp_path / "labels.csv"
@@ -139,17 +148,20 @@ def test_unknown_duplicate_and_escaping_rows_become_problems(tmp_path):
     _wav(root / "a.wav")
     _wav(root / "b.wav")
     _wav(tmp_path / "outside.wav")
-    manifest = _csv(root / "labels.csv", [
-        ["filename", "label"],
-        ["a.wav", "x"],
-        ["missing.wav", "x"],
-        ["a.wav", "x"],  # exact duplicate
-        ["b.wav", "y"],
-        ["b.wav", "z"],  # same file, another label: merged
-        ["../outside.wav", "y"],
-        [str((tmp_path / "outside.wav").resolve()), "y"],
-        ["notes.txt", "x"],
-    ])
+    manifest = _csv(
+        root / "labels.csv",
+        [
+            ["filename", "label"],
+            ["a.wav", "x"],
+            ["missing.wav", "x"],
+            ["a.wav", "x"],  # exact duplicate
+            ["b.wav", "y"],
+            ["b.wav", "z"],  # same file, another label: merged
+            ["../outside.wav", "y"],
+            [str((tmp_path / "outside.wav").resolve()), "y"],
+            ["notes.txt", "x"],
+        ],
+    )
     index = load_dataset(manifest)
     assert [c.path.name for c in index.clips] == ["a.wav", "b.wav"]
     assert index.clips[1].labels == ("y", "z") and index.multi_label
@@ -166,6 +178,7 @@ def test_unknown_duplicate_and_escaping_rows_become_problems(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- BirdCLEF
+
 
 def test_birdclef_sample(shared_data):
     root = shared_data / "birdclef2023_sample"
@@ -192,10 +205,13 @@ def test_birdclef_sample(shared_data):
 
 def _birdclef(tmp_path: Path, secondary: str) -> Path:
     _wav(tmp_path / "train_audio" / "sp1" / "XC1.ogg")
-    return _csv(tmp_path / "train_metadata.csv", [
-        ["primary_label", "secondary_labels", "type", "rating", "filename"],
-        ["sp1", secondary, "['call']", "4.0", "sp1/XC1.ogg"],
-    ])
+    return _csv(
+        tmp_path / "train_metadata.csv",
+        [
+            ["primary_label", "secondary_labels", "type", "rating", "filename"],
+            ["sp1", secondary, "['call']", "4.0", "sp1/XC1.ogg"],
+        ],
+    )
 
 
 def test_birdclef_secondary_labels_never_evaluated(tmp_path):
@@ -214,6 +230,7 @@ def test_birdclef_secondary_must_be_list_of_names(tmp_path):
 
 # -------------------------------------------------------------------------------------- ESC-50
 
+
 def _esc50(root: Path) -> Path:
     rows = [["filename", "fold", "target", "category", "esc10", "src_file", "take"]]
     for fold in range(1, 6):
@@ -221,8 +238,7 @@ def _esc50(root: Path) -> Path:
             for take in "AB":
                 name = f"{fold}-{100 * target + fold}-{take}-{target}.wav"
                 _wav(root / "audio" / name, freq=200 + 50 * target, seconds=0.2)
-                rows.append([name, str(fold), str(target), cat, str(cat == "dog"),
-                             str(100 * target + fold), take])
+                rows.append([name, str(fold), str(target), cat, str(cat == "dog"), str(100 * target + fold), take])
     return _csv(root / "meta" / "esc50.csv", rows)
 
 
@@ -241,6 +257,7 @@ def test_esc50_layout(tmp_path):
 
 # ----------------------------------------------------------------------------------- detection
 
+
 def test_detect_format_errors(tmp_path):
     with pytest.raises(DatasetError, match="no such file or folder"):
         detect_format(tmp_path / "nope")
@@ -257,8 +274,7 @@ def test_detect_format_errors(tmp_path):
 
 def test_index_subset_keeps_classes(tmp_path):
     clips = [Clip(path=tmp_path / f"{i}.wav", labels=(lab,)) for i, lab in enumerate("aab")]
-    index = DatasetIndex(root=tmp_path, format="csv", clips=clips, classes=["a", "b"],
-                         multi_label=False, problems=[])
+    index = DatasetIndex(root=tmp_path, format="csv", clips=clips, classes=["a", "b"], multi_label=False, problems=[])
     sub = index.subset([2])
     assert sub.classes == ["a", "b"] and [c.label for c in sub.clips] == ["b"]
     assert sub.label_counts() == {"a": 0, "b": 1}

@@ -16,12 +16,25 @@ def _index(labels: list[str], **columns) -> DatasetIndex:
     clips = []
     for i, label in enumerate(labels):
         extra = {k: v[i] for k, v in columns.items()}
-        clips.append(Clip(path=Path(f"/data/{i}.wav"), labels=tuple(label.split(";")),
-                          split=extra.pop("split", None), fold=extra.pop("fold", None),
-                          group=extra.pop("group", None), meta=extra))
+        clips.append(
+            Clip(
+                path=Path(f"/data/{i}.wav"),
+                labels=tuple(label.split(";")),
+                split=extra.pop("split", None),
+                fold=extra.pop("fold", None),
+                group=extra.pop("group", None),
+                meta=extra,
+            )
+        )
     classes = sorted({lab for c in clips for lab in c.labels})
-    return DatasetIndex(root=Path("/data"), format="csv", clips=clips, classes=classes,
-                        multi_label=any(len(c.labels) > 1 for c in clips), problems=[])
+    return DatasetIndex(
+        root=Path("/data"),
+        format="csv",
+        clips=clips,
+        classes=classes,
+        multi_label=any(len(c.labels) > 1 for c in clips),
+        problems=[],
+    )
 
 
 def _check_partition(splits: dict[str, list[int]], n: int) -> None:
@@ -95,8 +108,7 @@ def test_multilabel_stratifies_on_rarest_label():
 
 
 def test_group_aware_fsdd_speakers_never_on_two_sides(fsdd):
-    splits = make_splits(fsdd, val_fraction=0.15, test_fraction=0.15, group_column="speaker",
-                         seed=0, official=False)
+    splits = make_splits(fsdd, val_fraction=0.15, test_fraction=0.15, group_column="speaker", seed=0, official=False)
     _check_partition(splits, 3000)
     speakers = {name: {fsdd.clips[i].meta["speaker"] for i in idx} for name, idx in splits.items()}
     assert all(speakers[name] for name in speakers), "each side gets at least one speaker"
@@ -151,11 +163,14 @@ def test_group_column_errors():
         make_splits(idx, group_column="room")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"val_fraction": 1.0}, "val_fraction must be in"),
-    ({"test_fraction": -0.1}, "test_fraction must be in"),
-    ({"val_fraction": 0.5, "test_fraction": 0.5}, "must be below 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"val_fraction": 1.0}, "val_fraction must be in"),
+        ({"test_fraction": -0.1}, "test_fraction must be in"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "must be below 1"),
+    ],
+)
 def test_bad_fractions(kwargs, message):
     with pytest.raises(DatasetError, match=message):
         make_splits(_index(["a", "b"]), **kwargs)

@@ -13,15 +13,15 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from asca_core.audio import load_audio  # noqa: E402
-from asca_core.cli import main  # noqa: E402
-from asca_core.config import Config, FeatureConfig  # noqa: E402
-from asca_core.errors import AscaError, CheckpointError  # noqa: E402
-from asca_core.export import PARITY_LIMIT, DftLogMel, OnnxScorer, export_onnx  # noqa: E402
-from asca_core.features import FeatureExtractor  # noqa: E402
-from asca_core.inference import Classifier  # noqa: E402
-from fixtures_app import tiny_demo, tiny_run  # noqa: E402,F401
-from fixtures_runs import PICO_CONFIG, PICO_LABELS, write_run  # noqa: E402
+from fixtures_runs import PICO_CONFIG, PICO_LABELS, write_run
+
+from asca_core.audio import load_audio
+from asca_core.cli import main
+from asca_core.config import Config, FeatureConfig
+from asca_core.errors import AscaError, CheckpointError
+from asca_core.export import PARITY_LIMIT, DftLogMel, OnnxScorer, export_onnx
+from asca_core.features import FeatureExtractor
+from asca_core.inference import Classifier
 
 FSDD = ["fsdd/recordings/0_george_0.wav", "fsdd/recordings/7_jackson_12.wav", "fsdd/recordings/3_theo_40.wav"]
 BIRD = "birdclef2023_sample/train_audio/abethr1/XC363501.ogg"
@@ -31,16 +31,32 @@ def _windows(wave: np.ndarray, n: int, count: int) -> np.ndarray:
     """``count`` windows of ``n`` samples spread over ``wave`` (zero-padded when short)."""
     wave = np.pad(wave, (0, max(0, n - wave.size)))
     starts = np.linspace(0, wave.size - n, count).astype(int)
-    return np.stack([wave[s:s + n] for s in starts]).astype(np.float32)
+    return np.stack([wave[s : s + n] for s in starts]).astype(np.float32)
 
 
-@pytest.mark.parametrize("features, clip", [
-    ({"sample_rate": 8000, "n_fft": 512, "win_length": 200, "hop_length": 80, "n_mels": 64, "clip_seconds": 1.0},
-     FSDD[0]),
-    ({"sample_rate": 32000, "n_fft": 2048, "win_length": 1280, "hop_length": 640, "n_mels": 128,
-      "f_min": 300.0, "f_max": 14000.0, "clip_seconds": 5.0}, BIRD),
-    ({"window": "hann", "n_fft": 512, "win_length": 512, "n_mels": 64, "clip_seconds": 2.0}, BIRD),
-])
+@pytest.mark.parametrize(
+    "features, clip",
+    [
+        (
+            {"sample_rate": 8000, "n_fft": 512, "win_length": 200, "hop_length": 80, "n_mels": 64, "clip_seconds": 1.0},
+            FSDD[0],
+        ),
+        (
+            {
+                "sample_rate": 32000,
+                "n_fft": 2048,
+                "win_length": 1280,
+                "hop_length": 640,
+                "n_mels": 128,
+                "f_min": 300.0,
+                "f_max": 14000.0,
+                "clip_seconds": 5.0,
+            },
+            BIRD,
+        ),
+        ({"window": "hann", "n_fft": 512, "win_length": 512, "n_mels": 64, "clip_seconds": 2.0}, BIRD),
+    ],
+)
 def test_dft_front_end_matches_torchaudio_on_real_audio(shared_data, features, clip):
     cfg = FeatureConfig(**features)
     extractor = FeatureExtractor(cfg)
@@ -55,7 +71,7 @@ def test_dft_front_end_matches_torchaudio_on_real_audio(shared_data, features, c
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_run, tmp_path_factory):  # noqa: F811
+def exported(tiny_run, tmp_path_factory):
     """The trained tiny demo run exported with its front end, into a copy of the run."""
     run = tmp_path_factory.mktemp("export") / "run"
     shutil.copytree(tiny_run, run)
@@ -66,14 +82,24 @@ def exported(tiny_run, tmp_path_factory):  # noqa: F811
 def test_export_writes_the_folder_and_records_versions(exported):
     run, record = exported
     folder = run / "export"
-    assert {p.name for p in folder.iterdir()} == {"model.onnx", "labels.json", "thresholds.json",
-                                                 "config.yaml", "export.json"}
+    assert {p.name for p in folder.iterdir()} == {
+        "model.onnx",
+        "labels.json",
+        "thresholds.json",
+        "config.yaml",
+        "export.json",
+    }
     meta = json.loads((folder / "export.json").read_text())
     assert meta == json.loads(json.dumps(record))
     assert meta["opset"] == 17 and meta["frontend"] is True
     assert set(meta["versions"]) >= {"torch", "onnx", "onnxruntime"}
-    assert meta["input"] == {"name": "wave", "shape": ["batch", 48000], "dtype": "float32",
-                             "sample_rate": 16000, "window_seconds": 3.0}
+    assert meta["input"] == {
+        "name": "wave",
+        "shape": ["batch", 48000],
+        "dtype": "float32",
+        "sample_rate": 16000,
+        "window_seconds": 3.0,
+    }
     assert meta["parity"]["max_abs_diff"] <= PARITY_LIMIT
     assert json.loads((folder / "labels.json").read_text()) == meta["labels"]
     thresholds = json.loads((folder / "thresholds.json").read_text())
@@ -86,15 +112,16 @@ def test_export_writes_the_folder_and_records_versions(exported):
     assert not any(node.op_type in ("STFT", "DFT") for node in graph.graph.node)
 
 
-def test_onnx_matches_pytorch_on_real_recordings(exported, shared_data, tiny_demo):  # noqa: F811
+def test_onnx_matches_pytorch_on_real_recordings(exported, shared_data, tiny_demo):
     run, _ = exported
     clf = Classifier.from_run(run)
     scorer = OnnxScorer.load(run / "export", threads=1)
     n = clf.cfg.features.clip_samples
     waves = [load_audio(shared_data / clip, clf.sample_rate) for clip in FSDD]
     demo = [load_audio(p, clf.sample_rate) for p in sorted(tiny_demo.parent.glob("*/*.wav"))[::5]]
-    batch = np.concatenate([_windows(w, n, 1) for w in waves + demo]
-                           + [_windows(load_audio(shared_data / BIRD, clf.sample_rate), n, 6)])
+    batch = np.concatenate(
+        [_windows(w, n, 1) for w in waves + demo] + [_windows(load_audio(shared_data / BIRD, clf.sample_rate), n, 6)]
+    )
     torch_probs = clf.predict_windows(batch)
     onnx_probs = scorer(batch)
     assert onnx_probs.shape == (len(batch), len(clf.labels))
@@ -105,7 +132,7 @@ def test_onnx_matches_pytorch_on_real_recordings(exported, shared_data, tiny_dem
         np.testing.assert_allclose(scorer(batch[:size]), torch_probs[:size], atol=PARITY_LIMIT)
 
 
-def test_onnx_engine_predicts_a_long_recording_like_torch(exported, shared_data, tiny_demo):  # noqa: F811
+def test_onnx_engine_predicts_a_long_recording_like_torch(exported, shared_data, tiny_demo):
     run, _ = exported
     torch_clf = Classifier.from_run(run)
     onnx_clf = Classifier.from_run(run, engine="onnx", threads=1)
@@ -152,8 +179,13 @@ def test_cli_export_summary_and_errors(exported, tmp_path, capsys):
 
 
 def test_kaldi_front_end_is_refused_with_frontend_but_exports_without(tmp_path):
-    cfg = Config.from_dict({**PICO_CONFIG, "data": {"path": str(tmp_path / "gone")},
-                            "features": {**PICO_CONFIG["features"], "frontend": "kaldi"}})
+    cfg = Config.from_dict(
+        {
+            **PICO_CONFIG,
+            "data": {"path": str(tmp_path / "gone")},
+            "features": {**PICO_CONFIG["features"], "frontend": "kaldi"},
+        }
+    )
     run = write_run(tmp_path / "kaldi", cfg, PICO_LABELS)
     with pytest.raises(AscaError, match="frontend=kaldi.*--no-frontend"):
         export_onnx(run)

@@ -8,12 +8,24 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from audio_factory import tone
 
 from asca_core.config import Config, FeatureConfig, load_config
-from asca_core.features import (KALDI_SILENCE, SILENCE, FeatureExtractor, LogMel, compute_norm_stats,
-                                fit_time, frames_for, kaldi_fbank, log_mel, normalize,
-                                pad_to_multiple, resize_224, sliding_windows)
-from audio_factory import tone
+from asca_core.features import (
+    KALDI_SILENCE,
+    SILENCE,
+    FeatureExtractor,
+    LogMel,
+    compute_norm_stats,
+    fit_time,
+    frames_for,
+    kaldi_fbank,
+    log_mel,
+    normalize,
+    pad_to_multiple,
+    resize_224,
+    sliding_windows,
+)
 
 SR = 16000
 
@@ -30,7 +42,7 @@ def chirp(seconds: float = 2.0, sample_rate: int = SR, seed: int = 0) -> np.ndar
 
 def htk_mel_centres(n_mels: int, f_min: float, f_max: float) -> np.ndarray:
     """Centre frequencies of HTK triangular mel filters, from the textbook formula."""
-    mel = lambda f: 2595 * np.log10(1 + np.asarray(f) / 700)  # noqa: E731
+    mel = lambda f: 2595 * np.log10(1 + np.asarray(f) / 700)
     points = np.linspace(mel(f_min), mel(f_max), n_mels + 2)[1:-1]
     return 700 * (10 ** (points / 2595) - 1)
 
@@ -43,15 +55,31 @@ def librosa_reference():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "empty filters": the same filters are empty on both sides
         mel = librosa.feature.melspectrogram(
-            y=wave, sr=SR, n_fft=512, hop_length=160, win_length=400, window="hamming", center=True,
-            pad_mode="reflect", power=2.0, n_mels=128, fmin=50.0, fmax=8000.0, htk=True, norm=None)
+            y=wave,
+            sr=SR,
+            n_fft=512,
+            hop_length=160,
+            win_length=400,
+            window="hamming",
+            center=True,
+            pad_mode="reflect",
+            power=2.0,
+            n_mels=128,
+            fmin=50.0,
+            fmax=8000.0,
+            htk=True,
+            norm=None,
+        )
     return wave, mel
 
 
 def test_module_equals_functional():
     wave = torch.from_numpy(chirp(1.0))
-    for kwargs in ({}, {"window": "hann", "n_mels": 64, "f_max": 6000.0},
-                   {"n_fft": 1024, "win_length": 1024, "hop_length": 256, "f_min": 0.0}):
+    for kwargs in (
+        {},
+        {"window": "hann", "n_mels": 64, "f_max": 6000.0},
+        {"n_fft": 1024, "win_length": 1024, "hop_length": 256, "f_min": 0.0},
+    ):
         expected = log_mel(wave, sample_rate=SR, **kwargs)
         np.testing.assert_allclose(LogMel(sample_rate=SR, **kwargs)(wave), expected, atol=1e-5)
 
@@ -62,7 +90,7 @@ def test_batch_equals_single_items():
     specs = module(batch)
     assert specs.shape == (3, 1, 128, frames_for(1.0, SR, 160))
     for i in range(3):
-        torch.testing.assert_close(module(batch[i]), specs[i:i + 1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(module(batch[i]), specs[i : i + 1], atol=1e-5, rtol=0)
     extractor = FeatureExtractor(FeatureConfig(frontend="kaldi", clip_seconds=1.0))
     out = extractor(batch)
     torch.testing.assert_close(extractor(batch[1:2]), out[1:2], atol=1e-5, rtol=0)
@@ -71,8 +99,9 @@ def test_batch_equals_single_items():
 @pytest.mark.parametrize("freq", [300.0, 1000.0, 2500.0, 6000.0])
 def test_tone_energy_peaks_in_the_nearest_mel_bin(freq):
     n_mels, f_min, f_max = 64, 50.0, 8000.0
-    module = LogMel(sample_rate=SR, n_fft=4096, win_length=4096, hop_length=512, n_mels=n_mels,
-                    f_min=f_min, f_max=f_max)
+    module = LogMel(
+        sample_rate=SR, n_fft=4096, win_length=4096, hop_length=512, n_mels=n_mels, f_min=f_min, f_max=f_max
+    )
     spec = module(torch.from_numpy(tone(freq, 1.0, SR)))[0, 0]
     profile = spec[:, 4:-4].mean(dim=1)  # ignore frames touching the edges
     centres = htk_mel_centres(n_mels, f_min, f_max)
@@ -92,8 +121,16 @@ def test_agrees_with_librosa(librosa_reference):
     log-Mel values agree within 1e-3 natural-log units (0.004 dB) on every cell where librosa's
     power is above 1e-4, and within 1e-2 everywhere."""
     wave, mel = librosa_reference
-    ours = log_mel(torch.from_numpy(wave), sample_rate=SR, n_fft=512, win_length=400,
-                   hop_length=160, n_mels=128, f_min=50.0, f_max=8000.0)[0, 0].numpy()
+    ours = log_mel(
+        torch.from_numpy(wave),
+        sample_rate=SR,
+        n_fft=512,
+        win_length=400,
+        hop_length=160,
+        n_mels=128,
+        f_min=50.0,
+        f_max=8000.0,
+    )[0, 0].numpy()
     theirs = np.log(mel + 1e-6)
     assert ours.shape == theirs.shape
     loud = mel > 1e-4
@@ -171,8 +208,7 @@ def test_fit_time_modes():
     assert fit_time(spec, 4, "start")[0, 0, 0].tolist() == [0, 1, 2, 3]
     assert fit_time(spec, 14, "center", value=-1.0)[0, 0, 0].tolist() == [-1, -1] + list(range(10)) + [-1, -1]
     assert fit_time(spec, 12, "start", value=-1.0)[0, 0, 0, -2:].tolist() == [-1, -1]
-    crops = {tuple(fit_time(spec, 4, "random", torch.Generator().manual_seed(s))[0, 0, 0].tolist())
-             for s in range(30)}
+    crops = {tuple(fit_time(spec, 4, "random", torch.Generator().manual_seed(s))[0, 0, 0].tolist()) for s in range(30)}
     assert len(crops) > 3 and all(c == tuple(range(int(c[0]), int(c[0]) + 4)) for c in crops)
     first = fit_time(spec, 4, "random", torch.Generator().manual_seed(7))
     torch.testing.assert_close(first, fit_time(spec, 4, "random", torch.Generator().manual_seed(7)))

@@ -93,8 +93,9 @@ def test_class_counts_sorted_and_stacked_by_split():
 
 
 def test_training_curves_overlay_runs():
-    hist = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_acc": 0.1 * e, "val_map": None}
-            for e in range(1, 4)]
+    hist = [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_acc": 0.1 * e, "val_map": None} for e in range(1, 4)
+    ]
     fig = figures.training_curves({"a": hist, "b": hist[:2]})
     # three metrics with values per run (val_map is empty and skipped), legend once per run
     assert len(fig.data) == 6
@@ -119,8 +120,10 @@ def test_per_class_ap_weakest_first():
 
 
 def test_ablation_bar_and_cost_scatter():
-    rows = [{"layout": "CCCC", "val_map": 0.7, "sd": 0.01, "params": 2e6},
-            {"layout": "CCCT", "val_map": 0.8, "sd": 0.02, "params": 3e6}]
+    rows = [
+        {"layout": "CCCC", "val_map": 0.7, "sd": 0.01, "params": 2e6},
+        {"layout": "CCCT", "val_map": 0.8, "sd": 0.02, "params": 3e6},
+    ]
     fig = figures.ablation(rows, error="sd", cost="params")
     assert list(fig.data[0].x) == ["CCCC", "CCCT"] and list(fig.data[0].error_y.array) == [0.01, 0.02]
     assert list(fig.data[1].x) == [2e6, 3e6]

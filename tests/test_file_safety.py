@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from audio_factory import write_tone
+from fixtures_runs import PICO_CONFIG, PICO_LABELS, write_run
 from safetensors.torch import save_file
 
 from asca_core.config import Config
@@ -27,8 +29,6 @@ from asca_core.data import load_dataset
 from asca_core.data.cache import FeatureCache
 from asca_core.errors import AudioError, CheckpointError, ConfigError
 from asca_core.train.checkpoint import load_model_from_run, load_tensors, read_metadata
-from audio_factory import write_tone
-from fixtures_runs import PICO_CONFIG, PICO_LABELS, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("asca_core", "workbench", "benchmarks", "scripts", "tests")
@@ -49,14 +49,30 @@ def _call_name(func: ast.expr) -> str:
 
 
 def _keyword_is(call: ast.Call, name: str, value: object) -> bool:
-    return any(k.arg == name and isinstance(k.value, ast.Constant) and k.value.value is value
-               for k in call.keywords)
+    return any(k.arg == name and isinstance(k.value, ast.Constant) and k.value.value is value for k in call.keywords)
 
 
-UNPICKLERS = {"pickle.load", "pickle.loads", "pickle.Unpickler", "cPickle.load", "cPickle.loads",
-              "dill.load", "dill.loads", "cloudpickle.load", "cloudpickle.loads", "joblib.load",
-              "pd.read_pickle", "pandas.read_pickle", "marshal.load", "marshal.loads", "shelve.open",
-              "yaml.unsafe_load", "yaml.full_load", "torch.jit.load", "torch.package.PackageImporter"}
+UNPICKLERS = {
+    "pickle.load",
+    "pickle.loads",
+    "pickle.Unpickler",
+    "cPickle.load",
+    "cPickle.loads",
+    "dill.load",
+    "dill.loads",
+    "cloudpickle.load",
+    "cloudpickle.loads",
+    "joblib.load",
+    "pd.read_pickle",
+    "pandas.read_pickle",
+    "marshal.load",
+    "marshal.loads",
+    "shelve.open",
+    "yaml.unsafe_load",
+    "yaml.full_load",
+    "torch.jit.load",
+    "torch.package.PackageImporter",
+}
 UNSAFE_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal", "shelve"}
 
 
@@ -74,8 +90,9 @@ def unsafe_calls(source: str, filename: str = "<source>") -> list[str]:
             elif name in ("np.load", "numpy.load") and not _keyword_is(node, "allow_pickle", False):
                 found.append(where + " without allow_pickle=False")
             elif name == "yaml.load" and not any(
-                    k.arg == "Loader" and _call_name(k.value) in ("yaml.SafeLoader", "yaml.CSafeLoader")
-                    for k in node.keywords):
+                k.arg == "Loader" and _call_name(k.value) in ("yaml.SafeLoader", "yaml.CSafeLoader")
+                for k in node.keywords
+            ):
                 found.append(where + " without Loader=yaml.SafeLoader")
             elif name in UNPICKLERS or name.endswith(".read_pickle"):
                 found.append(where)
@@ -84,8 +101,12 @@ def unsafe_calls(source: str, filename: str = "<source>") -> list[str]:
             if isinstance(node, ast.ImportFrom) and node.module in ("numpy", "torch", "builtins"):
                 modules += [f"{node.module}.{a.name}" for a in node.names]
             for module in modules:
-                if module.split(".")[0] in UNSAFE_MODULES or module in ("numpy.load", "torch.load",
-                                                                        "builtins.eval", "builtins.exec"):
+                if module.split(".")[0] in UNSAFE_MODULES or module in (
+                    "numpy.load",
+                    "torch.load",
+                    "builtins.eval",
+                    "builtins.exec",
+                ):
                     found.append(f"{filename}:{node.lineno}: import {module}")
     return found
 
@@ -98,19 +119,37 @@ def _sources() -> list[Path]:
 
 
 def test_scanner_catches_each_unsafe_pattern():
-    snippet = "\n".join([
-        "import pickle", "import numpy as np", "import torch", "import yaml",
-        "pickle.load(f)", "pickle.loads(b)", "np.load(p)", "np.load(p, allow_pickle=True)",
-        "torch.load(p)", "torch.load(p, weights_only=False)", "yaml.load(s)", "eval('1')",
-        "exec('x = 1')", "pd.read_pickle(p)", "from numpy import load",
-        # safe forms, none reported:
-        "np.load(p, allow_pickle=False)", "torch.load(p, weights_only=True)", "yaml.safe_load(s)",
-        "yaml.load(s, Loader=yaml.SafeLoader)", "model.eval()", "ast.literal_eval(s)",
-    ])
+    snippet = "\n".join(
+        [
+            "import pickle",
+            "import numpy as np",
+            "import torch",
+            "import yaml",
+            "pickle.load(f)",
+            "pickle.loads(b)",
+            "np.load(p)",
+            "np.load(p, allow_pickle=True)",
+            "torch.load(p)",
+            "torch.load(p, weights_only=False)",
+            "yaml.load(s)",
+            "eval('1')",
+            "exec('x = 1')",
+            "pd.read_pickle(p)",
+            "from numpy import load",
+            # safe forms, none reported:
+            "np.load(p, allow_pickle=False)",
+            "torch.load(p, weights_only=True)",
+            "yaml.safe_load(s)",
+            "yaml.load(s, Loader=yaml.SafeLoader)",
+            "model.eval()",
+            "ast.literal_eval(s)",
+        ]
+    )
     found = unsafe_calls(snippet, "asca_core/x.py")
     assert len(found) == 12, found
-    assert not any(":16:" in f or ":17:" in f or ":18:" in f or ":19:" in f or ":20:" in f or ":21:" in f
-                   for f in found)
+    assert not any(
+        ":16:" in f or ":17:" in f or ":18:" in f or ":19:" in f or ":20:" in f or ":21:" in f for f in found
+    )
 
 
 def test_no_source_file_or_notebook_unpickles_or_evaluates():
@@ -174,7 +213,7 @@ def test_run_with_a_malicious_checkpoint_fails_cleanly_everywhere(tmp_path, mark
 
     run = write_run(tmp_path / "run", Config.from_dict(PICO_CONFIG), PICO_LABELS)
     files = _malicious_files(tmp_path / "files", marker)
-    for kind, path in files.items():
+    for path in files.values():
         for which in ("best", "last"):
             (run / "checkpoints" / f"{which}.safetensors").write_bytes(path.read_bytes())
             with pytest.raises(CheckpointError, match=f"{which}.safetensors"):
@@ -204,8 +243,9 @@ def test_checkpoint_header_with_a_python_yaml_tag_is_not_executed(tmp_path, mark
 
 
 def test_resume_from_a_malicious_training_state_fails_cleanly(tmp_path, marker):
-    from asca_core.train.engine import fit
     from train_factory import make_tiny_data, tiny_config
+
+    from asca_core.train.engine import fit
 
     cfg = tiny_config(make_tiny_data(tmp_path / "data"), "train.epochs=2")
     run = tmp_path / "run"
@@ -223,8 +263,9 @@ def test_cli_rejects_a_malicious_checkpoint_in_one_line(tmp_path, marker):
     clip = write_tone(tmp_path / "clip.wav", 1000.0, 1.0, 16000)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for args in (["predict", str(run), str(clip)], ["eval", str(run)]):
-        proc = subprocess.run([sys.executable, "-m", "asca_core.cli", *args], capture_output=True, text=True,
-                              env=env, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "asca_core.cli", *args], capture_output=True, text=True, env=env, timeout=300
+        )
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert "best.safetensors" in proc.stderr
@@ -273,7 +314,7 @@ def test_upload_limit_is_set_and_matches_the_classify_page():
 
     limit = _streamlit_config()["server"]["maxUploadSize"]
     assert isinstance(limit, int) and 0 < limit < 200  # below Streamlit's 200 MB default
-    assert state.MAX_UPLOAD_MB == limit
+    assert limit == state.MAX_UPLOAD_MB
     for page in sorted((ROOT / "workbench" / "pages").glob("*.py")):
         for node in ast.walk(ast.parse(page.read_text())):
             if isinstance(node, ast.Call) and _call_name(node.func).endswith("file_uploader"):
@@ -325,17 +366,19 @@ def test_manifest_paths_stay_inside_the_dataset_root(tmp_path):
     _tone_at(csv_root / "b" / "ok.wav")
     (csv_root / "labels.csv").write_text(
         f"filename,label\na/ok.wav,a\nb/ok.wav,b\n../secret.wav,a\n{secret},b\na/../../secret.wav,a\n"
-        "./a/./../../secret.wav,b\n")
+        "./a/./../../secret.wav,b\n"
+    )
     bird = tmp_path / "bird"
     _tone_at(bird / "train_audio" / "x" / "ok.ogg")
     (bird / "train_metadata.csv").write_text(
-        "primary_label,secondary_labels,type,filename\nx,[],[],x/ok.ogg\nx,[],[],../../secret.wav\n"
-        f"x,[],[],{secret}\n")
+        f"primary_label,secondary_labels,type,filename\nx,[],[],x/ok.ogg\nx,[],[],../../secret.wav\nx,[],[],{secret}\n"
+    )
     esc = tmp_path / "esc"
     _tone_at(esc / "audio" / "1-1-A-0.wav")
     (esc / "meta").mkdir()
     (esc / "meta" / "esc50.csv").write_text(
-        "filename,fold,target,category\n1-1-A-0.wav,1,0,dog\n../../secret.wav,1,0,dog\n")
+        "filename,fold,target,category\n1-1-A-0.wav,1,0,dog\n../../secret.wav,1,0,dog\n"
+    )
     for root, kept, escaping in ((csv_root, 2, 4), (bird, 1, 2), (esc, 1, 1)):
         index = load_dataset(root)
         resolved = root.resolve()

@@ -4,26 +4,24 @@ training, and non-finite numbers in inference, evaluation and training."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from audio_factory import tone, write_nan, write_tone
+from fixtures_runs import PICO_CONFIG, PICO_LABELS, write_run
+from train_factory import make_tiny_data, run_cli, tiny_config
 
 from asca_core.config import Config, load_config
 from asca_core.data import ClipDataset, FeatureCache, load_dataset
 from asca_core.data.formats import OUTSIDE_ROOT
 from asca_core.errors import AscaError, ConfigError, DatasetError
-from audio_factory import tone, write_nan, write_tone
-from fixtures_runs import PICO_CONFIG, PICO_LABELS, pico_run, write_run  # noqa: F401
-from train_factory import make_tiny_data, run_cli, tiny_config
 
 
 def _reasons(index) -> dict[str, str]:
-    return {file: reason for file, reason in index.problems}
+    return dict(index.problems)
 
 
 def _no_nan_tokens(text: str) -> dict:
@@ -34,6 +32,7 @@ def _no_nan_tokens(text: str) -> dict:
 
 
 # ------------------------------------------------------------------------ 5. dataset roots
+
 
 def test_manifest_rows_leaving_the_root_through_symlinks_are_refused(tmp_path):
     root, outside = tmp_path / "ds", tmp_path / "elsewhere"
@@ -47,8 +46,9 @@ def test_manifest_rows_leaving_the_root_through_symlinks_are_refused(tmp_path):
     (root / "link.wav").symlink_to(outside / "secret.wav")  # a file leaving the root
     (root / "sub").symlink_to(outside / "deep", target_is_directory=True)  # a folder leaving it
     (root / "alias.wav").symlink_to(root / "a.wav")  # stays inside: still fine
-    (root / "labels.csv").write_text("filename,label\na.wav,x\nb.wav,y\nlink.wav,y\n"
-                                     "sub/x.wav,x\nalias.wav,y\n", encoding="utf-8")
+    (root / "labels.csv").write_text(
+        "filename,label\na.wav,x\nb.wav,y\nlink.wav,y\nsub/x.wav,x\nalias.wav,y\n", encoding="utf-8"
+    )
     index = load_dataset(root)
     assert sorted(c.path.name for c in index.clips) == ["a.wav", "alias.wav", "b.wav"]
     reasons = _reasons(index)
@@ -71,7 +71,11 @@ def test_folder_classes_and_files_leaving_the_root_through_symlinks_are_refused(
     (root / "birds").symlink_to(root / "bird", target_is_directory=True)  # inside: kept
     index = load_dataset(root, "folder")
     assert sorted((c.label, c.path.name) for c in index.clips) == [
-        ("bird", "b0.wav"), ("birds", "b0.wav"), ("cat", "again.wav"), ("cat", "c0.wav")]
+        ("bird", "b0.wav"),
+        ("birds", "b0.wav"),
+        ("cat", "again.wav"),
+        ("cat", "c0.wav"),
+    ]
     reasons = _reasons(index)
     assert reasons["dog"].startswith(OUTSIDE_ROOT)
     assert reasons["cat/evil.wav"].startswith(OUTSIDE_ROOT)
@@ -103,7 +107,7 @@ def test_upload_never_follows_a_planted_symlink(tmp_path, monkeypatch):
 
     outside = write_tone(tmp_path / "private.wav")
     before = outside.read_bytes()
-    data = (tmp_path / "up.wav")
+    data = tmp_path / "up.wav"
     write_tone(data, 300.0)
     payload = data.read_bytes()
     folder = cache_dir() / "uploads" / hashlib.sha1(payload).hexdigest()[:16]
@@ -118,33 +122,37 @@ def test_upload_never_follows_a_planted_symlink(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------- 6. bounds
 
-@pytest.mark.parametrize("override, key", [
-    ("features.n_fft=100000000", "features.n_fft"),
-    ("features.win_length=100000000", "features.win_length"),
-    ("features.hop_length=100000", "features.hop_length"),
-    ("train.num_threads=100000", "train.num_threads"),
-    ("model.attn_window=100000", "model.attn_window"),
-    ("train.batch_size=1000000000", "train.batch_size"),
-    ("train.epochs=1000000000", "train.epochs"),
-    ("train.warmup_epochs=1e12", "train.warmup_epochs"),
-    ("train.patience=1000000000", "train.patience"),
-    ("train.lr=1e6", "train.lr"),
-    ("train.grad_clip=1e30", "train.grad_clip"),
-    ("train.weight_decay=1e9", "train.weight_decay"),
-    ("train.seed=-1", "train.seed"),
-    ("augment.mixup_alpha=1e12", "augment.mixup_alpha"),
-    ("augment.time_masks=1000000000", "augment.time_masks"),
-    ("augment.freq_masks=1000000000", "augment.freq_masks"),
-    ("augment.time_mask_width=1000000000", "augment.time_mask_width"),
-    ("augment.freq_mask_width=1000000000", "augment.freq_mask_width"),
-    ("augment.snr_db_min=-1e9", "augment.snr_db_min"),
-    ("augment.snr_db_max=1e9", "augment.snr_db_max"),
-    ("data.num_workers=100000", "data.num_workers"),
-    ("data.max_clips_per_class=10000000000000", "data.max_clips_per_class"),
-    ("data.seed=-5", "data.seed"),
-    ("features.norm_std=1e-30", "features.norm_std"),
-    ("features.norm_mean=1e30", "features.norm_mean"),
-])
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("features.n_fft=100000000", "features.n_fft"),
+        ("features.win_length=100000000", "features.win_length"),
+        ("features.hop_length=100000", "features.hop_length"),
+        ("train.num_threads=100000", "train.num_threads"),
+        ("model.attn_window=100000", "model.attn_window"),
+        ("train.batch_size=1000000000", "train.batch_size"),
+        ("train.epochs=1000000000", "train.epochs"),
+        ("train.warmup_epochs=1e12", "train.warmup_epochs"),
+        ("train.patience=1000000000", "train.patience"),
+        ("train.lr=1e6", "train.lr"),
+        ("train.grad_clip=1e30", "train.grad_clip"),
+        ("train.weight_decay=1e9", "train.weight_decay"),
+        ("train.seed=-1", "train.seed"),
+        ("augment.mixup_alpha=1e12", "augment.mixup_alpha"),
+        ("augment.time_masks=1000000000", "augment.time_masks"),
+        ("augment.freq_masks=1000000000", "augment.freq_masks"),
+        ("augment.time_mask_width=1000000000", "augment.time_mask_width"),
+        ("augment.freq_mask_width=1000000000", "augment.freq_mask_width"),
+        ("augment.snr_db_min=-1e9", "augment.snr_db_min"),
+        ("augment.snr_db_max=1e9", "augment.snr_db_max"),
+        ("data.num_workers=100000", "data.num_workers"),
+        ("data.max_clips_per_class=10000000000000", "data.max_clips_per_class"),
+        ("data.seed=-5", "data.seed"),
+        ("features.norm_std=1e-30", "features.norm_std"),
+        ("features.norm_mean=1e30", "features.norm_mean"),
+    ],
+)
 def test_config_values_beyond_sane_maxima_are_refused(override, key):
     with pytest.raises(ConfigError) as info:
         load_config(None, [override])
@@ -160,8 +168,16 @@ def test_hop_longer_than_window_is_refused():
 
 def test_model_input_beyond_the_frame_limit_is_refused():
     with pytest.raises(ConfigError) as info:  # 60 s at a 1-sample hop: 960,000 frames
-        load_config(None, ["features.clip_seconds=60", "features.hop_length=1",
-                           "features.win_length=1", "features.n_fft=64", "features.n_mels=8"])
+        load_config(
+            None,
+            [
+                "features.clip_seconds=60",
+                "features.hop_length=1",
+                "features.win_length=1",
+                "features.n_fft=64",
+                "features.n_mels=8",
+            ],
+        )
     assert "frames" in str(info.value) and "\n" not in str(info.value)
 
 
@@ -175,8 +191,9 @@ def test_activation_memory_beyond_the_machine_is_refused_before_allocating(tmp_p
     from asca_core.train.engine import prepare_data
 
     data = make_tiny_data(tmp_path / "data")
-    cfg = tiny_config(data, "model.name=asca_1", "features.n_mels=512", "features.clip_seconds=60",
-                      "train.batch_size=4096")
+    cfg = tiny_config(
+        data, "model.name=asca_1", "features.n_mels=512", "features.clip_seconds=60", "train.batch_size=4096"
+    )
     with pytest.raises(ConfigError) as info:
         prepare_data(cfg, check_files=False)
     text = str(info.value)
@@ -185,6 +202,7 @@ def test_activation_memory_beyond_the_machine_is_refused_before_allocating(tmp_p
 
 
 # ------------------------------------------------------------------- 7. training data
+
 
 def _break_after_check(path: Path) -> None:
     """Turn a readable clip into one whose samples hold NaN (headers still read fine)."""
@@ -258,6 +276,7 @@ def test_a_single_class_dataset_is_refused(tmp_path):
 
 # ------------------------------------------------------------------- 8. non-finite numbers
 
+
 def _nan_run(run_dir: Path) -> Path:
     from asca_core.train.checkpoint import checkpoint_metadata, model_from_config, save_model
 
@@ -267,8 +286,9 @@ def _nan_run(run_dir: Path) -> Path:
     with torch.no_grad():
         next(p for name, p in model.named_parameters() if name.startswith("head")).fill_(float("nan"))
     for which in ("best", "last"):
-        save_model(run_dir / "checkpoints" / f"{which}.safetensors", model,
-                   checkpoint_metadata(cfg, PICO_LABELS, epoch=0))
+        save_model(
+            run_dir / "checkpoints" / f"{which}.safetensors", model, checkpoint_metadata(cfg, PICO_LABELS, epoch=0)
+        )
     return run_dir
 
 
@@ -330,6 +350,9 @@ def test_nan_training_loss_is_one_line(tmp_path):
         wave, sr = sf.read(clip.path, dtype="float32")
         sf.write(clip.path, wave * np.float32(3e29), sr, subtype="FLOAT")
     with pytest.raises(AscaError) as info:
-        fit(tiny_config(data, "train.epochs=1", "features.norm_mean=0", "features.norm_std=1"),
-            tmp_path / "run", progress=False)
+        fit(
+            tiny_config(data, "train.epochs=1", "features.norm_mean=0", "features.norm_std=1"),
+            tmp_path / "run",
+            progress=False,
+        )
     assert "training loss became" in str(info.value) and "\n" not in str(info.value)

@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures_app import wait_for_run
+from fixtures_runs import PICO_LABELS, write_run
 from streamlit.testing.v1 import AppTest
+from train_factory import ROOT, make_tiny_data, run_cli, tiny_config, write_tiny_yaml
 
 from asca_core.errors import CheckpointError, ConfigError
 from asca_core.train.runstore import RunStore
-from fixtures_app import runs_root, tiny_demo, tiny_run, wait_for_run  # noqa: F401 - pytest fixtures
-from fixtures_runs import PICO_LABELS, pico_run, write_run  # noqa: F401
-from train_factory import ROOT, make_tiny_data, run_cli, tiny_config, write_tiny_yaml
 from workbench import jobs
 
 
@@ -81,7 +81,11 @@ def test_a_run_dir_holding_something_else_is_refused_and_left_alone(tmp_path, ti
     with pytest.raises(CheckpointError, match="not empty") as caught:
         fit(tiny_config(tiny_data), folder, progress=False)
     assert str(folder) in one_line(caught.value)
-    assert snapshot(folder) == before and sorted(p.name for p in folder.iterdir()) == [".notes.tmp", "holiday.jpg", "sub"]
+    assert snapshot(folder) == before and sorted(p.name for p in folder.iterdir()) == [
+        ".notes.tmp",
+        "holiday.jpg",
+        "sub",
+    ]
 
     config = write_tiny_yaml(tmp_path / "tiny.yaml", tiny_data)
     line = cli_error(run_cli("train", "--config", str(config), "--run-dir", str(folder), "--quiet"))
@@ -100,10 +104,21 @@ def test_only_the_programs_own_temporaries_are_swept(tmp_path, tiny_data):
     run_dir = tmp_path / "run"
     run = RunStore(run_dir)
     run.create(tiny_config(tiny_data), ["a", "b"])
-    ours = [".status.json.k2j4h5_x.tmp", ".config.yaml.abcdefgh.tmp", "checkpoints/.last.safetensors.q1w2e3r4.tmp",
-            "checkpoints/.last.state.safetensors.zz99yy88.tmp", "eval/.epoch_003.json.a1b2c3d4.tmp"]
-    foreign = [".notes.tmp", "sub/.draft.tmp", ".holiday.jpg.abcdefgh.tmp", "sub/.status.json.abcdefgh.tmp",
-               "checkpoints/.mine.tmp", "eval/.x.tmp"]
+    ours = [
+        ".status.json.k2j4h5_x.tmp",
+        ".config.yaml.abcdefgh.tmp",
+        "checkpoints/.last.safetensors.q1w2e3r4.tmp",
+        "checkpoints/.last.state.safetensors.zz99yy88.tmp",
+        "eval/.epoch_003.json.a1b2c3d4.tmp",
+    ]
+    foreign = [
+        ".notes.tmp",
+        "sub/.draft.tmp",
+        ".holiday.jpg.abcdefgh.tmp",
+        "sub/.status.json.abcdefgh.tmp",
+        "checkpoints/.mine.tmp",
+        "eval/.x.tmp",
+    ]
     for name in ours + foreign:
         (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / name).write_text("half")
@@ -132,8 +147,10 @@ def lock_api():
     return runstore.RunLock, runstore.TrainingSlot, runstore.process_start_time
 
 
-HOLDER = ("import sys, time; from asca_core.train.runstore import RunLock; "
-          "lock = RunLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(120)")
+HOLDER = (
+    "import sys, time; from asca_core.train.runstore import RunLock; "
+    "lock = RunLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(120)"
+)
 
 
 @pytest.fixture
@@ -215,9 +232,16 @@ def test_a_reused_pid_never_looks_running_and_is_never_signalled(tmp_path):
         stranger.wait()
 
 
-def test_the_app_trains_one_run_at_a_time_and_shows_the_rest_queued(tmp_path, tiny_demo):  # noqa: F811
-    overrides = [f"data.path={tiny_demo}", "model.name=asca_pico", "train.epochs=1", "train.batch_size=8",
-                 "train.device=cpu", "train.num_threads=1", "train.warmup_epochs=0"]
+def test_the_app_trains_one_run_at_a_time_and_shows_the_rest_queued(tmp_path, tiny_demo):
+    overrides = [
+        f"data.path={tiny_demo}",
+        "model.name=asca_pico",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "train.device=cpu",
+        "train.num_threads=1",
+        "train.warmup_epochs=0",
+    ]
     slot = lock_api()[1](jobs.training_slot_path())
     assert slot.acquire(wait=False)  # another training has the machine
     try:
@@ -237,8 +261,6 @@ def test_the_app_trains_one_run_at_a_time_and_shows_the_rest_queued(tmp_path, ti
     assert "queued" in jobs.read_console(first.path)
 
 
-
-
 # ------------------------------------------------------------------------- 3. resume integrity
 @pytest.mark.parametrize("damage", ["missing", "garbage", "directory"])
 def test_a_trained_run_without_its_resume_state_is_not_restarted(paused_run, tmp_path, damage):
@@ -252,7 +274,10 @@ def test_a_trained_run_without_its_resume_state_is_not_restarted(paused_run, tmp
         state.write_bytes(b"\x00\x01 not safetensors")
     elif damage == "directory":
         state.mkdir()
-    metrics, best = (run_dir / "metrics.jsonl").read_bytes(), (run_dir / "checkpoints" / "best.safetensors").read_bytes()
+    metrics, best = (
+        (run_dir / "metrics.jsonl").read_bytes(),
+        (run_dir / "checkpoints" / "best.safetensors").read_bytes(),
+    )
     with pytest.raises(CheckpointError, match="last.state.safetensors") as caught:
         fit(None, run_dir, resume=True, progress=False)
     one_line(caught.value)
@@ -280,9 +305,15 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(paused_run, tmp_pa
 # ------------------------------------------------------------------------- 4. files read back
 BINARY = b"\x89PNG\r\n\x1a\n\x00\xff\xfe\x00\x00binary"
 FILES = ["config.yaml", "status.json", "metrics.jsonl", "labels.json", "eval.json", "eval/epoch_001.json", "job.json"]
-WRONG_TYPE = {"config.yaml": "[1, 2, 3]\n", "status.json": "[\"running\"]\n", "metrics.jsonl": "{\"epoch\": 1}\n[1, 2]\n",
-              "labels.json": "{\"a\": 1}\n", "eval.json": "\"text\"\n", "eval/epoch_001.json": "42\n",
-              "job.json": "[12]\n"}
+WRONG_TYPE = {
+    "config.yaml": "[1, 2, 3]\n",
+    "status.json": '["running"]\n',
+    "metrics.jsonl": '{"epoch": 1}\n[1, 2]\n',
+    "labels.json": '{"a": 1}\n',
+    "eval.json": '"text"\n',
+    "eval/epoch_001.json": "42\n",
+    "job.json": "[12]\n",
+}
 DAMAGE = ["binary", "latin1", "wrong_type", "directory", "fifo", "unreadable"]
 
 
@@ -295,7 +326,7 @@ def damage(path: Path, kind: str, monkeypatch) -> None:
     if kind == "binary":
         path.write_bytes(BINARY)
     elif kind == "latin1":
-        path.write_bytes("{\"état\": \"arrêté\"}\n".encode("latin-1"))
+        path.write_bytes('{"état": "arrêté"}\n'.encode("latin-1"))
     elif kind == "wrong_type":
         path.write_text(WRONG_TYPE.get(path.name, WRONG_TYPE.get(f"eval/{path.name}", "[1]\n")))
     elif kind == "directory":
@@ -323,7 +354,7 @@ def _with_deadline(call, seconds: float = 30.0):
     def target():
         try:
             outcome["value"] = call()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+        except BaseException as exc:
             outcome["error"] = exc
 
     thread = threading.Thread(target=target, daemon=True)
@@ -336,8 +367,9 @@ def _with_deadline(call, seconds: float = 30.0):
 
 
 def _full_run(folder: Path) -> Path:
-    from asca_core.config import Config
     from fixtures_runs import PICO_CONFIG
+
+    from asca_core.config import Config
 
     write_run(folder, Config.from_dict(PICO_CONFIG), PICO_LABELS)
     (folder / "status.json").write_text(json.dumps({"state": "finished", "epoch": 1, "best_epoch": 1}))
@@ -393,7 +425,9 @@ def test_a_damaged_config_file_is_one_line(tmp_path, monkeypatch, kind):
 def test_asca_train_with_a_damaged_config_is_one_line(tmp_path, kind):
     path = tmp_path / "preset.yaml"
     damage(path, kind, None)
-    line = cli_error(run_cli("train", "--config", str(path), "--run-dir", str(tmp_path / "run"), "--quiet", timeout=120))
+    line = cli_error(
+        run_cli("train", "--config", str(path), "--run-dir", str(tmp_path / "run"), "--quiet", timeout=120)
+    )
     assert str(path) in line
     assert not (tmp_path / "run").exists()
 
@@ -413,11 +447,11 @@ BAD_HEADERS = {
 @pytest.mark.parametrize("case", sorted(BAD_HEADERS))
 def test_a_checkpoint_with_a_bad_header_is_one_line(tmp_path, case):
     import torch
+    from fixtures_runs import PICO_CONFIG
 
     from asca_core.config import Config
     from asca_core.train.checkpoint import checkpoint_metadata, load_model_from_run, model_from_config, save_model
     from asca_core.train.engine import evaluate
-    from fixtures_runs import PICO_CONFIG
 
     cfg = Config.from_dict(PICO_CONFIG)
     run_dir = write_run(tmp_path / "run", cfg, PICO_LABELS)
@@ -442,7 +476,7 @@ def test_run_labels_that_do_not_match_the_checkpoint_are_one_line(tmp_path):
     assert jobs.run_info(run_dir).state == "damaged"
 
 
-def test_every_page_keeps_working_beside_a_damaged_run(runs_root, tiny_run):  # noqa: F811
+def test_every_page_keeps_working_beside_a_damaged_run(runs_root, tiny_run):
     damaged = runs_root / "zz-damaged"
     shutil.copytree(tiny_run, damaged)
     (damaged / "config.yaml").write_bytes(BINARY)

@@ -60,9 +60,19 @@ def test_head_pool_is_stored_in_the_model_config_and_rebuilt():
 
 
 def test_head_pool_from_a_training_config():
-    cfg = Config.from_dict({"model": {"name": "asca_pico", "head_pool": "avgmax"},
-                            "features": {"n_mels": 64, "clip_seconds": 1.0, "sample_rate": 16000,
-                                         "hop_length": 160, "win_length": 400, "n_fft": 512}})
+    cfg = Config.from_dict(
+        {
+            "model": {"name": "asca_pico", "head_pool": "avgmax"},
+            "features": {
+                "n_mels": 64,
+                "clip_seconds": 1.0,
+                "sample_rate": 16000,
+                "hop_length": 160,
+                "win_length": 400,
+                "n_fft": 512,
+            },
+        }
+    )
     model = model_from_config(cfg, 5)
     assert model.head.pool == "avgmax"
     assert model(torch.randn(1, 1, 64, 96)).shape == (1, 5)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from fixtures_runs import PICO_CONFIG, PICO_LABELS, write_run
 
 from asca_core.config import Config
 from asca_core.errors import AscaError, AudioError, CheckpointError
 from asca_core.features import FeatureExtractor
 from asca_core.inference import Classifier, Prediction
-from fixtures_runs import PICO_CONFIG, PICO_LABELS, pico_run, write_run  # noqa: F401
 
 SR = 16000
 
@@ -120,7 +120,7 @@ def test_sixty_second_recording_gives_a_timeline_of_windows(clf, tmp_path):
     assert table.std(0).max() > 1e-4  # windows really differ: each was scored on its own audio
     # A window of the stream scores exactly like the same samples given as a clip.
     k = 37
-    alone = clf.predict(wave[int(starts[k] * SR): int(starts[k] * SR) + SR]).probs
+    alone = clf.predict(wave[int(starts[k] * SR) : int(starts[k] * SR) + SR]).probs
     np.testing.assert_allclose(table[k], alone, rtol=1e-4, atol=1e-5)
 
 

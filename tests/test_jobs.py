@@ -7,15 +7,14 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC
 from pathlib import Path
 
 import pytest
+from fixtures_app import wait_for_run
 
 from asca_core.errors import CheckpointError
-from fixtures_app import tiny_demo, wait_for_run  # noqa: F401 - pytest fixture
 from workbench import jobs
-
-
 
 
 def _dead_pid() -> int:
@@ -63,19 +62,27 @@ def test_a_job_that_died_before_any_status_is_failed_with_its_message(tmp_path):
 def test_an_old_status_does_not_hide_a_newer_job(tmp_path):
     # a resumed run: status.json still says "stopped" from before, the new process runs
     old = {"state": "stopped", "pid": _dead_pid(), "updated": "2020-01-01T00:00:00+00:00"}
-    path = _run(tmp_path, "resumed", old, {"pid": os.getpid(), "start_time": jobs._proc_start_time(os.getpid()),
-                                           "started_ts": time.time()})
+    path = _run(
+        tmp_path,
+        "resumed",
+        old,
+        {"pid": os.getpid(), "start_time": jobs._proc_start_time(os.getpid()), "started_ts": time.time()},
+    )
     assert jobs.run_info(path).state == "starting"
 
 
 def test_a_resume_right_after_a_stop_is_not_mistaken_for_the_stop(tmp_path):
     # the old process wrote "stopped" in the same second the new job started
     now = time.time()
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    stamp = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
-    path = _run(tmp_path, "quick", {"state": "stopped", "pid": _dead_pid(), "updated": stamp},
-                {"pid": os.getpid(), "start_time": jobs._proc_start_time(os.getpid()), "started_ts": now})
+    stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
+    path = _run(
+        tmp_path,
+        "quick",
+        {"state": "stopped", "pid": _dead_pid(), "updated": stamp},
+        {"pid": os.getpid(), "start_time": jobs._proc_start_time(os.getpid()), "started_ts": now},
+    )
     assert jobs.run_info(path).state == "starting"
 
 
@@ -112,9 +119,11 @@ def test_train_command_and_presets():
 
 def test_stop_signals_the_whole_process_group(tmp_path):
     run_dir = jobs.new_run_dir("group", tmp_path)
-    script = ("import subprocess, sys, time; "
-              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-              "open(sys.argv[1], 'w').write(str(child.pid)); time.sleep(60)")
+    script = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "open(sys.argv[1], 'w').write(str(child.pid)); time.sleep(60)"
+    )
     child_file = tmp_path / "child.pid"
     info = jobs._launch([sys.executable, "-c", script, str(child_file)], run_dir, {})
     assert info.state == "starting"
@@ -142,12 +151,19 @@ def test_bad_config_is_refused_before_starting(tmp_path):
 
 
 @pytest.mark.slow
-def test_start_stop_resume_a_real_training(tmp_path, tiny_demo):  # noqa: F811
-    overrides = [f"data.path={tiny_demo}", "model.name=asca_pico", "train.epochs=3", "train.batch_size=8",
-                 "train.device=cpu", "train.num_threads=1", "train.warmup_epochs=0"]
+def test_start_stop_resume_a_real_training(tmp_path, tiny_demo):
+    overrides = [
+        f"data.path={tiny_demo}",
+        "model.name=asca_pico",
+        "train.epochs=3",
+        "train.batch_size=8",
+        "train.device=cpu",
+        "train.num_threads=1",
+        "train.warmup_epochs=0",
+    ]
     info = jobs.start_training(None, overrides, name="tiny", root=tmp_path)
     assert info.active and (info.path / "requested.yaml").is_file()
-    running = wait_for_run(info.path, lambda i: i.state == "running" and i.epoch >= 1 or not i.active)
+    running = wait_for_run(info.path, lambda i: (i.state == "running" and i.epoch >= 1) or not i.active)
     assert running.state == "running", jobs.read_console(info.path)
     assert jobs.stop_run(info.path)
     stopped = wait_for_run(info.path, lambda i: not i.active)
@@ -163,8 +179,9 @@ def test_start_stop_resume_a_real_training(tmp_path, tiny_demo):  # noqa: F811
 
 
 def test_a_failing_training_shows_its_error(tmp_path):
-    info = jobs.start_training(None, [f"data.path={tmp_path / 'no-such.csv'}", "model.name=asca_pico"],
-                               name="broken", root=tmp_path / "runs")
+    info = jobs.start_training(
+        None, [f"data.path={tmp_path / 'no-such.csv'}", "model.name=asca_pico"], name="broken", root=tmp_path / "runs"
+    )
     failed = wait_for_run(info.path, lambda i: not i.active, 120)
     assert failed.state == "failed"
     assert "no-such.csv" in failed.error

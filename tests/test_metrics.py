@@ -48,11 +48,12 @@ def test_against_sklearn_on_random_data(seed):
     probs = np.round(probs, 2)  # create ties on purpose
     for c in range(k):
         assert M.average_precision(probs[:, c], targets[:, c]) == pytest.approx(
-            sk.average_precision_score(targets[:, c], probs[:, c]))
-        assert M.roc_auc(probs[:, c], targets[:, c]) == pytest.approx(
-            sk.roc_auc_score(targets[:, c], probs[:, c]))
+            sk.average_precision_score(targets[:, c], probs[:, c])
+        )
+        assert M.roc_auc(probs[:, c], targets[:, c]) == pytest.approx(sk.roc_auc_score(targets[:, c], probs[:, c]))
     assert M.mean_average_precision(probs, targets) == pytest.approx(
-        sk.average_precision_score(targets, probs, average="macro"))
+        sk.average_precision_score(targets, probs, average="macro")
+    )
     assert M.macro_roc_auc(probs, targets) == pytest.approx(sk.roc_auc_score(targets, probs, average="macro"))
 
 
@@ -62,18 +63,14 @@ def test_padded_cmap_matches_birdclef_definition():
     targets[np.arange(30), rng.integers(0, 4, 30)] = 1  # class 4 never occurs
     probs = rng.random((30, 5))
     pad = np.ones((5, 5))
-    expected = sk.average_precision_score(np.vstack([targets, pad]), np.vstack([probs, pad]),
-                                          average="macro")
+    expected = sk.average_precision_score(np.vstack([targets, pad]), np.vstack([probs, pad]), average="macro")
     assert M.padded_cmap(probs, targets) == pytest.approx(expected)
     # the absent class counts (AP 1 from the padding) instead of being skipped
     assert M.padded_cmap(probs, targets) != pytest.approx(M.mean_average_precision(probs, targets))
 
 
 def test_compute_metrics_single_label_by_hand():
-    probs = np.array([[0.7, 0.2, 0.1],
-                      [0.6, 0.3, 0.1],
-                      [0.1, 0.8, 0.1],
-                      [0.2, 0.3, 0.5]])
+    probs = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.2, 0.3, 0.5]])
     targets = np.eye(3)[[0, 1, 1, 2]]
     out = M.compute_metrics(probs, targets, multi_label=False)
     assert out["acc"] == pytest.approx(0.75)

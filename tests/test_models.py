@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from asca_core.errors import ModelError
-from asca_core.models import (ASCA, LAYOUTS, build_model, build_model_from_config, count_params, gmacs,
-                              list_models)
+from asca_core.models import ASCA, LAYOUTS, build_model, build_model_from_config, count_params, gmacs, list_models
 from asca_core.models.asca import GlobalWindowWarning
 from asca_core.models.attention import MultiHeadAttention, relative_index
 from asca_core.models.blocks import MBConv, TransformerBlock
@@ -103,7 +102,7 @@ def test_no_weight_decay_names_norms_biases_tables_positions(name):
             assert pname in skip, pname
         else:
             assert pname not in skip, pname  # conv and linear weights are decayed
-    assert any(n.endswith("rel_bias.table") or n.endswith("pos_embed") for n in skip)
+    assert any(n.endswith(("rel_bias.table", "pos_embed")) for n in skip)
 
 
 def test_asca_0_ccct_matches_coatnet_0_size():
@@ -197,7 +196,7 @@ def test_shorter_input_reads_the_exact_table_sub_range():
     # A model built for 128 x 128 whose table is the centre of the big one computes the same logits.
     small = _build("asca_pico", input_size=(128, 128)).eval()
     state = big.state_dict()
-    state["s4.0.attn.rel_bias.table"] = rel.table.detach()[:, :, 9 - 3:9 + 4]  # offsets -3..3 in time
+    state["s4.0.attn.rel_bias.table"] = rel.table.detach()[:, :, 9 - 3 : 9 + 4]  # offsets -3..3 in time
     small.load_state_dict(state)
     x = torch.randn(2, 1, 128, 128)
     with torch.no_grad():

@@ -74,9 +74,15 @@ def kernel_name(tmp_path, monkeypatch) -> str:
     """A ``python3`` kernel spec running ``sys.executable``, ahead of any user or system spec."""
     spec = tmp_path / "jupyter" / "kernels" / "python3"
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (ASCA tests)", "language": "python"}))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (ASCA tests)",
+                "language": "python",
+            }
+        )
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     return "python3"
 
@@ -93,15 +99,20 @@ def test_notebook_runs_headless(path, kernel_name, monkeypatch):
     monkeypatch.setenv("ASCA_SMOKE", "1")
     nb = nbformat.read(path, as_version=4)
     nb.cells.insert(0, nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
-    client = NotebookClient(nb, kernel_name=kernel_name, timeout=600,
-                            resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    client = NotebookClient(
+        nb, kernel_name=kernel_name, timeout=600, resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
+    )
     client.execute()  # raises CellExecutionError, naming the cell, on the first error
 
     assert nb.cells[0].outputs[0]["text"].strip() == sys.executable
     counts = [cell.execution_count for cell in _code_cells(nb)]
     assert counts == list(range(1, len(counts) + 1))
-    panels = [out for cell in _code_cells(nb) for out in cell.outputs
-              if "application/vnd.jupyter.widget-view+json" in out.get("data", {})]
+    panels = [
+        out
+        for cell in _code_cells(nb)
+        for out in cell.outputs
+        if "application/vnd.jupyter.widget-view+json" in out.get("data", {})
+    ]
     assert panels, f"{path.name} displayed no widgets"
 
 

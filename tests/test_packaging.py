@@ -39,8 +39,9 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_asca_console_script_lists_every_command():
-    result = subprocess.run([sys.executable, "-m", "asca_core.cli", "--help"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "asca_core.cli", "--help"], capture_output=True, text=True, check=True
+    )
     for command in ("demo-data", "data", "train", "eval", "ablate", "predict"):
         assert re.search(rf"\b{command}\b", result.stdout), command
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from train_factory import make_tiny_data, run_cli, write_tiny_yaml
 
 from asca_core.augment import TrainAugment, step_generator
 from asca_core.config import AugmentConfig, Config, load_config
@@ -20,7 +21,6 @@ from asca_core.errors import ConfigError, DatasetError, ModelError
 from asca_core.models import build_model, count_params
 from asca_core.models.asca import GlobalWindowWarning
 from asca_core.models.blocks import Resample, SqueezeExcite, TokenBatchNorm, TransformerBlock
-from train_factory import make_tiny_data, run_cli, write_tiny_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -41,8 +41,11 @@ def _pico(seed: int = 0, **overrides) -> torch.nn.Module:
 # ------------------------------------------------------------------------- window division
 def test_token_windows_at_224_are_all_global_attention_and_warn():
     for window in DIVISIONS:
-        with pytest.warns(GlobalWindowWarning, match=rf"attn_window={window} tokens covers the whole token grid "
-                                                     r"of s4 \(7x7\) at input 224x224"):
+        with pytest.warns(
+            GlobalWindowWarning,
+            match=rf"attn_window={window} tokens covers the whole token grid "
+            r"of s4 \(7x7\) at input 224x224",
+        ):
             _pico(attn_window=window)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -92,7 +95,10 @@ def test_resample_pools_interpolates_and_keeps_identity():
     assert Resample(16, 16)(x) is x
     torch.testing.assert_close(Resample(16, 32)(x), F.avg_pool2d(x, 2))
     torch.testing.assert_close(Resample(16, 32, "max")(x), F.max_pool2d(x, 2))
-    assert Resample(16, 7)(x).shape[-2:] == (32, 32) and Resample(8, 14)(torch.randn(1, 3, 28, 28)).shape[-2:] == (16, 16)
+    assert Resample(16, 7)(x).shape[-2:] == (32, 32) and Resample(8, 14)(torch.randn(1, 3, 28, 28)).shape[-2:] == (
+        16,
+        16,
+    )
 
 
 def test_window_division_settings_are_checked():
@@ -115,15 +121,18 @@ def test_older_run_configs_build_and_load_the_same_model(tmp_path):
     model = model_from_config(cfg, 4).eval()
     assert not {"attn_division", "downsample_pool", "transformer_norm", "se_act"} & set(model.config)
     raw = cfg.to_dict()
-    for section, keys in (("model", ("attn_division", "downsample_pool", "transformer_norm", "se_act")),
-                          ("data", ("labels", "classes")), ("augment", ("mixup_domain",))):
+    for section, keys in (
+        ("model", ("attn_division", "downsample_pool", "transformer_norm", "se_act")),
+        ("data", ("labels", "classes")),
+        ("augment", ("mixup_domain",)),
+    ):
         for key in keys:
             del raw[section][key]
     meta = checkpoint_metadata(cfg, ["a", "b", "c", "d"], 1)
     meta["config"] = yaml.safe_dump(raw, sort_keys=False)
     path = tmp_path / "old.safetensors"
     save_model(path, model, meta)
-    loaded, loaded_cfg, labels = load_model_from_run(path)
+    loaded, loaded_cfg, _labels = load_model_from_run(path)
     assert loaded_cfg.model.attn_division is None and loaded_cfg.data.labels == "primary+secondary"
     assert loaded.config == model.config
     x = torch.randn(1, 1, 64, 320)
@@ -185,8 +194,9 @@ def test_birdclef_primary_labels_only(shared_data):
     for clip in primary.clips:
         row = by_file[clip.path.name]
         assert clip.labels == (row["primary_label"],)
-        assert clip.meta["secondary_labels"] == [s for s in ast.literal_eval(row["secondary_labels"])
-                                                 if s != row["primary_label"]]
+        assert clip.meta["secondary_labels"] == [
+            s for s in ast.literal_eval(row["secondary_labels"]) if s != row["primary_label"]
+        ]
     assert "rbsrob1" in both.classes and "rbsrob1" not in primary.classes  # a secondary-only species
 
 
@@ -218,12 +228,15 @@ def test_data_labels_and_classes_reach_training_data(shared_data, tmp_path):
     from asca_core.train.engine import prepare_data
 
     root = shared_data / "birdclef2023_sample"
-    cfg = load_config(CONFIGS / "paper_birdclef.yaml", [f"data.path={root}", "data.classes=[abethr1, abhori1, abythr1]"])
+    cfg = load_config(
+        CONFIGS / "paper_birdclef.yaml", [f"data.path={root}", "data.classes=[abethr1, abhori1, abythr1]"]
+    )
     bundle = prepare_data(cfg, check_files=False)
     assert bundle.labels == ["abethr1", "abhori1", "abythr1"] and not bundle.multi_label
     assert len(bundle.index.clips) == 16
-    both = prepare_data(cfg.replace("data.labels", "primary+secondary").replace("data.classes", None),
-                        check_files=False)
+    both = prepare_data(
+        cfg.replace("data.labels", "primary+secondary").replace("data.classes", None), check_files=False
+    )
     assert both.multi_label and len(both.labels) > 5
     with pytest.raises(ConfigError, match="data.labels must be primary or primary"):
         load_config(None, ["data.labels=secondary"])
@@ -231,8 +244,9 @@ def test_data_labels_and_classes_reach_training_data(shared_data, tmp_path):
 
 # ------------------------------------------------------------------------- waveform mixup
 def _quiet_augment(**changes) -> AugmentConfig:
-    return AugmentConfig(gain_db=0.0, time_shift=0.0, noise_prob=0.0, time_masks=0, freq_masks=0,
-                         mixup=True, mixup_prob=1.0, **changes)
+    return AugmentConfig(
+        gain_db=0.0, time_shift=0.0, noise_prob=0.0, time_masks=0, freq_masks=0, mixup=True, mixup_prob=1.0, **changes
+    )
 
 
 def test_waveform_mixup_mixes_waves_before_the_front_end_with_the_targets_lambda():
@@ -304,7 +318,9 @@ def test_longer_input_keeps_the_trained_bias_of_offset_one():
 # ------------------------------------------------------------------------- options
 def test_max_pool_downsampling_option():
     avg, mx = _pico(), _pico(downsample_pool="max")
-    assert isinstance(mx.s2[0].shortcut.pool, torch.nn.MaxPool2d) and isinstance(mx.s4[0].shortcut.pool, torch.nn.MaxPool2d)
+    assert isinstance(mx.s2[0].shortcut.pool, torch.nn.MaxPool2d) and isinstance(
+        mx.s4[0].shortcut.pool, torch.nn.MaxPool2d
+    )
     assert isinstance(avg.s2[0].shortcut.pool, torch.nn.AvgPool2d)
     assert count_params(avg) == count_params(mx) and mx.config["downsample_pool"] == "max"
     block = mx.s4[0]
@@ -342,11 +358,23 @@ def test_se_activation_option():
 def test_model_options_flow_from_the_config():
     from asca_core.train.checkpoint import model_from_config
 
-    cfg = load_config(None, ["model.name=asca_pico", "model.downsample_pool=max", "model.transformer_norm=batchnorm",
-                             "model.se_act=silu", "model.attn_division=16"])
+    cfg = load_config(
+        None,
+        [
+            "model.name=asca_pico",
+            "model.downsample_pool=max",
+            "model.transformer_norm=batchnorm",
+            "model.se_act=silu",
+            "model.attn_division=16",
+        ],
+    )
     model = model_from_config(cfg, 3)
     assert {k: model.config[k] for k in ("downsample_pool", "transformer_norm", "se_act", "attn_division")} == {
-        "downsample_pool": "max", "transformer_norm": "batchnorm", "se_act": "silu", "attn_division": 16}
+        "downsample_pool": "max",
+        "transformer_norm": "batchnorm",
+        "se_act": "silu",
+        "attn_division": 16,
+    }
     for key, bad in (("downsample_pool", "min"), ("transformer_norm", "groupnorm"), ("se_act", "tanh")):
         with pytest.raises(ConfigError, match=f"model.{key} must be"):
             load_config(None, [f"model.{key}={bad}"])
@@ -358,15 +386,37 @@ def test_window_ablation_on_demo_data_gives_distinct_models(tmp_path):
     from asca_core.train.checkpoint import load_model_from_run
 
     data = make_tiny_data(tmp_path / "demo")
-    config = write_tiny_yaml(tmp_path / "paper224.yaml", data, "features.shape=resize224", "train.epochs=1",
-                             "data.max_clips_per_class=3", "augment.mixup_domain=waveform", "augment.mixup=true")
+    config = write_tiny_yaml(
+        tmp_path / "paper224.yaml",
+        data,
+        "features.shape=resize224",
+        "train.epochs=1",
+        "data.max_clips_per_class=3",
+        "augment.mixup_domain=waveform",
+        "augment.mixup=true",
+    )
     out = tmp_path / "windows"
-    result = run_cli("ablate", "--config", str(config), "--windows", "7,14,16,32", "--seeds", "1",
-                     "--out", str(out), "--quiet", timeout=900)
+    result = run_cli(
+        "ablate",
+        "--config",
+        str(config),
+        "--windows",
+        "7,14,16,32",
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["layout"], r["window"], r["grid"]) for r in rows] == [
-        ("CCCT", "7", "32x32"), ("CCCT", "14", "16x16"), ("CCCT", "16", "14x14"), ("CCCT", "32", "7x7")]
+        ("CCCT", "7", "32x32"),
+        ("CCCT", "14", "16x16"),
+        ("CCCT", "16", "14x14"),
+        ("CCCT", "32", "7x7"),
+    ]
     assert len({r["params"] for r in rows}) == 4
     assert "| CCCT | 16x16 | 14x14 | 1 |" in (out / "results.md").read_text()
     assert json.loads((out / "ablation.json").read_text())["windows"] == [7, 14, 16, 32]

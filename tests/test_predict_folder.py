@@ -15,7 +15,6 @@ import pytest
 from asca_core.cli import main
 from asca_core.errors import AscaError
 from asca_core.inference import Classifier, ResultsJournal, audio_files
-from fixtures_runs import pico_run  # noqa: F401
 
 FSDD = ["0_george_0.wav", "1_jackson_3.wav", "2_lucas_7.wav", "5_nicolas_20.wav", "9_theo_41.wav"]
 BIRD = ["abethr1/XC363501.ogg"]
@@ -40,8 +39,9 @@ def folder(shared_data, tmp_path):
 def _asca(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("ASCA_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "asca_core.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "asca_core.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_audio_files_lists_the_folder_and_keeps_links_inside(folder, tmp_path):
@@ -59,7 +59,7 @@ def test_audio_files_lists_the_folder_and_keeps_links_inside(folder, tmp_path):
         audio_files(folder / FSDD[0])
 
 
-def test_predict_many_streams_and_equals_predict(pico_run, folder):  # noqa: F811
+def test_predict_many_streams_and_equals_predict(pico_run, folder):
     clf = Classifier.from_run(pico_run, batch_windows=4)
     files = [folder / n for n in FSDD[:3]] + [folder / "notes.wav", folder / "site_b" / "bird.ogg"]
     results = list(clf.predict_many(files, hop=0.25))
@@ -73,11 +73,23 @@ def test_predict_many_streams_and_equals_predict(pico_run, folder):  # noqa: F81
     gen.close()
 
 
-def test_cli_scores_a_folder_names_bad_files_and_resumes(pico_run, folder, tmp_path):  # noqa: F811
+def test_cli_scores_a_folder_names_bad_files_and_resumes(pico_run, folder, tmp_path):
     journal = tmp_path / "journal.jsonl"
     raven = tmp_path / "raven"
-    args = ["predict", str(pico_run), str(folder), "--recursive", "--journal", str(journal),
-            "--raven", str(raven), "--threshold", "0.3", "--detections", str(tmp_path / "all.json")]
+    args = [
+        "predict",
+        str(pico_run),
+        str(folder),
+        "--recursive",
+        "--journal",
+        str(journal),
+        "--raven",
+        str(raven),
+        "--threshold",
+        "0.3",
+        "--detections",
+        str(tmp_path / "all.json"),
+    ]
     proc = _asca(*args)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = proc.stderr.strip().splitlines()
@@ -88,8 +100,11 @@ def test_cli_scores_a_folder_names_bad_files_and_resumes(pico_run, folder, tmp_p
     entries = [json.loads(line) for line in journal.read_text().splitlines()]
     assert len(entries) == 6 and len({e["file"] for e in entries}) == 6
     tables = sorted(p.relative_to(raven).as_posix() for p in raven.rglob("*.txt"))
-    assert tables == sorted([f"{n[:-4]}.selections.txt" for n in FSDD[:3]]
-                            + [f"site_b/{n[:-4]}.selections.txt" for n in FSDD[3:]] + ["site_b/bird.selections.txt"])
+    assert tables == sorted(
+        [f"{n[:-4]}.selections.txt" for n in FSDD[:3]]
+        + [f"site_b/{n[:-4]}.selections.txt" for n in FSDD[3:]]
+        + ["site_b/bird.selections.txt"]
+    )
     first = json.loads((tmp_path / "all.json").read_text())
 
     # A rerun scores nothing again: the finished files come from the journal, tables and all.
@@ -126,26 +141,41 @@ def test_journal_is_one_writer_and_checks_its_path(tmp_path):
         ResultsJournal(tmp_path / "no" / "j.jsonl")
 
 
-def test_cli_folder_errors_are_one_line(pico_run, tmp_path, capsys):  # noqa: F811
+def test_cli_folder_errors_are_one_line(pico_run, tmp_path, capsys):
     empty = tmp_path / "nothing"
     empty.mkdir()
     assert main(["predict", str(pico_run), str(empty)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"asca predict: error: {empty}: no audio files in this folder (--recursive scores its subfolders)"]
     assert main(["predict", str(pico_run), str(empty), "--engine", "jax"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        "asca predict: error: unknown engine 'jax': choose torch or onnx"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "asca predict: error: unknown engine 'jax': choose torch or onnx"
+    )
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     for sub in ("a", "b"):
         (tmp_path / sub / "x.wav").write_bytes(b"RIFF")
-    assert main(["predict", str(pico_run), str(tmp_path / "a" / "x.wav"), str(tmp_path / "b" / "x.wav"),
-                 "--raven", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(pico_run),
+                str(tmp_path / "a" / "x.wav"),
+                str(tmp_path / "b" / "x.wav"),
+                "--raven",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "would write tables of the same name" in capsys.readouterr().err
 
 
-def test_onnx_engine_without_an_export_is_one_line(pico_run, tmp_path):  # noqa: F811
+def test_onnx_engine_without_an_export_is_one_line(pico_run, tmp_path):
     proc = _asca("predict", str(pico_run), str(tmp_path), "--engine", "onnx")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == \
-        f"asca predict: error: no ONNX model at {pico_run / 'export' / 'model.onnx'}: run asca export first"
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == f"asca predict: error: no ONNX model at {pico_run / 'export' / 'model.onnx'}: run asca export first"
+    )

@@ -6,16 +6,15 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
+from audio_factory import tone
+from train_factory import run_cli
 
 from asca_core.data import load_dataset, make_splits
 from asca_core.data.splits import detect_group_column, resolve_protocol
 from asca_core.errors import ConfigError
 from asca_core.train.recipe import parse_duration, resolve_recipe
-from audio_factory import tone
-from train_factory import run_cli
 
 
 def _write(path: Path, freq: float, seconds: float, rate: int) -> str:
@@ -50,8 +49,17 @@ def _esc50_like(root: Path) -> Path:
             for cut in range(2):
                 name = f"{src % 2 + 1}-{c}{src}-{cut}.wav"
                 _write(root / "audio" / name, 200 + 300 * c, 5.0, 44100)
-                rows.append({"filename": name, "fold": src % 2 + 1, "target": c, "category": category,
-                             "esc10": "False", "src_file": f"{c}{src}", "take": "A"})
+                rows.append(
+                    {
+                        "filename": name,
+                        "fold": src % 2 + 1,
+                        "target": c,
+                        "category": category,
+                        "esc10": "False",
+                        "src_file": f"{c}{src}",
+                        "take": "A",
+                    }
+                )
     with (root / "meta" / "esc50.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -68,9 +76,22 @@ def _birdclef_like(root: Path) -> Path:
             file = f"{name}/XC{s}{k}.ogg"
             _write(root / "train_audio" / file, 1000 + 500 * s, 12.0, 32000)
             secondary = [species[(s + 1) % 3]] if k == 0 else []
-            rows.append({"primary_label": name, "secondary_labels": str(secondary), "type": "['song']",
-                         "latitude": "0", "longitude": "0", "scientific_name": name, "common_name": name,
-                         "author": f"author{k}", "license": "cc", "rating": "4", "url": "", "filename": file})
+            rows.append(
+                {
+                    "primary_label": name,
+                    "secondary_labels": str(secondary),
+                    "type": "['song']",
+                    "latitude": "0",
+                    "longitude": "0",
+                    "scientific_name": name,
+                    "common_name": name,
+                    "author": f"author{k}",
+                    "license": "cc",
+                    "rating": "4",
+                    "url": "",
+                    "filename": file,
+                }
+            )
     with (root / "train_metadata.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -83,8 +104,9 @@ def _choices(recipe) -> dict:
 
 
 # ----------------------------------------------------------------------------- durations
-@pytest.mark.parametrize("text, seconds", [("15m", 900), ("90s", 90), ("1h30m", 5400), ("2.5m", 150),
-                                           ("45", 45), (120, 120)])
+@pytest.mark.parametrize(
+    "text, seconds", [("15m", 900), ("90s", 90), ("1h30m", 5400), ("2.5m", 150), ("45", 45), (120, 120)]
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -136,8 +158,9 @@ def test_recipe_for_multi_label_birdclef_style_set(tmp_path):
 
 
 def test_overrides_win_over_every_choice(tmp_path):
-    recipe = resolve_recipe(str(_speech_like(tmp_path)), 600, ["train.lr=3e-4", "features.n_mels=128",
-                                                             "train.loss=bce"], probe=False)
+    recipe = resolve_recipe(
+        str(_speech_like(tmp_path)), 600, ["train.lr=3e-4", "features.n_mels=128", "train.loss=bce"], probe=False
+    )
     assert recipe.config.train.lr == 3e-4
     assert recipe.config.features.n_mels == 128
     assert recipe.config.train.loss == "bce"
@@ -227,9 +250,22 @@ def test_budgeted_cli_run_prints_its_recipe_and_ends_within_budget(tmp_path):
     manifest = _speech_like(data)
     run = tmp_path / "run"
     budget = 40.0
-    result = run_cli("train", str(manifest), "--budget", f"{budget:g}s", "--run-dir", str(run), "--quiet",
-                     "--set", "model.name=asca_pico", "--set", "features.n_mels=32",
-                     "--set", "train.num_threads=1", timeout=300)
+    result = run_cli(
+        "train",
+        str(manifest),
+        "--budget",
+        f"{budget:g}s",
+        "--run-dir",
+        str(run),
+        "--quiet",
+        "--set",
+        "model.name=asca_pico",
+        "--set",
+        "features.n_mels=32",
+        "--set",
+        "train.num_threads=1",
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "recipe:" in result.stdout and "train.epochs" in result.stdout
     assert "set on the command line" in result.stdout

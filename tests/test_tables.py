@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from fixtures_runs import PICO_CONFIG, PICO_LABELS, write_run
 from streamlit.testing.v1 import AppTest
 
 from asca_core import tables
 from asca_core.cli import main
 from asca_core.config import Config
 from asca_core.inference import Prediction, TimelineWindow
-from fixtures_app import runs_root, tiny_demo, tiny_run  # noqa: F401
-from fixtures_runs import PICO_CONFIG, PICO_LABELS, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 BIRD = "birdclef2023_sample/train_audio/abethr1/XC363501.ogg"
@@ -27,8 +26,18 @@ BIRD = "birdclef2023_sample/train_audio/abethr1/XC363501.ogg"
 def _prediction(rows: list[list[float]], labels=("a", "b"), window=3.0, hop=1.5) -> Prediction:
     probs = np.asarray(rows, dtype=np.float32)
     timeline = [TimelineWindow(i * hop, i * hop + window, p) for i, p in enumerate(probs)]
-    return Prediction(source="rec.wav", duration=timeline[-1].end, labels=list(labels), top=[], probs=probs.max(0),
-                      probs_max=probs.max(0), probs_mean=probs.mean(0), timeline=timeline, window=window, hop=hop)
+    return Prediction(
+        source="rec.wav",
+        duration=timeline[-1].end,
+        labels=list(labels),
+        top=[],
+        probs=probs.max(0),
+        probs_max=probs.max(0),
+        probs_mean=probs.mean(0),
+        timeline=timeline,
+        window=window,
+        hop=hop,
+    )
 
 
 def test_choose_threshold_reaches_the_precision_with_the_most_recall():
@@ -36,8 +45,14 @@ def test_choose_threshold_reaches_the_precision_with_the_most_recall():
     positive = np.array([1, 1, 1, 0, 1, 0, 0, 1], bool)
     best = tables.choose_threshold(scores, positive, 0.8)
     # at 0.6: 4 of 5 taken are positive (0.8) with recall 4/5; lower thresholds fall below 0.8
-    assert best == {"threshold": 0.6, "precision": 0.8, "recall": 0.8, "positives": 5, "reached": True,
-                    "source": "validation"}
+    assert best == {
+        "threshold": 0.6,
+        "precision": 0.8,
+        "recall": 0.8,
+        "positives": 5,
+        "reached": True,
+        "source": "validation",
+    }
     assert tables.choose_threshold(scores, positive, 1.0)["threshold"] == 0.8
     unreachable = tables.choose_threshold(np.array([0.9, 0.2]), np.array([False, True]), 0.9)
     assert not unreachable["reached"] and unreachable["threshold"] == 0.2 and unreachable["precision"] == 0.5
@@ -59,12 +74,22 @@ def test_detections_merge_overlapping_windows_per_class():
 
 
 def test_raven_and_audacity_tables_parse_back(tmp_path):
-    found = tables.detections(_prediction([[0.9, 0.1], [0.2, 0.8], [0.1, 0.1]],
-                                          labels=("song\tthrush", "b")), {"song\tthrush": 0.5, "b": 0.5})
+    found = tables.detections(
+        _prediction([[0.9, 0.1], [0.2, 0.8], [0.1, 0.1]], labels=("song\tthrush", "b")), {"song\tthrush": 0.5, "b": 0.5}
+    )
     raven = tables.write_raven(tmp_path / "rec.selections.txt", found, 50.0, 8000.0)
     rows = list(csv.DictReader(raven.open(newline=""), delimiter="\t"))
-    assert list(rows[0]) == ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
-                             "High Freq (Hz)", "Label", "Score"]
+    assert list(rows[0]) == [
+        "Selection",
+        "View",
+        "Channel",
+        "Begin Time (s)",
+        "End Time (s)",
+        "Low Freq (Hz)",
+        "High Freq (Hz)",
+        "Label",
+        "Score",
+    ]
     assert [r["Selection"] for r in rows] == ["1", "2"]
     assert {r["View"] for r in rows} == {"Spectrogram 1"} and {r["Channel"] for r in rows} == {"1"}
     assert [(float(r["Begin Time (s)"]), float(r["End Time (s)"])) for r in rows] == [(0.0, 3.0), (1.5, 4.5)]
@@ -80,7 +105,7 @@ def test_raven_and_audacity_tables_parse_back(tmp_path):
     assert tables.raven_text([], 0, 1).splitlines() == ["\t".join(tables.RAVEN_COLUMNS)]
 
 
-def test_thresholds_on_the_validation_split_are_stored_in_the_run(tiny_run, capsys):  # noqa: F811
+def test_thresholds_on_the_validation_split_are_stored_in_the_run(tiny_run, capsys):
     assert main(["thresholds", str(tiny_run), "--precision", "0.8"]) == 0
     out = capsys.readouterr().out
     record = json.loads((tiny_run / "thresholds.json").read_text())
@@ -105,10 +130,20 @@ def test_a_run_whose_data_is_gone_falls_back_to_one_threshold(tmp_path):
     assert "validation data unavailable" in record["note"]
 
 
-def test_predict_writes_tables_for_a_real_recording(tiny_run, shared_data, tmp_path, capsys):  # noqa: F811
-    args = ["predict", str(tiny_run), str(shared_data / BIRD), "--threshold", "0.05",
-            "--raven", str(tmp_path / "raven"), "--audacity", str(tmp_path / "aud"),
-            "--detections", str(tmp_path / "all.csv")]
+def test_predict_writes_tables_for_a_real_recording(tiny_run, shared_data, tmp_path, capsys):
+    args = [
+        "predict",
+        str(tiny_run),
+        str(shared_data / BIRD),
+        "--threshold",
+        "0.05",
+        "--raven",
+        str(tmp_path / "raven"),
+        "--audacity",
+        str(tmp_path / "aud"),
+        "--detections",
+        str(tmp_path / "all.csv"),
+    ]
     assert main(args) == 0
     capsys.readouterr()
     rows = list(csv.DictReader((tmp_path / "raven" / "XC363501.selections.txt").open(), delimiter="\t"))
@@ -126,7 +161,7 @@ def test_predict_writes_tables_for_a_real_recording(tiny_run, shared_data, tmp_p
     assert capsys.readouterr().err.strip().endswith("is a file: give a folder")
 
 
-def test_classify_page_offers_the_tables_and_the_onnx_file(shared_data, runs_root, tiny_run):  # noqa: F811
+def test_classify_page_offers_the_tables_and_the_onnx_file(shared_data, runs_root, tiny_run):
     pytest.importorskip("onnxruntime")
     at = AppTest.from_file(str(ROOT / "workbench" / "pages" / "classify.py"), default_timeout=240)
     at.run()
@@ -140,8 +175,13 @@ def test_classify_page_offers_the_tables_and_the_onnx_file(shared_data, runs_roo
     buttons = {b.proto.label: b for b in at.get("download_button")}
     assert "Download ONNX (zip)" in buttons
     assert any("ONNX opset 17" in c.value for c in at.caption)
-    assert {p.name for p in (tiny_run / "export").iterdir()} == {"model.onnx", "labels.json", "thresholds.json",
-                                                                "config.yaml", "export.json"}
+    assert {p.name for p in (tiny_run / "export").iterdir()} == {
+        "model.onnx",
+        "labels.json",
+        "thresholds.json",
+        "config.yaml",
+        "export.json",
+    }
 
 
 class _Loudness(torch.nn.Module):
@@ -155,7 +195,7 @@ class _Loudness(torch.nn.Module):
         return spec.flatten(1).mean(1, keepdim=True).repeat(1, self.classes)  # (B, K)
 
 
-def test_generated_call_is_detected_where_it_is(tiny_run, tmp_path):  # noqa: F811
+def test_generated_call_is_detected_where_it_is(tiny_run, tmp_path):
     """A 30 s recording, silent but for a chirp from 12 to 15 s: through the real front end,
     windowing and merging, the one detection spans exactly the windows that overlap the call."""
     from asca_core.inference import Classifier
@@ -165,13 +205,13 @@ def test_generated_call_is_detected_where_it_is(tiny_run, tmp_path):  # noqa: F8
     sr = clf.sample_rate
     wave = np.zeros(30 * sr, dtype=np.float32)
     t = np.arange(3 * sr) / sr
-    wave[12 * sr:15 * sr] = 0.5 * np.sin(2 * np.pi * (1500 + 800 * t) * t)
+    wave[12 * sr : 15 * sr] = 0.5 * np.sin(2 * np.pi * (1500 + 800 * t) * t)
     path = tmp_path / "burst.wav"
     sf.write(path, wave, sr, subtype="FLOAT")
     pred = clf.predict(path)
     scores = pred.timeline_array()[:, 0]
     limit = (scores.min() + scores.max()) / 2
-    found = tables.detections(pred, {name: limit for name in pred.labels})
+    found = tables.detections(pred, dict.fromkeys(pred.labels, limit))
     assert {d.label for d in found} == set(pred.labels)
     overlapping = [w for w in pred.timeline if w.start < 15 and w.end > 12]
     for d in found:

@@ -11,9 +11,9 @@ import torch
 
 timm = pytest.importorskip("timm")
 
-from asca_core.models import build_model, count_params  # noqa: E402
-from asca_core.models.timm_port import _qkv_rows, match_timm_norm_eps, timm_coatnet_state_dict  # noqa: E402
-from asca_core.errors import ModelError  # noqa: E402
+from asca_core.errors import ModelError
+from asca_core.models import build_model, count_params
+from asca_core.models.timm_port import _qkv_rows, match_timm_norm_eps, timm_coatnet_state_dict
 
 SIZE = (224, 224)
 
@@ -63,8 +63,14 @@ def test_timm_coatnet_0_ports_into_asca_0_cctt():
 def test_timm_c_c_c_t_ports_into_the_paper_layout():
     from timm.models.maxxvit import MaxxVit, MaxxVitCfg, MaxxVitConvCfg
 
-    cfg = MaxxVitCfg(embed_dim=(96, 192, 384, 768), depths=(2, 3, 5, 2), block_type=("C", "C", "C", "T"),
-                     stem_width=64, head_hidden_size=768, conv_cfg=MaxxVitConvCfg(stride_mode="1x1"))
+    cfg = MaxxVitCfg(
+        embed_dim=(96, 192, 384, 768),
+        depths=(2, 3, 5, 2),
+        block_type=("C", "C", "C", "T"),
+        stem_width=64,
+        head_hidden_size=768,
+        conv_cfg=MaxxVitConvCfg(stride_mode="1x1"),
+    )
     torch.manual_seed(0)
     theirs = _randomise(MaxxVit(cfg, img_size=SIZE, in_chans=1, num_classes=264))
     ours = build_model("asca_0", 264, input_size=SIZE, se_act="silu")  # CCCT, the paper's stride
@@ -82,9 +88,16 @@ def test_a_model_of_other_widths_is_refused_by_name():
     before pooling there, ours after, as CoAtNet's pre-logits head does.)"""
     from timm.models.maxxvit import MaxxVit, MaxxVitCfg
 
-    cfg = MaxxVitCfg(embed_dim=(16, 32, 64, 128), depths=(1, 1, 1, 1), block_type=("C", "C", "C", "T"),
-                     stem_width=16, head_hidden_size=None)
+    cfg = MaxxVitCfg(
+        embed_dim=(16, 32, 64, 128),
+        depths=(1, 1, 1, 1),
+        block_type=("C", "C", "C", "T"),
+        stem_width=16,
+        head_hidden_size=None,
+    )
     theirs = MaxxVit(cfg, img_size=(64, 64), in_chans=1, num_classes=5)
     ours = build_model("asca_tiny", 5, input_size=(64, 64))
-    with pytest.raises(ModelError, match=r"timm tensor 'stem.conv1.weight' \(16, 1, 3, 3\) does not fit 's0.conv1.weight'"):
+    with pytest.raises(
+        ModelError, match=r"timm tensor 'stem.conv1.weight' \(16, 1, 3, 3\) does not fit 's0.conv1.weight'"
+    ):
         timm_coatnet_state_dict(theirs.state_dict(), ours)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -48,9 +49,19 @@ def _rows_without_time(run_dir):
 def test_run_directory_contract(finished_run, data):
     run_dir, result = finished_run
     store = RunStore(run_dir)
-    for name in ("config.yaml", "status.json", "metrics.jsonl", "labels.json", "log.txt", "eval.json",
-                 "checkpoints/last.safetensors", "checkpoints/best.safetensors",
-                 "checkpoints/last.state.safetensors", "checkpoints/last.state.json", "eval/epoch_001.json"):
+    for name in (
+        "config.yaml",
+        "status.json",
+        "metrics.jsonl",
+        "labels.json",
+        "log.txt",
+        "eval.json",
+        "checkpoints/last.safetensors",
+        "checkpoints/best.safetensors",
+        "checkpoints/last.state.safetensors",
+        "checkpoints/last.state.json",
+        "eval/epoch_001.json",
+    ):
         assert (run_dir / name).is_file(), name
     status = store.status()
     assert status["state"] == "finished" and status["epoch"] == 2
@@ -59,7 +70,7 @@ def test_run_directory_contract(finished_run, data):
     rows = store.metrics()
     assert [r["epoch"] for r in rows] == [1, 2]
     for row in rows:
-        assert METRIC_KEYS <= set(row)
+        assert set(row) >= METRIC_KEYS
         assert 0.0 <= row["val_acc"] <= 1.0 and 0.0 <= row["val_map"] <= 1.0
     assert rows[1]["lr"] < rows[0]["lr"]  # cosine decay
     labels = store.labels()
@@ -134,8 +145,11 @@ def test_resume_at_epoch_boundary_equals_uninterrupted(finished_run, data, tmp_p
 def test_resume_sweeps_half_written_files_of_a_killed_writer(data, tmp_path):
     run_dir = tmp_path / "killed"
     fit(tiny_config(data), run_dir, stop_after_epochs=1, progress=False)
-    stale = [run_dir / ".status.json.x1.tmp", run_dir / "checkpoints" / ".last.safetensors.x2.tmp",
-             run_dir / "eval" / ".epoch_002.json.x3.tmp"]
+    stale = [
+        run_dir / ".status.json.x1.tmp",
+        run_dir / "checkpoints" / ".last.safetensors.x2.tmp",
+        run_dir / "eval" / ".epoch_002.json.x3.tmp",
+    ]
     for path in stale:
         path.write_text("{half")  # what kill -9 leaves behind in the middle of an atomic write
     result = fit(RunStore(run_dir).config(), run_dir, resume=True, progress=False)
@@ -204,8 +218,16 @@ def test_fp16_on_cpu_is_a_config_error(data, tmp_path):
 
 
 def test_bf16_autocast_balanced_sampling_and_ce_train_on_cpu(data, tmp_path):
-    cfg = tiny_config(data, "train.amp=bf16", "train.device=cpu", "data.balanced_sampling=true",
-                      "train.loss=ce", "train.label_smoothing=0.1", "train.epochs=1", "augment.mixup=false")
+    cfg = tiny_config(
+        data,
+        "train.amp=bf16",
+        "train.device=cpu",
+        "data.balanced_sampling=true",
+        "train.loss=ce",
+        "train.label_smoothing=0.1",
+        "train.epochs=1",
+        "augment.mixup=false",
+    )
     result = fit(cfg, tmp_path / "run", progress=False)
     assert result["state"] == "finished" and result["steps"] == 4
     assert math.isfinite(result["last"]["train_loss"])
@@ -238,7 +260,8 @@ def test_losses_by_hand():
     smoothed = loss_per_example(logits, target, "bce", 0.2)
     # timm's smoothing: y (1 - eps) + eps / K
     expected = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits, torch.tensor([[0.8 + 0.2 / 3, 0.2 / 3, 0.2 / 3]]))
+        logits, torch.tensor([[0.8 + 0.2 / 3, 0.2 / 3, 0.2 / 3]])
+    )
     assert smoothed.item() == pytest.approx(expected.item())
     ce = loss_per_example(logits, torch.tensor([[1.0, 1.0, 0.0]]), "ce")  # multi-hot -> 0.5/0.5
     log_p = torch.log_softmax(logits, 1)[0]
@@ -248,7 +271,7 @@ def test_losses_by_hand():
 def test_cosine_schedule_with_warmup():
     lrs = [cosine_lr(s, 100, 10, 1e-3, 1e-5) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
     assert cosine_lr(100, 100, 10, 1e-3, 1e-5) == pytest.approx(1e-5)
     assert cosine_lr(55, 100, 10, 1e-3, 1e-5) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)
     assert cosine_lr(0, 10, 0, 1e-3, 0.0) == pytest.approx(1e-3)

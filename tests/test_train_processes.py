@@ -27,7 +27,7 @@ def _wait_for(path: Path, proc, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
-            out, err = proc.communicate()
+            _out, err = proc.communicate()
             pytest.fail(f"training ended (rc {proc.returncode}) before {path.name} appeared:\n{err[-2000:]}")
         if time.monotonic() > deadline:
             proc.kill()
@@ -43,7 +43,7 @@ def _assert_every_file_loads(run_dir: Path) -> None:
             continue  # a temporary file of the killed writer; never read, removed on resume
         if path.suffix == ".safetensors":
             with safe_open(str(path), "pt") as handle:
-                for key in handle.keys():
+                for key in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
                     handle.get_tensor(key)
         elif path.suffix == ".json":
             json.loads(path.read_text())
@@ -100,8 +100,9 @@ def test_sigterm_stops_cleanly_with_checkpoint(data, tmp_path):
 def test_ddp_two_processes_gloo(data, tmp_path):
     config = write_tiny_yaml(tmp_path / "tiny.yaml", data)
     run_dir = tmp_path / "ddp"
-    result = run_cli("train", "--config", str(config), "--run-dir", str(run_dir), "--nproc", "2",
-                     "--quiet", timeout=600)
+    result = run_cli(
+        "train", "--config", str(config), "--run-dir", str(run_dir), "--nproc", "2", "--quiet", timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     store = RunStore(run_dir)
     status = store.status()

@@ -47,15 +47,29 @@ def write_tiny_yaml(path: Path, data: Path, *extra: str) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """``asca ARGS`` in a fresh interpreter (stdout/stderr captured as text)."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "asca_core.cli", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", "asca_core.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 def cli_popen(*args: str, **popen) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "asca_core.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "asca_core.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        **popen,
+    )

@@ -19,21 +19,28 @@ cache folder): one trains, the others wait in state ``queued``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from asca_core.errors import AscaError, CheckpointError, ConfigError, DatasetError
 from asca_core.fileio import read_json, read_json_lines, read_yaml_mapping
-from asca_core.train.runstore import (SLOT_ENV, RunLock, atomic_write_json, check_labels, checkpoint_labels,
-                                      process_start_time, same_process)
+from asca_core.train.runstore import (
+    SLOT_ENV,
+    RunLock,
+    atomic_write_json,
+    check_labels,
+    checkpoint_labels,
+    process_start_time,
+    same_process,
+)
 from asca_core.utils import cache_dir, runs_dir
 
 JOB_FILE = "job.json"
@@ -86,9 +93,7 @@ def pid_alive(pid: Any, start_time: int | None = None) -> bool:
     started = _proc_start_time(pid)
     if started == -1:
         return False
-    if start_time is not None and started is not None and started != start_time:
-        return False
-    return True
+    return not (start_time is not None and started is not None and started != start_time)
 
 
 # ----------------------------------------------------------------------------- run info
@@ -127,13 +132,20 @@ class RunInfo:
 
     @property
     def has_model(self) -> bool:
-        return self.problem is None and (self.path / "checkpoints" / "best.safetensors").is_file() and \
-            (self.path / "labels.json").is_file()
+        return (
+            self.problem is None
+            and (self.path / "checkpoints" / "best.safetensors").is_file()
+            and (self.path / "labels.json").is_file()
+        )
 
     @property
     def can_resume(self) -> bool:
-        return self.problem is None and not self.active and self.state != "finished" and \
-            (self.path / "checkpoints" / "last.safetensors").is_file()
+        return (
+            self.problem is None
+            and not self.active
+            and self.state != "finished"
+            and (self.path / "checkpoints" / "last.safetensors").is_file()
+        )
 
     @property
     def error(self) -> str | None:
@@ -194,8 +206,10 @@ class _Reader:
             return default
 
 
-_INT_FIELDS = {"status.json": ("pid", "pid_start", "epoch", "epochs", "steps", "batch", "batches", "best_epoch"),
-               JOB_FILE: ("pid", "start_time", "epochs")}
+_INT_FIELDS = {
+    "status.json": ("pid", "pid_start", "epoch", "epochs", "steps", "batch", "batches", "best_epoch"),
+    JOB_FILE: ("pid", "start_time", "epochs"),
+}
 
 
 def _check_fields(path: Path, value: dict[str, Any]) -> dict[str, Any]:
@@ -273,8 +287,11 @@ def run_info(run_dir: str | Path) -> RunInfo:
     stop_asked = float(job.get("stop_requested") or 0.0) >= launched > 0
     if problems:
         state = "damaged"
-    elif recorded in ("finished", "failed", "stopped") and (status_current or job_pid is None) \
-            and (holder is None or holder.get("pid") == status_pid):
+    elif (
+        recorded in ("finished", "failed", "stopped")
+        and (status_current or job_pid is None)
+        and (holder is None or holder.get("pid") == status_pid)
+    ):
         state = recorded  # also while the process is still exiting, or for fit() run in a notebook
     elif alive:
         if stop_asked and pid == job_pid:
@@ -294,9 +311,17 @@ def run_info(run_dir: str | Path) -> RunInfo:
         job = {**job, "error": job.get("error") or _last_console_error(path)}
     else:
         state = recorded or "unknown"
-    return RunInfo(path=path, state=state, status=status, job=job, metrics=metrics, pid=pid,
-                   pid_start=start_time if isinstance(start_time, int) else None,
-                   problem=problems[0] if problems else None, raw_config=config)
+    return RunInfo(
+        path=path,
+        state=state,
+        status=status,
+        job=job,
+        metrics=metrics,
+        pid=pid,
+        pid_start=start_time if isinstance(start_time, int) else None,
+        problem=problems[0] if problems else None,
+        raw_config=config,
+    )
 
 
 def _status_time(status: dict[str, Any]) -> float:
@@ -377,8 +402,12 @@ def new_run_dir(name: str, root: str | Path | None = None) -> Path:
     raise ConfigError(f"could not create a new run folder under {folder}")
 
 
-def train_command(config: str | Path | None = None, overrides: Sequence[str] = (),
-                  run_dir: str | Path | None = None, resume: bool = False) -> list[str]:
+def train_command(
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+) -> list[str]:
     """The ``asca train`` command line, run with this interpreter."""
     cmd = [sys.executable, "-m", "asca_core.cli", "train"]
     if config is not None:
@@ -399,16 +428,30 @@ def _launch(cmd: list[str], run_dir: Path, extra: dict[str, Any]) -> RunInfo:
         shown = ["asca"] + cmd[3:] if cmd[1:3] == ["-m", "asca_core.cli"] else cmd
         console.write(f"$ {' '.join(shown)}\n".encode())
         console.flush()
-        proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=str(PROJECT_ROOT), env=env, start_new_session=True)
-    job = {"pid": proc.pid, "start_time": _proc_start_time(proc.pid), "started_ts": time.time(),
-           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": cmd[1:], **extra}
+        proc = subprocess.Popen(
+            cmd,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(PROJECT_ROOT),
+            env=env,
+            start_new_session=True,
+        )
+    job = {
+        "pid": proc.pid,
+        "start_time": _proc_start_time(proc.pid),
+        "started_ts": time.time(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": cmd[1:],
+        **extra,
+    }
     atomic_write_json(run_dir / JOB_FILE, job)
     return run_info(run_dir)
 
 
-def start_training(config: str | Path | None, overrides: Sequence[str] = (), *,
-                   name: str | None = None, root: str | Path | None = None) -> RunInfo:
+def start_training(
+    config: str | Path | None, overrides: Sequence[str] = (), *, name: str | None = None, root: str | Path | None = None
+) -> RunInfo:
     """Validate the config, then start ``asca train`` on a new run folder in the background.
 
     The config is checked here first so a bad override is an error in the form (ConfigError),
@@ -422,13 +465,21 @@ def start_training(config: str | Path | None, overrides: Sequence[str] = (), *,
         config, overrides = run_dir / "requested.yaml", ()
         cfg.to_yaml(config)
     cmd = train_command(Path(config).resolve(), overrides, run_dir.resolve())
-    return _launch(cmd, run_dir, {"epochs": cfg.train.epochs, "model": cfg.model.name,
-                                  "preset": Path(config).stem,
-                                  "overrides": list(overrides)})
+    return _launch(
+        cmd,
+        run_dir,
+        {
+            "epochs": cfg.train.epochs,
+            "model": cfg.model.name,
+            "preset": Path(config).stem,
+            "overrides": list(overrides),
+        },
+    )
 
 
-def auto_train_command(data: str, budget: str, overrides: Sequence[str] = (),
-                       run_dir: str | Path | None = None) -> list[str]:
+def auto_train_command(
+    data: str, budget: str, overrides: Sequence[str] = (), run_dir: str | Path | None = None
+) -> list[str]:
     """``asca train DATA --budget B``: the automatic recipe, run with this interpreter."""
     cmd = [sys.executable, "-m", "asca_core.cli", "train", str(data), "--budget", str(budget)]
     for item in overrides:
@@ -438,8 +489,9 @@ def auto_train_command(data: str, budget: str, overrides: Sequence[str] = (),
     return cmd
 
 
-def start_auto_training(data: str, minutes: float, overrides: Sequence[str] = (), *,
-                        name: str | None = None, root: str | Path | None = None) -> RunInfo:
+def start_auto_training(
+    data: str, minutes: float, overrides: Sequence[str] = (), *, name: str | None = None, root: str | Path | None = None
+) -> RunInfo:
     """Start ``asca train DATA --budget Nm`` (recipe resolved from the dataset) in the background.
 
     The budget, the dataset path and the overrides are checked here first, so a mistake is an
@@ -457,8 +509,7 @@ def start_auto_training(data: str, minutes: float, overrides: Sequence[str] = ()
     load_config(None, list(overrides))
     run_dir = new_run_dir(name or f"auto-{dataset_name(data)}", root)
     cmd = auto_train_command(data, budget, overrides, run_dir.resolve())
-    return _launch(cmd, run_dir, {"preset": "auto", "budget": budget, "data": data,
-                                  "overrides": list(overrides)})
+    return _launch(cmd, run_dir, {"preset": "auto", "budget": budget, "data": data, "overrides": list(overrides)})
 
 
 def resume_run(run_dir: str | Path) -> RunInfo:
@@ -534,6 +585,21 @@ def finished_runs(root: str | Path | None = None) -> list[RunInfo]:
     return [r for r in list_runs(root) if r.has_model and not r.active]
 
 
-__all__ = ["RunInfo", "PROCESS_GONE", "list_presets", "presets_dir", "pid_alive", "run_info",
-           "training_slot_path", "list_runs", "finished_runs", "read_console", "new_run_dir", "train_command",
-           "start_training", "resume_run", "stop_run", "is_run_dir"]
+__all__ = [
+    "PROCESS_GONE",
+    "RunInfo",
+    "finished_runs",
+    "is_run_dir",
+    "list_presets",
+    "list_runs",
+    "new_run_dir",
+    "pid_alive",
+    "presets_dir",
+    "read_console",
+    "resume_run",
+    "run_info",
+    "start_training",
+    "stop_run",
+    "train_command",
+    "training_slot_path",
+]

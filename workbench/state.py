@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import streamlit as st
@@ -68,7 +69,7 @@ def dataset_table(path: str, format: str = "auto") -> tuple[Any, dict[str, Any]]
     split_of: dict[int, str] = {}
     try:
         for split, indices in make_splits(index).items():
-            split_of.update({i: split for i in indices})
+            split_of.update(dict.fromkeys(indices, split))
     except DatasetError:
         pass  # too small to split: the table simply has no split column values
     rows, unreadable = [], []
@@ -79,19 +80,32 @@ def dataset_table(path: str, format: str = "auto") -> tuple[Any, dict[str, Any]]
         except AscaError as exc:
             duration, rate = None, None
             unreadable.append((index.relpath(clip.path), str(exc)))
-        rows.append({"file": index.relpath(clip.path), "labels": "; ".join(clip.labels),
-                     "split": split_of.get(i, clip.split or ""), "duration": duration,
-                     "sample_rate": rate, "path": str(clip.path)})
+        rows.append(
+            {
+                "file": index.relpath(clip.path),
+                "labels": "; ".join(clip.labels),
+                "split": split_of.get(i, clip.split or ""),
+                "duration": duration,
+                "sample_rate": rate,
+                "path": str(clip.path),
+            }
+        )
     table = pd.DataFrame(rows, columns=["file", "labels", "split", "duration", "sample_rate", "path"])
-    facts = {"root": str(index.root), "format": index.format, "classes": list(index.classes),
-             "multi_label": index.multi_label, "problems": list(index.problems) + unreadable,
-             "manifest": str(index.manifest) if index.manifest else None}
+    facts = {
+        "root": str(index.root),
+        "format": index.format,
+        "classes": list(index.classes),
+        "multi_label": index.multi_label,
+        "problems": list(index.problems) + unreadable,
+        "manifest": str(index.manifest) if index.manifest else None,
+    }
     return table, facts
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def load_clip(path: str, sample_rate: int | None = None, offset: float = 0.0,
-              duration: float | None = None) -> tuple[np.ndarray, int]:
+def load_clip(
+    path: str, sample_rate: int | None = None, offset: float = 0.0, duration: float | None = None
+) -> tuple[np.ndarray, int]:
     """Decoded mono audio and its rate (the file's own rate when ``sample_rate`` is None)."""
     from asca_core.audio import audio_info, load_audio
 
@@ -100,8 +114,15 @@ def load_clip(path: str, sample_rate: int | None = None, offset: float = 0.0,
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def log_mel(wave: np.ndarray, sample_rate: int, n_mels: int = 128, hop_length: int = 160,
-            win_length: int = 400, window: str = "hamming", f_min: float = 50.0) -> np.ndarray:
+def log_mel(
+    wave: np.ndarray,
+    sample_rate: int,
+    n_mels: int = 128,
+    hop_length: int = 160,
+    win_length: int = 400,
+    window: str = "hamming",
+    f_min: float = 50.0,
+) -> np.ndarray:
     """Log-Mel spectrogram of a wave with the library's front end.
 
     Shapes: wave (T,) -> (n_mels, frames).
@@ -112,10 +133,27 @@ def log_mel(wave: np.ndarray, sample_rate: int, n_mels: int = 128, hop_length: i
     from asca_core.features import log_mel as _log_mel
 
     n_fft = 1 << max(0, int(win_length - 1).bit_length())
-    FeatureConfig(sample_rate=sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length,
-                  n_mels=n_mels, f_min=f_min, window=window, clip_seconds=max(1.0, 64 * hop_length / sample_rate))
-    spec = _log_mel(torch.from_numpy(np.ascontiguousarray(wave)), sample_rate, n_fft, win_length,
-                    hop_length, n_mels, f_min, None, window)
+    FeatureConfig(
+        sample_rate=sample_rate,
+        n_fft=n_fft,
+        win_length=win_length,
+        hop_length=hop_length,
+        n_mels=n_mels,
+        f_min=f_min,
+        window=window,
+        clip_seconds=max(1.0, 64 * hop_length / sample_rate),
+    )
+    spec = _log_mel(
+        torch.from_numpy(np.ascontiguousarray(wave)),
+        sample_rate,
+        n_fft,
+        win_length,
+        hop_length,
+        n_mels,
+        f_min,
+        None,
+        window,
+    )
     return spec[0, 0].numpy()
 
 
@@ -166,15 +204,17 @@ def classifier(run_dir: str, stamp: float, checkpoint: str = "best") -> Any:
 
 
 @st.cache_data(max_entries=16, show_spinner="Listening…")
-def predict(run_dir: str, stamp: float, path: str, top_k: int = 5, window: float | None = None,
-            hop: float | None = None) -> Any:
+def predict(
+    run_dir: str, stamp: float, path: str, top_k: int = 5, window: float | None = None, hop: float | None = None
+) -> Any:
     """Sliding-window :class:`~asca_core.inference.Prediction` of a file."""
     return classifier(run_dir, stamp).predict(path, top_k=top_k, window=window, hop=hop)
 
 
 @st.cache_data(max_entries=8, show_spinner="Explaining the prediction…")
-def explain(run_dir: str, stamp: float, path: str, start: float, method: str,
-            target: str | None, keep: float = 0.1) -> tuple[Any, np.ndarray, int]:
+def explain(
+    run_dir: str, stamp: float, path: str, start: float, method: str, target: str | None, keep: float = 0.1
+) -> tuple[Any, np.ndarray, int]:
     """Attribution of one window (from ``start`` s) and its listenable explanation.
 
     Returns ``(Attribution, explanation wave, sample rate)``.
@@ -194,8 +234,9 @@ def explain(run_dir: str, stamp: float, path: str, start: float, method: str,
 
 
 @st.cache_data(max_entries=8, show_spinner="Deleting and inserting cells…")
-def faithfulness(run_dir: str, stamp: float, path: str, start: float, method: str,
-                 target: str | None, keep: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def faithfulness(
+    run_dir: str, stamp: float, path: str, start: float, method: str, target: str | None, keep: float = 0.1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Deletion and insertion curves of :func:`explain`'s attribution: (fractions, deletion, insertion)."""
     from asca_core.inspect.faithfulness import deletion_curve, insertion_curve
 
@@ -207,8 +248,9 @@ def faithfulness(run_dir: str, stamp: float, path: str, start: float, method: st
 
 
 @st.cache_data(max_entries=16, show_spinner="Capturing attention…")
-def attention(run_dir: str, stamp: float, path: str, start: float, block: str | None,
-              query: tuple[int, int] | None) -> Any:
+def attention(
+    run_dir: str, stamp: float, path: str, start: float, block: str | None, query: tuple[int, int] | None
+) -> Any:
     """:class:`~asca_core.inspect.views.AttentionViews` of one clip for one query token."""
     from asca_core.inspect.views import attention_views
 
@@ -221,8 +263,11 @@ def model_runs() -> list[jobs.RunInfo]:
 
     Damaged runs come last: listed as damaged, picking one shows the line naming its bad file.
     """
-    runs = [r for r in jobs.list_runs()
-            if r.has_model or (r.problem and (r.path / "checkpoints" / "best.safetensors").exists())]
+    runs = [
+        r
+        for r in jobs.list_runs()
+        if r.has_model or (r.problem and (r.path / "checkpoints" / "best.safetensors").exists())
+    ]
     return sorted(runs, key=lambda r: (r.problem is not None, r.state != "finished"))
 
 
@@ -239,8 +284,9 @@ def pick_run(runs: list[jobs.RunInfo], label: str = "Trained run") -> jobs.RunIn
     names = [r.name for r in runs]
     if st.session_state.get(KEYS["run"]) not in names:
         st.session_state[KEYS["run"]] = names[0]
-    name = st.selectbox(label, names, key=KEYS["run"],
-                        format_func=lambda n: run_label(next(r for r in runs if r.name == n)))
+    name = st.selectbox(
+        label, names, key=KEYS["run"], format_func=lambda n: run_label(next(r for r in runs if r.name == n))
+    )
     return next(r for r in runs if r.name == name)
 
 
@@ -281,15 +327,20 @@ def quick_demo_offer(where: str = "main") -> None:
         return
     active = [r for r in jobs.list_runs() if r.active]
     if active:
-        area.info("A training run is under way; its first model appears after the first epoch.",
-                  icon=":material/model_training:")
+        area.info(
+            "A training run is under way; its first model appears after the first epoch.",
+            icon=":material/model_training:",
+        )
         return
     box = area.container(border=True)
-    box.markdown("**No trained model yet.** A quick demo training (asca_tiny on the built-in "
-                 "bird-call set, `configs/demo.yaml`) takes about two minutes on two CPU cores and "
-                 "makes Classify and Attention work.")
-    if box.button("Train a quick demo model", type="primary", key=f"quick_demo_{where}",
-                  icon=":material/rocket_launch:"):
+    box.markdown(
+        "**No trained model yet.** A quick demo training (asca_tiny on the built-in "
+        "bird-call set, `configs/demo.yaml`) takes about two minutes on two CPU cores and "
+        "makes Classify and Attention work."
+    )
+    if box.button(
+        "Train a quick demo model", type="primary", key=f"quick_demo_{where}", icon=":material/rocket_launch:"
+    ):
         info = start_quick_demo()
         st.toast(f"Started {info.name}")
         st.rerun()
@@ -321,6 +372,7 @@ def _live_sidebar() -> None:
         for info in active:
             st.markdown(_progress_line(info))
             st.progress(run_fraction(info))
+
     guarded(body)
 
 

@@ -15,13 +15,14 @@ Nothing here computes features or runs a model.
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import ipywidgets as widgets
 import numpy as np
 from IPython.display import Markdown, display
 
-__all__ = ["live_panel", "redraw", "audio_player", "audio_row", "show"]
+__all__ = ["audio_player", "audio_row", "live_panel", "redraw", "show"]
 
 
 def show(item: Any) -> None:
@@ -39,8 +40,9 @@ def show(item: Any) -> None:
         display(item)
 
 
-def redraw(output: widgets.Output, draw: Callable[..., Any], values: Mapping[str, Any],
-           raise_errors: bool = False) -> None:
+def redraw(
+    output: widgets.Output, draw: Callable[..., Any], values: Mapping[str, Any], raise_errors: bool = False
+) -> None:
     """Clear ``output`` and show ``draw(**values)`` in it.
 
     A failure after the first draw is shown as one line inside the panel (an exception raised in a
@@ -56,8 +58,13 @@ def redraw(output: widgets.Output, draw: Callable[..., Any], values: Mapping[str
             print(f"{type(exc).__name__}: {exc}")
 
 
-def live_panel(draw: Callable[..., Any], *, columns: int | None = None, continuous_update: bool = False,
-               **controls: widgets.ValueWidget) -> widgets.VBox:
+def live_panel(
+    draw: Callable[..., Any],
+    *,
+    columns: int | None = None,
+    continuous_update: bool = False,
+    **controls: widgets.ValueWidget,
+) -> widgets.VBox:
     """Controls above an output area that shows ``draw(**{name: control.value})``.
 
     The first draw runs at once and raises on error, so a notebook run headless fails loudly;

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import AscaError
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asca",
         description="ASCA Workbench: train, evaluate, inspect and explain audio classifiers "
-                    "built from convolution and relative self-attention on log-Mel spectrograms.",
+        "built from convolution and relative self-attention on log-Mel spectrograms.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

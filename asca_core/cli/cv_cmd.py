@@ -12,26 +12,41 @@ from .train_cmd import dataset_name, default_run_dir, load_train_config, resolve
 
 def register(subparsers) -> None:
     cv = subparsers.add_parser(
-        "cv", help="cross-validate: one run per fold (the ESC-50 protocol) or per group, mean ± std",
+        "cv",
+        help="cross-validate: one run per fold (the ESC-50 protocol) or per group, mean ± std",
         description="Train one run per fold of the dataset's fold column, that fold being the test set "
-                    "and validation carved from the others (with --by COLUMN: one run per value of that "
-                    "group column, e.g. leave-one-speaker-out). Writes OUT/fold-<k>/ run folders, "
-                    "results.md and results.csv (one row per fold, then mean ± std) and results.svg. "
-                    "Running the same command again with --out OUT continues: finished folds are reused, "
-                    "a stopped one resumes.")
-    cv.add_argument("data", nargs="?", metavar="DATA",
-                    help="dataset folder or manifest, or 'demo' (alone: the automatic recipe of asca train "
-                         "DATA; with --config: replaces data.path)")
+        "and validation carved from the others (with --by COLUMN: one run per value of that "
+        "group column, e.g. leave-one-speaker-out). Writes OUT/fold-<k>/ run folders, "
+        "results.md and results.csv (one row per fold, then mean ± std) and results.svg. "
+        "Running the same command again with --out OUT continues: finished folds are reused, "
+        "a stopped one resumes.",
+    )
+    cv.add_argument(
+        "data",
+        nargs="?",
+        metavar="DATA",
+        help="dataset folder or manifest, or 'demo' (alone: the automatic recipe of asca train "
+        "DATA; with --config: replaces data.path)",
+    )
     cv.add_argument("--config", "-c", metavar="FILE", help="YAML config every fold trains")
-    cv.add_argument("--budget", metavar="DURATION",
-                    help="wall-clock budget per fold, e.g. 5m (default with DATA alone: 15m)")
-    cv.add_argument("--folds", metavar="K1,K2,...",
-                    help="comma-separated folds (or --by values) to hold out (default: all)")
-    cv.add_argument("--by", metavar="COLUMN",
-                    help="leave one group out: one fold per value of this column (e.g. speaker)")
+    cv.add_argument(
+        "--budget", metavar="DURATION", help="wall-clock budget per fold, e.g. 5m (default with DATA alone: 15m)"
+    )
+    cv.add_argument(
+        "--folds", metavar="K1,K2,...", help="comma-separated folds (or --by values) to hold out (default: all)"
+    )
+    cv.add_argument(
+        "--by", metavar="COLUMN", help="leave one group out: one fold per value of this column (e.g. speaker)"
+    )
     cv.add_argument("--out", metavar="DIR", help="output folder (default: RUNS/cv-<name>-<time>)")
-    cv.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override one value for every fold (repeatable)")
+    cv.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one value for every fold (repeatable)",
+    )
     cv.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     cv.set_defaults(func=_cv)
 
@@ -94,8 +109,15 @@ def _cv(args: argparse.Namespace) -> int:
     if out is None:
         out = default_run_dir(args.config or dataset_name(args.data), prefix="cv-")
     print(f"cross-validation folder: {out}", flush=True)
-    summary = run_cv(cfg, out, folds=folds, by=args.by, echo=echo, progress=False if args.quiet else None,
-                     fold_budget_seconds=seconds)
+    summary = run_cv(
+        cfg,
+        out,
+        folds=folds,
+        by=args.by,
+        echo=echo,
+        progress=False if args.quiet else None,
+        fold_budget_seconds=seconds,
+    )
     if summary["state"] != "finished":
         print(f"stopped during {summary['stopped_at']}; run the same command with --out {out} to continue")
         return 130

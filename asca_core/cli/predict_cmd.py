@@ -13,50 +13,106 @@ from ..errors import AscaError
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "predict", help="classify audio files with a trained run",
+        "predict",
+        help="classify audio files with a trained run",
         description="Score each FILE with the run's model through sliding windows (streamed from "
-                    "disk, so recordings of any length fit in memory). Prints the top classes of "
-                    "each file and, for files longer than one window, a timeline of windows. An "
-                    "unreadable file is reported on one line and the others are still scored; "
-                    "the exit code is 2 if any file failed. A FOLDER is scored file by file (one "
-                    "line each), decoding the next file while the current one is scored; with "
-                    "--journal a rerun skips the files already finished.")
+        "disk, so recordings of any length fit in memory). Prints the top classes of "
+        "each file and, for files longer than one window, a timeline of windows. An "
+        "unreadable file is reported on one line and the others are still scored; "
+        "the exit code is 2 if any file failed. A FOLDER is scored file by file (one "
+        "line each), decoding the next file while the current one is scored; with "
+        "--journal a rerun skips the files already finished.",
+    )
     parser.add_argument("run", metavar="RUN", help="run directory (or a .safetensors checkpoint)")
-    parser.add_argument("files", metavar="FILE", nargs="+",
-                        help="audio files (wav, flac, ogg, mp3) or folders of them")
+    parser.add_argument("files", metavar="FILE", nargs="+", help="audio files (wav, flac, ogg, mp3) or folders of them")
     parser.add_argument("--recursive", action="store_true", help="also score the subfolders of a FOLDER")
-    parser.add_argument("--engine", default="torch",
-                        help="torch, or onnx: the run's ONNX export in ONNX Runtime (default: torch)")
-    parser.add_argument("--onnx", default=None, metavar="DIR",
-                        help="folder of the ONNX export (default: RUN/export, written by asca export)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="threads for scoring (default: torch's setting, all cores)")
-    parser.add_argument("--journal", default=None, metavar="PATH",
-                        help="JSON Lines record of finished files: the same command again skips them")
-    parser.add_argument("--raven", default=None, metavar="DIR",
-                        help="write a Raven Pro selection table per file: DIR/<name>.selections.txt")
-    parser.add_argument("--audacity", default=None, metavar="DIR",
-                        help="write an Audacity label track per file: DIR/<name>.labels.txt")
-    parser.add_argument("--detections", default=None, metavar="PATH",
-                        help="write every detection (file, start, end, label, score) to a .csv or .json file")
-    parser.add_argument("--threshold", type=float, default=None, metavar="X",
-                        help="one detection threshold for every class (default: RUN/thresholds.json, "
-                             "chosen on the validation split, see asca thresholds)")
-    parser.add_argument("--precision", type=float, default=0.9, metavar="P",
-                        help="precision target when the run has no thresholds yet (default: 0.9)")
+    parser.add_argument(
+        "--engine", default="torch", help="torch, or onnx: the run's ONNX export in ONNX Runtime (default: torch)"
+    )
+    parser.add_argument(
+        "--onnx",
+        default=None,
+        metavar="DIR",
+        help="folder of the ONNX export (default: RUN/export, written by asca export)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads for scoring (default: torch's setting, all cores)",
+    )
+    parser.add_argument(
+        "--journal",
+        default=None,
+        metavar="PATH",
+        help="JSON Lines record of finished files: the same command again skips them",
+    )
+    parser.add_argument(
+        "--raven",
+        default=None,
+        metavar="DIR",
+        help="write a Raven Pro selection table per file: DIR/<name>.selections.txt",
+    )
+    parser.add_argument(
+        "--audacity", default=None, metavar="DIR", help="write an Audacity label track per file: DIR/<name>.labels.txt"
+    )
+    parser.add_argument(
+        "--detections",
+        default=None,
+        metavar="PATH",
+        help="write every detection (file, start, end, label, score) to a .csv or .json file",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="X",
+        help="one detection threshold for every class (default: RUN/thresholds.json, "
+        "chosen on the validation split, see asca thresholds)",
+    )
+    parser.add_argument(
+        "--precision",
+        type=float,
+        default=0.9,
+        metavar="P",
+        help="precision target when the run has no thresholds yet (default: 0.9)",
+    )
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to list (default: 5)")
-    parser.add_argument("--window", type=float, default=None, metavar="S",
-                        help="window length in seconds (default: the run's clip length)")
-    parser.add_argument("--hop", type=float, default=None, metavar="S",
-                        help="step between windows in seconds (default: half the window)")
-    parser.add_argument("--aggregate", choices=("max", "mean"), default="max",
-                        help="clip-level score over windows behind the top-k list (default: max)")
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                        help="which checkpoint of the run to load (default: best)")
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=None,
+        metavar="S",
+        help="window length in seconds (default: the run's clip length)",
+    )
+    parser.add_argument(
+        "--hop",
+        type=float,
+        default=None,
+        metavar="S",
+        help="step between windows in seconds (default: half the window)",
+    )
+    parser.add_argument(
+        "--aggregate",
+        choices=("max", "mean"),
+        default="max",
+        help="clip-level score over windows behind the top-k list (default: max)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="which checkpoint of the run to load (default: best)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
-    parser.add_argument("--timeline-csv", default=None, metavar="PATH",
-                        help="also write every window's class probabilities to a CSV file")
+    parser.add_argument(
+        "--timeline-csv",
+        default=None,
+        metavar="PATH",
+        help="also write every window's class probabilities to a CSV file",
+    )
     parser.set_defaults(func=_predict)
 
 
@@ -64,8 +120,7 @@ def _table(rows: list[list[str]], indent: str = "  ") -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for row in rows:
-        cells = [c.ljust(w) if i == 0 or not _numeric(c) else c.rjust(w)
-                 for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [c.ljust(w) if i == 0 or not _numeric(c) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
         lines.append(indent + "  ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -80,8 +135,10 @@ def _numeric(text: str) -> bool:
 
 def _format_prediction(pred, top_k: int) -> str:
     n = len(pred.timeline)
-    head = (f"{pred.source}  ({pred.duration:.2f} s, {n} window{'s' if n != 1 else ''} of "
-            f"{pred.window:g} s, {pred.aggregate} over windows)")
+    head = (
+        f"{pred.source}  ({pred.duration:.2f} s, {n} window{'s' if n != 1 else ''} of "
+        f"{pred.window:g} s, {pred.aggregate} over windows)"
+    )
     rows = [["rank", "label", "prob"]]
     rows += [[str(i), label, f"{p:.3f}"] for i, (label, p) in enumerate(pred.top, start=1)]
     out = [head, _table(rows)]
@@ -90,9 +147,16 @@ def _format_prediction(pred, top_k: int) -> str:
         rows = [["start", "end", "top label", "prob", "second", "prob"]]
         for w, idx in zip(pred.timeline, order):
             second = idx[1] if len(idx) > 1 else None
-            rows.append([f"{w.start:.2f}", f"{w.end:.2f}", pred.labels[idx[0]], f"{w.probs[idx[0]]:.3f}",
-                         pred.labels[second] if second is not None else "-",
-                         f"{w.probs[second]:.3f}" if second is not None else "-"])
+            rows.append(
+                [
+                    f"{w.start:.2f}",
+                    f"{w.end:.2f}",
+                    pred.labels[idx[0]],
+                    f"{w.probs[idx[0]]:.3f}",
+                    pred.labels[second] if second is not None else "-",
+                    f"{w.probs[second]:.3f}" if second is not None else "-",
+                ]
+            )
         out += [f"  timeline (window {pred.window:g} s, hop {pred.hop:g} s):", _table(rows, "    ")]
     return "\n".join(out)
 
@@ -125,8 +189,7 @@ def _inputs(items: list[str], recursive: bool) -> tuple[list[tuple[str, Path]], 
     seen: dict[Path, str] = {}
     for file, name in pairs:
         if name in seen and seen[name] != file:
-            raise AscaError(f"{seen[name]} and {file} would write tables of the same name: "
-                            "give their folder instead")
+            raise AscaError(f"{seen[name]} and {file} would write tables of the same name: give their folder instead")
         seen[name] = file
     return pairs, left_out, folder_given
 
@@ -168,22 +231,30 @@ def _predict(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    clf = Classifier.from_run(args.run, checkpoint=args.checkpoint, device=args.device, engine=args.engine,
-                              onnx_path=args.onnx, threads=args.threads)
+    clf = Classifier.from_run(
+        args.run,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        engine=args.engine,
+        onnx_path=args.onnx,
+        threads=args.threads,
+    )
     top_k = min(args.top_k, clf.num_classes)
     window, hop = clf._window_hop(args.window, args.hop)
     tabled = bool(raven or audacity or args.detections)
     limits: dict[str, float] = {}
     if tabled:
         if args.threshold is not None:
-            limits = {name: args.threshold for name in clf.labels}
+            limits = dict.fromkeys(clf.labels, args.threshold)
         else:
-            record = tables.run_thresholds(args.run, compute=True, checkpoint=args.checkpoint,
-                                           precision=args.precision)
+            record = tables.run_thresholds(args.run, compute=True, checkpoint=args.checkpoint, precision=args.precision)
             limits = tables.thresholds_by_label(record)
             if record.get("note"):
-                print(f"asca predict: note: thresholds at {record['fallback']:g} for every class: "
-                      f"{record['note']}", file=sys.stderr, flush=True)
+                print(
+                    f"asca predict: note: thresholds at {record['fallback']:g} for every class: {record['note']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     feats = clf.cfg.features
     low_hz, high_hz = float(feats.f_min), float(feats.f_max or feats.sample_rate / 2)
     names = dict(pairs)
@@ -193,7 +264,9 @@ def _predict(args: argparse.Namespace) -> int:
     if not pairs:
         return 2
     journal = ResultsJournal(args.journal) if args.journal else None
-    ckpt = Path(args.run) / "checkpoints" / f"{args.checkpoint}.safetensors" if Path(args.run).is_dir() else Path(args.run)
+    ckpt = (
+        Path(args.run) / "checkpoints" / f"{args.checkpoint}.safetensors" if Path(args.run).is_dir() else Path(args.run)
+    )
     settings = {"checkpoint_sha256": file_digest(ckpt), "window": window, "hop": hop, "aggregate": args.aggregate}
     predictions: list = []
     every: list = []
@@ -239,10 +312,12 @@ def _predict(args: argparse.Namespace) -> int:
             else:
                 finished(stored, journaled=True)
         if journal is not None and len(todo) < len(pairs):
-            print(f"asca predict: {len(pairs) - len(todo)} file(s) already finished in {args.journal}: "
-                  "not scored again", file=sys.stderr, flush=True)
-        for file, result in clf.predict_many(todo, top_k=top_k, window=window, hop=hop,
-                                             aggregate=args.aggregate):
+            print(
+                f"asca predict: {len(pairs) - len(todo)} file(s) already finished in {args.journal}: not scored again",
+                file=sys.stderr,
+                flush=True,
+            )
+        for file, result in clf.predict_many(todo, top_k=top_k, window=window, hop=hop, aggregate=args.aggregate):
             if isinstance(result, AscaError):
                 errors.append({"file": file, "error": str(result)})
                 print(f"asca predict: error: {result}", file=sys.stderr, flush=True)
@@ -256,9 +331,21 @@ def _predict(args: argparse.Namespace) -> int:
     if args.json:
         from ..train.runstore import json_safe
 
-        json.dump(json_safe({"run": str(args.run), "checkpoint": args.checkpoint, "engine": clf.engine,
-                             "labels": clf.labels, "predictions": predictions, "errors": errors}),
-                  sys.stdout, indent=2, allow_nan=False)  # strict JSON: NaN is null
+        json.dump(
+            json_safe(
+                {
+                    "run": str(args.run),
+                    "checkpoint": args.checkpoint,
+                    "engine": clf.engine,
+                    "labels": clf.labels,
+                    "predictions": predictions,
+                    "errors": errors,
+                }
+            ),
+            sys.stdout,
+            indent=2,
+            allow_nan=False,
+        )  # strict JSON: NaN is null
         sys.stdout.write("\n")
     elif args.timeline_csv and not first_csv:
         print(f"\ntimeline written to {args.timeline_csv}")

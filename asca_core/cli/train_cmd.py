@@ -18,35 +18,59 @@ from ..errors import CheckpointError, ConfigError, DatasetError
 
 def register(subparsers) -> None:
     train = subparsers.add_parser(
-        "train", help="train a model on a dataset (automatic recipe) or from a YAML config",
+        "train",
+        help="train a model on a dataset (automatic recipe) or from a YAML config",
         description="Train a model into a run directory: config.yaml, recipe.json, status.json, "
-                    "metrics.jsonl, labels.json, checkpoints/, log.txt. Given only DATA, the whole "
-                    "recipe (front end, loss, augmentation, protocol, epochs) is resolved from the "
-                    "dataset and a short speed probe so that training ends within --budget; it is "
-                    "printed with the reason for every choice. --config FILE trains a YAML preset "
-                    "instead (relative data paths are looked up in the current directory, then above "
-                    "the config file's folder, then in it).")
-    train.add_argument("data", nargs="?", metavar="DATA",
-                       help="dataset folder or manifest, or 'demo' (with --config: replaces data.path)")
-    train.add_argument("--budget", metavar="DURATION",
-                       help="wall-clock budget, e.g. 3m, 15m, 1h (default with DATA alone: 15m); "
-                            "epochs are planned to fit and training stops in time")
+        "metrics.jsonl, labels.json, checkpoints/, log.txt. Given only DATA, the whole "
+        "recipe (front end, loss, augmentation, protocol, epochs) is resolved from the "
+        "dataset and a short speed probe so that training ends within --budget; it is "
+        "printed with the reason for every choice. --config FILE trains a YAML preset "
+        "instead (relative data paths are looked up in the current directory, then above "
+        "the config file's folder, then in it).",
+    )
+    train.add_argument(
+        "data",
+        nargs="?",
+        metavar="DATA",
+        help="dataset folder or manifest, or 'demo' (with --config: replaces data.path)",
+    )
+    train.add_argument(
+        "--budget",
+        metavar="DURATION",
+        help="wall-clock budget, e.g. 3m, 15m, 1h (default with DATA alone: 15m); "
+        "epochs are planned to fit and training stops in time",
+    )
     train.add_argument("--config", "-c", metavar="FILE", help="YAML config (configs/demo.yaml ...)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one value, e.g. --set train.lr=3e-4 (repeatable)")
-    train.add_argument("--run-dir", metavar="DIR",
-                       help="run directory (default: RUNS/<config>-<time>, RUNS being $ASCA_RUNS_DIR or ./runs)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in --run-dir from its last checkpoint")
-    train.add_argument("--nproc", type=int, default=1, metavar="N",
-                       help="train with N processes (DDP through torchrun; gloo on CPU, nccl on CUDA)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one value, e.g. --set train.lr=3e-4 (repeatable)",
+    )
+    train.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="run directory (default: RUNS/<config>-<time>, RUNS being $ASCA_RUNS_DIR or ./runs)",
+    )
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train with N processes (DDP through torchrun; gloo on CPU, nccl on CUDA)",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     train.set_defaults(func=_train)
 
     ev = subparsers.add_parser(
-        "eval", help="evaluate a trained run (accuracy, mAP, ROC-AUC, cmAP, per class)",
+        "eval",
+        help="evaluate a trained run (accuracy, mAP, ROC-AUC, cmAP, per class)",
         description="Evaluate a run's checkpoint on its own dataset (test split if it has one, "
-                    "else val) or on another dataset with the same classes.")
+        "else val) or on another dataset with the same classes.",
+    )
     ev.add_argument("run", metavar="RUN", help="run directory (or a run name under the runs folder)")
     ev.add_argument("--data", metavar="PATH", help="another dataset (default: the run's own)")
     ev.add_argument("--split", metavar="NAME", help="train, val, test or all")
@@ -56,22 +80,37 @@ def register(subparsers) -> None:
     ev.set_defaults(func=_eval)
 
     ab = subparsers.add_parser(
-        "ablate", help="train layout variants (CCCT vs CCTT vs CCCC ...) or window divisions and tabulate them",
+        "ablate",
+        help="train layout variants (CCCT vs CCTT vs CCCC ...) or window divisions and tabulate them",
         description="Train every layout (crossed with every window division given by --windows) with every "
-                    "seed on the same splits and augmentation stream; write mean +- std tables "
-                    "(results.md, results.csv) and a chart (results.svg, results.html).")
+        "seed on the same splits and augmentation stream; write mean +- std tables "
+        "(results.md, results.csv) and a chart (results.svg, results.html).",
+    )
     ab.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config of every variant")
-    ab.add_argument("--layouts", default=None, metavar="L1,L2,...",
-                    help="comma-separated layouts to train (default: CCCT,CCTT,CCCC; with --windows: "
-                         "the config's layout)")
-    ab.add_argument("--windows", default=None, metavar="D1,D2,...",
-                    help="window divisions to train, the paper's section 4.4.3 study (e.g. 7,14,16,32): input "
-                         "cells per token side of the first transformer stage (model.attn_division); "
-                         "'none' = the stage's own stride")
+    ab.add_argument(
+        "--layouts",
+        default=None,
+        metavar="L1,L2,...",
+        help="comma-separated layouts to train (default: CCCT,CCTT,CCCC; with --windows: the config's layout)",
+    )
+    ab.add_argument(
+        "--windows",
+        default=None,
+        metavar="D1,D2,...",
+        help="window divisions to train, the paper's section 4.4.3 study (e.g. 7,14,16,32): input "
+        "cells per token side of the first transformer stage (model.attn_division); "
+        "'none' = the stage's own stride",
+    )
     ab.add_argument("--seeds", type=int, default=2, metavar="N", help="seeds per layout (default: 2)")
     ab.add_argument("--out", metavar="DIR", help="output folder (default: RUNS/ablate-<config>-<time>)")
-    ab.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override one value for every variant (repeatable)")
+    ab.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one value for every variant (repeatable)",
+    )
     ab.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     ab.set_defaults(func=_ablate)
 
@@ -121,9 +160,15 @@ def dataset_name(data: str) -> str:
     return path.parent.name if path.suffix.lower() == ".csv" else path.name
 
 
-def resolve_train_config(data: str | None, config: str | None, overrides: list[str], budget: str | None,
-                         run_dir: str | None = None, resume: bool = False,
-                         echo: Any = None) -> tuple[Any, Any]:
+def resolve_train_config(
+    data: str | None,
+    config: str | None,
+    overrides: list[str],
+    budget: str | None,
+    run_dir: str | None = None,
+    resume: bool = False,
+    echo: Any = None,
+) -> tuple[Any, Any]:
     """The config ``asca train`` runs and, for an automatic recipe, the :class:`Recipe` behind it."""
     from ..train.recipe import DEFAULT_BUDGET_SECONDS, parse_duration, resolve_recipe
 
@@ -181,24 +226,34 @@ def _train(args: argparse.Namespace) -> int:
     if args.data and not args.config and not args.resume:
         _wait_for_free_machine(echo)
     # configuration mistakes are reported before a model is built
-    cfg, recipe = resolve_train_config(args.data, args.config, args.overrides, args.budget, args.run_dir,
-                                       args.resume, echo=echo if is_main else None)
+    cfg, recipe = resolve_train_config(
+        args.data, args.config, args.overrides, args.budget, args.run_dir, args.resume, echo=echo if is_main else None
+    )
     from ..models import list_models
 
     if cfg.model.name not in list_models():  # before a run folder is made for it
         raise ConfigError(f"unknown model.name {cfg.model.name!r}; choose from: {', '.join(list_models())}")
     if recipe is not None and is_main:
         print(recipe.describe(), flush=True)
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(
-        args.config or (dataset_name(args.data) if args.data else None))
+    run_dir = (
+        Path(args.run_dir)
+        if args.run_dir
+        else default_run_dir(args.config or (dataset_name(args.data) if args.data else None))
+    )
     if args.nproc > 1 and not under_torchrun:
         return _launch(args, run_dir)
     if is_main:
         print(f"run directory: {run_dir}", flush=True)
     from ..train.engine import fit
 
-    result = fit(cfg, run_dir, resume=args.resume, progress=False if args.quiet else None, echo=echo,
-                 recipe=recipe.to_dict() if recipe is not None else None)
+    result = fit(
+        cfg,
+        run_dir,
+        resume=args.resume,
+        progress=False if args.quiet else None,
+        echo=echo,
+        recipe=recipe.to_dict() if recipe is not None else None,
+    )
     if is_main:
         print(format_result(result))
     return 0 if result["state"] == "finished" else 130
@@ -246,8 +301,7 @@ def _launch(args: argparse.Namespace, run_dir: Path) -> int:
     print(f"launching {args.nproc} processes: {' '.join(command)}", file=sys.stderr, flush=True)
     # own session: a terminal's Ctrl-C or a group kill reaches the launcher once, through us
     child = subprocess.Popen(command, start_new_session=True)
-    previous = {sig: signal.signal(sig, lambda s, f: child.send_signal(s))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, lambda s, f: child.send_signal(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return child.wait()
     finally:
@@ -263,18 +317,28 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def format_result(result: dict[str, Any]) -> str:
     """Human summary of :func:`asca_core.train.fit`'s result."""
-    lines = [f"{result['state']}: {result['epoch']} epochs, {result['steps']} steps, best epoch "
-             f"{result['best_epoch']} (val mAP {_fmt(result.get('best_val_map'))})"]
+    lines = [
+        (
+            f"{result['state']}: {result['epoch']} epochs, {result['steps']} steps, best epoch "
+            f"{result['best_epoch']} (val mAP {_fmt(result.get('best_val_map'))})"
+        )
+    ]
     last = result.get("last")
     if last:
-        lines.append(f"last epoch: train_loss {_fmt(last.get('train_loss'))}  val_loss {_fmt(last.get('val_loss'))}  "
-                     f"val_acc {_fmt(last.get('val_acc'))}  val_map {_fmt(last.get('val_map'))}")
+        lines.append(
+            f"last epoch: train_loss {_fmt(last.get('train_loss'))}  val_loss {_fmt(last.get('val_loss'))}  "
+            f"val_acc {_fmt(last.get('val_acc'))}  val_map {_fmt(last.get('val_map'))}"
+        )
     test = result.get("test")
     if test:
-        lines.append(f"test (best checkpoint, {test.get('n')} clips): acc {_fmt(test.get('acc'))}  "
-                     f"mAP {_fmt(test.get('map'))}  AUC {_fmt(test.get('auc'))}  cmAP {_fmt(test.get('cmap'))}")
+        lines.append(
+            f"test (best checkpoint, {test.get('n')} clips): acc {_fmt(test.get('acc'))}  "
+            f"mAP {_fmt(test.get('map'))}  AUC {_fmt(test.get('auc'))}  cmAP {_fmt(test.get('cmap'))}"
+        )
     if result.get("seconds") is not None:
-        lines.append(f"time: {result['seconds'] / 60:.1f} min" + (f"; {result['trend']}" if result.get("trend") else ""))
+        lines.append(
+            f"time: {result['seconds'] / 60:.1f} min" + (f"; {result['trend']}" if result.get("trend") else "")
+        )
     lines.append(f"run directory: {result['run_dir']}")
     return "\n".join(lines)
 
@@ -297,8 +361,7 @@ def _eval(args: argparse.Namespace) -> int:
     run = _find_run(args.run)
     from ..train.engine import evaluate
 
-    result = evaluate(run, data=args.data, split=args.split, checkpoint=args.checkpoint,
-                      device=args.device)
+    result = evaluate(run, data=args.data, split=args.split, checkpoint=args.checkpoint, device=args.device)
     if args.json:
         from ..train.runstore import json_safe
 
@@ -310,18 +373,24 @@ def _eval(args: argparse.Namespace) -> int:
 
 def format_eval(result: dict[str, Any]) -> str:
     labels = result["labels"]
-    lines = [f"run {result['run']}  checkpoint {result['checkpoint']} (epoch {result.get('epoch')})",
-             f"data {result['data']}  split {result['split']}  clips {result['n']}",
-             "",
-             f"accuracy {_fmt(result['acc'])}   mAP {_fmt(result['map'])}   ROC-AUC {_fmt(result['auc'])}   "
-             f"padded cmAP {_fmt(result['cmap'])}   loss {_fmt(result['loss'])}",
-             ""]
+    lines = [
+        f"run {result['run']}  checkpoint {result['checkpoint']} (epoch {result.get('epoch')})",
+        f"data {result['data']}  split {result['split']}  clips {result['n']}",
+        "",
+        (
+            f"accuracy {_fmt(result['acc'])}   mAP {_fmt(result['map'])}   ROC-AUC {_fmt(result['auc'])}   "
+            f"padded cmAP {_fmt(result['cmap'])}   loss {_fmt(result['loss'])}"
+        ),
+        "",
+    ]
     width = max(8, max(len(c) for c in labels))
     lines.append(f"{'class':<{width}}  {'AP':>6}  {'prec':>6}  {'recall':>6}  {'support':>7}")
     pc = result["per_class"]
     for i, name in enumerate(labels):
-        lines.append(f"{name:<{width}}  {_fmt(pc['ap'][i], 3):>6}  {_fmt(pc['precision'][i], 3):>6}  "
-                     f"{_fmt(pc['recall'][i], 3):>6}  {pc['support'][i]:>7}")
+        lines.append(
+            f"{name:<{width}}  {_fmt(pc['ap'][i], 3):>6}  {_fmt(pc['precision'][i], 3):>6}  "
+            f"{_fmt(pc['recall'][i], 3):>6}  {pc['support'][i]:>7}"
+        )
     confusion = result.get("confusion")
     if confusion and len(labels) <= 20:
         lines += ["", "confusion matrix (rows: true, columns: predicted)"]
@@ -334,10 +403,8 @@ def format_eval(result: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------------- ablate
 def _ablate(args: argparse.Namespace) -> int:
-    from ..config import LAYOUTS
+    from ..config import LAYOUTS, MAX_ATTN_DIVISION, MIN_ATTN_DIVISION
     from ..train.ablate import run_ablation
-
-    from ..config import MAX_ATTN_DIVISION, MIN_ATTN_DIVISION
 
     windows = None
     if args.windows is not None:
@@ -351,8 +418,10 @@ def _ablate(args: argparse.Namespace) -> int:
                 windows = []
                 break
         if not windows:
-            raise ConfigError(f"--windows must list window divisions in [{MIN_ATTN_DIVISION}, {MAX_ATTN_DIVISION}] "
-                              f"input cells (or none), e.g. 7,14,16,32; got {args.windows!r}")
+            raise ConfigError(
+                f"--windows must list window divisions in [{MIN_ATTN_DIVISION}, {MAX_ATTN_DIVISION}] "
+                f"input cells (or none), e.g. 7,14,16,32; got {args.windows!r}"
+            )
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     cfg = load_train_config(args.config, args.overrides, None, False)
@@ -366,13 +435,12 @@ def _ablate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_run_dir(args.config, prefix="ablate-")
     print(f"ablation folder: {out}", flush=True)
     echo = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    summary = run_ablation(cfg, layouts, args.seeds, out, windows=windows, echo=echo,
-                           progress=False if args.quiet else None)
+    summary = run_ablation(
+        cfg, layouts, args.seeds, out, windows=windows, echo=echo, progress=False if args.quiet else None
+    )
     if summary["state"] != "finished":
         print(f"stopped during {summary['stopped_at']}; run the same command again to continue")
         return 130
     print(summary["markdown"])
     print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.svg'}, {out / 'results.html'}")
     return 0
-
-

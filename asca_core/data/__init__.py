@@ -1,9 +1,9 @@
 """Datasets: formats on disk, splits, the decoded-audio cache, torch datasets and the demo set.
 
-    index = load_dataset(resolve_data_path(cfg.data.path), cfg.data.format)
-    index, skipped = filter_readable(index)
-    splits = make_splits(index, val_fraction=0.15, test_fraction=0.15, seed=0)
-    train = ClipDataset(index, splits["train"], cfg.features, FeatureCache(root), train=True)
+index = load_dataset(resolve_data_path(cfg.data.path), cfg.data.format)
+index, skipped = filter_readable(index)
+splits = make_splits(index, val_fraction=0.15, test_fraction=0.15, seed=0)
+train = ClipDataset(index, splits["train"], cfg.features, FeatureCache(root), train=True)
 """
 
 from __future__ import annotations
@@ -18,10 +18,27 @@ from .formats import FORMATS, Clip, DatasetIndex, detect_format, load_dataset
 from .splits import limit_clips_per_class, make_splits, official_split_counts
 
 __all__ = [
-    "CheckReport", "Clip", "ClipDataset", "DEMO_CLASSES", "DatasetIndex", "FORMATS", "FeatureCache",
-    "check_dataset", "class_weights_for_sampling", "demo_dataset_path", "detect_format",
-    "filter_readable", "fit_length", "limit_clips_per_class", "load_dataset", "make_demo_dataset",
-    "make_splits", "multi_hot", "official_split_counts", "probe_file", "resolve_data_path",
+    "DEMO_CLASSES",
+    "FORMATS",
+    "CheckReport",
+    "Clip",
+    "ClipDataset",
+    "DatasetIndex",
+    "FeatureCache",
+    "check_dataset",
+    "class_weights_for_sampling",
+    "demo_dataset_path",
+    "detect_format",
+    "filter_readable",
+    "fit_length",
+    "limit_clips_per_class",
+    "load_dataset",
+    "make_demo_dataset",
+    "make_splits",
+    "multi_hot",
+    "official_split_counts",
+    "probe_file",
+    "resolve_data_path",
 ]
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import statistics
 import struct
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import soundfile as sf
 
@@ -35,7 +36,7 @@ def _reason(exc: AscaError, path: Path) -> str:
     text = str(exc)
     for prefix in (f"{path}: ", f"{path.name}: "):
         if text.startswith(prefix):
-            return text[len(prefix):]
+            return text[len(prefix) :]
     return text
 
 
@@ -55,8 +56,10 @@ def _wav_truncation(path: Path, size: int) -> str | None:
                     return None
                 if chunk_size > available:
                     share = 100.0 * available / chunk_size
-                    return (f"truncated: the header declares {chunk_size} bytes of audio, the file "
-                            f"holds {available} ({share:.0f}%)")
+                    return (
+                        f"truncated: the header declares {chunk_size} bytes of audio, the file "
+                        f"holds {available} ({share:.0f}%)"
+                    )
                 return None
             pos += 8 + chunk_size + (chunk_size & 1)
     return "truncated or corrupt: no data chunk before the end of the file"
@@ -87,8 +90,7 @@ def _probe(path: Path, deep: bool = True) -> tuple[_audio.AudioInfo | None, str 
                 offset = info.duration - _TAIL_SECONDS
                 tail = _audio.load_audio(path, offset=offset, duration=_TAIL_SECONDS, max_duration=None)
                 if tail.size < 0.5 * _TAIL_SECONDS * info.sample_rate:
-                    return info, (f"truncated: decoding stops before the {info.duration:.2f} s "
-                                  "the header declares")
+                    return info, (f"truncated: decoding stops before the {info.duration:.2f} s the header declares")
     except AudioError as exc:
         return info, _reason(exc, path)
     except OSError as exc:
@@ -104,8 +106,7 @@ def probe_file(path: str | Path, deep: bool = True) -> str | None:
     return _probe(Path(path), deep)[1]
 
 
-def filter_readable(index: DatasetIndex, deep: bool = True
-                    ) -> tuple[DatasetIndex, list[tuple[str, str]]]:
+def filter_readable(index: DatasetIndex, deep: bool = True) -> tuple[DatasetIndex, list[tuple[str, str]]]:
     """Drop clips that cannot be decoded; return the filtered index and ``(file, reason)`` pairs."""
     keep: list[int] = []
     skipped: list[tuple[str, str]] = []
@@ -153,17 +154,28 @@ class CheckReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "path": self.path, "format": self.format, "format_name": FORMAT_NAMES[self.format],
-            "root": self.root, "manifest": self.manifest, "clips": self.listed,
-            "usable_clips": self.usable, "num_classes": len(self.classes), "classes": self.classes,
-            "primary_labels": self.primary, "multi_label": self.multi_label,
+            "path": self.path,
+            "format": self.format,
+            "format_name": FORMAT_NAMES[self.format],
+            "root": self.root,
+            "manifest": self.manifest,
+            "clips": self.listed,
+            "usable_clips": self.usable,
+            "num_classes": len(self.classes),
+            "classes": self.classes,
+            "primary_labels": self.primary,
+            "multi_label": self.multi_label,
             "durations": self.durations,
             "sample_rates": {str(k): v for k, v in self.sample_rates.items()},
             "channels": {str(k): v for k, v in self.channels.items()},
-            "official_split": self.official_split, "folds": {str(k): v for k, v in self.folds.items()},
-            "splits": self.splits, "split_method": self.split_method,
+            "official_split": self.official_split,
+            "folds": {str(k): v for k, v in self.folds.items()},
+            "splits": self.splits,
+            "split_method": self.split_method,
             "problems": [{"file": f, "reason": r} for f, r in self.problems],
-            "unreadable": self.unreadable, "ok": self.ok, "fatal": self.fatal,
+            "unreadable": self.unreadable,
+            "ok": self.ok,
+            "fatal": self.fatal,
             "warnings": self.warnings,
         }
 
@@ -177,44 +189,73 @@ class CheckReport:
         ]
         if self.format == "birdclef" or self.multi_label.get("clips_with_several_labels"):
             only_secondary = len(self.classes) - len(self.primary)
-            rows.append(("Species" if self.format == "birdclef" else "Primary labels",
-                         f"{len(self.primary)} (primary labels)"))
+            rows.append(
+                ("Species" if self.format == "birdclef" else "Primary labels", f"{len(self.primary)} (primary labels)")
+            )
             rows.extend(("", line) for line in _columns(self.primary))
             ml = self.multi_label
-            rows.append(("Secondary", f"{ml['clips_with_several_labels']} of {self.usable:,} "
-                                      f"{unit} have secondary labels ({len(ml['secondary'])} "
-                                      "distinct)"))
+            rows.append(
+                (
+                    "Secondary",
+                    (
+                        f"{ml['clips_with_several_labels']} of {self.usable:,} "
+                        f"{unit} have secondary labels ({len(ml['secondary'])} "
+                        "distinct)"
+                    ),
+                )
+            )
             rows.extend(("", line) for line in _columns(ml["secondary"]))
             if ml.get("example"):
                 ex = ml["example"]
-                rows.append(("", f"e.g. {ex['file']}: primary {ex['labels'][0]}, secondary "
-                                 f"{', '.join(ex['labels'][1:])}"))
-            rows.append(("Classes", f"{len(self.classes)} ({len(self.primary)} primary + "
-                                    f"{only_secondary} seen only as secondary labels)"))
+                rows.append(
+                    ("", (f"e.g. {ex['file']}: primary {ex['labels'][0]}, secondary {', '.join(ex['labels'][1:])}"))
+                )
+            rows.append(
+                (
+                    "Classes",
+                    (
+                        f"{len(self.classes)} ({len(self.primary)} primary + "
+                        f"{only_secondary} seen only as secondary labels)"
+                    ),
+                )
+            )
         else:
             rows.append(("Classes", str(len(self.classes))))
             rows.extend(("", line) for line in _columns(self.classes))
         if self.durations:
             d = self.durations
-            rows.append(("Durations", f"min {d['min']:.2f} s, median {d['median']:.2f} s, "
-                                      f"max {d['max']:.2f} s, total {_hours(d['total'])}"))
-            rows.append(("Sample rates", ", ".join(f"{sr:,} Hz ({n:,})" for sr, n in
-                                                   sorted(self.sample_rates.items()))))
-            rows.append(("Channels", ", ".join(f"{_channels(c)} ({n:,})" for c, n in
-                                               sorted(self.channels.items()))))
+            rows.append(
+                (
+                    "Durations",
+                    (
+                        f"min {d['min']:.2f} s, median {d['median']:.2f} s, "
+                        f"max {d['max']:.2f} s, total {_hours(d['total'])}"
+                    ),
+                )
+            )
+            rows.append(
+                ("Sample rates", ", ".join(f"{sr:,} Hz ({n:,})" for sr, n in sorted(self.sample_rates.items())))
+            )
+            rows.append(("Channels", ", ".join(f"{_channels(c)} ({n:,})" for c, n in sorted(self.channels.items()))))
         if self.official_split:
             rows.append(("Split column", ", ".join(f"{k} {v:,}" for k, v in self.official_split.items())))
         if self.folds:
             rows.append(("Folds", ", ".join(f"{k}: {v:,}" for k, v in sorted(self.folds.items()))))
         if self.splits:
-            rows.append(("Splits", f"train {self.splits['train']:,}, val {self.splits['val']:,}, "
-                                   f"test {self.splits['test']:,}  ({self.split_method})"))
+            rows.append(
+                (
+                    "Splits",
+                    (
+                        f"train {self.splits['train']:,}, val {self.splits['val']:,}, "
+                        f"test {self.splits['test']:,}  ({self.split_method})"
+                    ),
+                )
+            )
         elif self.split_method:
             rows.append(("Splits", self.split_method))
         rows.extend(("Warning", w) for w in self.warnings)
         if self.problems:
-            rows.append(("Problems", f"{len(self.problems)} file(s) skipped, "
-                                     f"{self.unreadable} of them unreadable:"))
+            rows.append(("Problems", (f"{len(self.problems)} file(s) skipped, {self.unreadable} of them unreadable:")))
             width = min(max(len(f) for f, _ in self.problems), 48)
             rows.extend(("", f"{f:<{width}}  {r}") for f, r in self.problems)
         else:
@@ -224,8 +265,10 @@ class CheckReport:
         else:
             summary = f"OK: {self.usable:,} usable {unit} in {len(self.classes)} classes"
             if self.format == "birdclef":
-                summary = (f"OK: {self.usable:,} usable {unit} of {len(self.primary)} species "
-                           f"({len(self.classes)} classes with secondary labels)")
+                summary = (
+                    f"OK: {self.usable:,} usable {unit} of {len(self.primary)} species "
+                    f"({len(self.classes)} classes with secondary labels)"
+                )
             rows.append(("Result", summary))
         width = max(len(k) for k, _ in rows) + 2
         return "\n".join(f"{k:<{width}}{v}".rstrip() for k, v in rows)
@@ -254,14 +297,22 @@ def _columns(counts: dict[str, int], width: int = 72) -> list[str]:
     per_line = max(1, width // cell_w)
     lines = []
     for start in range(0, len(cells), per_line):
-        chunk = cells[start:start + per_line]
+        chunk = cells[start : start + per_line]
         lines.append("".join(f"{k:<{name_w}}  {v:>{num_w}}    " for k, v in chunk).rstrip())
     return lines
 
 
-def check_dataset(path: str | Path, format: str = "auto", *, val_fraction: float = 0.15,
-                  test_fraction: float = 0.15, test_fold: int | None = None,
-                  group_column: str | None = None, seed: int = 0, deep: bool = True) -> CheckReport:
+def check_dataset(
+    path: str | Path,
+    format: str = "auto",
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    test_fold: int | None = None,
+    group_column: str | None = None,
+    seed: int = 0,
+    deep: bool = True,
+) -> CheckReport:
     """Index the dataset at ``path``, probe every file and summarise (see :class:`CheckReport`)."""
     index = load_dataset(path, format)
     problems = dict(index.problems)
@@ -287,12 +338,10 @@ def check_dataset(path: str | Path, format: str = "auto", *, val_fraction: float
     durations: dict[str, float] = {}
     if infos:
         values = [info.duration for info in infos]
-        durations = {"min": min(values), "median": statistics.median(values),
-                     "max": max(values), "total": sum(values)}
+        durations = {"min": min(values), "median": statistics.median(values), "max": max(values), "total": sum(values)}
     several = [c for c in usable.clips if len(c.labels) > 1]
     secondary = Counter(label for c in several for label in c.labels[1:])
-    multi = {"clips_with_several_labels": len(several), "secondary": dict(sorted(secondary.items())),
-             "example": None}
+    multi = {"clips_with_several_labels": len(several), "secondary": dict(sorted(secondary.items())), "example": None}
     if several:
         ex = max(several, key=lambda c: len(c.labels))
         multi["example"] = {"file": usable.relpath(ex.path), "labels": list(ex.labels)}
@@ -303,16 +352,21 @@ def check_dataset(path: str | Path, format: str = "auto", *, val_fraction: float
     warnings: list[str] = []
     method = ""
     if not usable.clips:
-        fatal.append(f"no usable clips ({len(index.clips)} listed, "
-                     f"{len(index.unlabelled)} unlabelled files)")
+        fatal.append(f"no usable clips ({len(index.clips)} listed, {len(index.unlabelled)} unlabelled files)")
     else:
         if len(classes) < 2:
             fatal.append(f"only {len(classes)} class with usable clips; a classifier needs two or more")
         try:
             protocol = resolve_protocol(usable, test_fold, group_column)
             warnings = list(protocol.warnings)
-            splits = make_splits(usable, val_fraction=val_fraction, test_fraction=test_fraction,
-                                 test_fold=protocol.test_fold, group_column=protocol.group_column, seed=seed)
+            splits = make_splits(
+                usable,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                test_fold=protocol.test_fold,
+                group_column=protocol.group_column,
+                seed=seed,
+            )
             split_sizes = {k: len(v) for k, v in splits.items()}
             method = protocol.description
             if not split_sizes["train"]:
@@ -322,17 +376,26 @@ def check_dataset(path: str | Path, format: str = "auto", *, val_fraction: float
             fatal.append(str(exc))
 
     return CheckReport(
-        path=str(path), format=index.format, root=str(index.root),
+        path=str(path),
+        format=index.format,
+        root=str(index.root),
         manifest=str(index.manifest) if index.manifest else None,
-        listed=len(index.clips), usable=len(usable.clips), classes=classes,
+        listed=len(index.clips),
+        usable=len(usable.clips),
+        classes=classes,
         primary=dict(sorted(Counter(c.label for c in usable.clips).items())),
-        multi_label=multi, durations=durations,
+        multi_label=multi,
+        durations=durations,
         sample_rates=dict(sorted(Counter(i.sample_rate for i in infos).items())),
         channels=dict(sorted(Counter(i.channels for i in infos).items())),
         official_split=official_split_counts(usable),
         folds=dict(sorted(Counter(c.fold for c in usable.clips if c.fold is not None).items())),
-        splits=split_sizes, split_method=method,
-        problems=sorted(problems.items()), unreadable=unreadable, fatal=fatal, warnings=warnings,
+        splits=split_sizes,
+        split_method=method,
+        problems=sorted(problems.items()),
+        unreadable=unreadable,
+        fatal=fatal,
+        warnings=warnings,
     )
 
 

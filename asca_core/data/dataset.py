@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -52,9 +52,9 @@ def fit_length(wave: np.ndarray, n: int, start: int | None = None) -> np.ndarray
     room = abs(t - n)
     start = room // 2 if start is None else int(min(max(start, 0), room))
     if t > n:
-        return wave[start:start + n]
+        return wave[start : start + n]
     out = np.zeros(n, dtype=np.float32)
-    out[start:start + t] = wave
+    out[start : start + t] = wave
     return out
 
 
@@ -68,12 +68,21 @@ class ClipDataset(Dataset):
     multi-hot over ``index.classes``.
     """
 
-    def __init__(self, index: DatasetIndex, indices: Sequence[int], feature_cfg: FeatureConfig,
-                 cache: FeatureCache | None = None, train: bool = False, seed: int = 0,
-                 on_skip: Callable[[str, str], None] | None = None):
+    def __init__(
+        self,
+        index: DatasetIndex,
+        indices: Sequence[int],
+        feature_cfg: FeatureConfig,
+        cache: FeatureCache | None = None,
+        train: bool = False,
+        seed: int = 0,
+        on_skip: Callable[[str, str], None] | None = None,
+    ):
         if train and len(index.classes) < 2:
-            raise DatasetError(f"{index.root}: only {len(index.classes)} class "
-                               f"({', '.join(index.classes) or 'none'}); a classifier needs two or more")
+            raise DatasetError(
+                f"{index.root}: only {len(index.classes)} class "
+                f"({', '.join(index.classes) or 'none'}); a classifier needs two or more"
+            )
         self.index = index
         self.indices = list(indices)
         self.sample_rate = int(feature_cfg.sample_rate)
@@ -103,8 +112,7 @@ class ClipDataset(Dataset):
         """Every item's target without decoding audio. Shapes: (N, K)."""
         if not self.indices:
             return torch.zeros(0, len(self.class_to_idx))
-        return torch.stack([multi_hot(self.index.clips[i].labels, self.class_to_idx)
-                            for i in self.indices])
+        return torch.stack([multi_hot(self.index.clips[i].labels, self.class_to_idx) for i in self.indices])
 
     def _offset(self, clip_index: int, total: int) -> int | None:
         if not self.train:
@@ -127,8 +135,12 @@ class ClipDataset(Dataset):
             return fit_length(wave, self.clip_samples, self._offset(clip_index, wave.shape[0]))
         start = self._offset(clip_index, total)
         start = (total - self.clip_samples) // 2 if start is None else start
-        wave = _audio.load_audio(path, sample_rate=self.sample_rate, offset=start / self.sample_rate,
-                                 duration=self.clip_samples / self.sample_rate)
+        wave = _audio.load_audio(
+            path,
+            sample_rate=self.sample_rate,
+            offset=start / self.sample_rate,
+            duration=self.clip_samples / self.sample_rate,
+        )
         return fit_length(wave, self.clip_samples, 0)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,15 +156,14 @@ class ClipDataset(Dataset):
             target = multi_hot(self.index.clips[self.indices[j]].labels, self.class_to_idx)
             return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), target
         first, reason = next(iter(self.skipped.items()), ("", "no clips"))
-        raise DatasetError(f"{self.index.root}: none of the {n} clip(s) could be read "
-                           f"(first {first}: {reason})")
+        raise DatasetError(f"{self.index.root}: none of the {n} clip(s) could be read (first {first}: {reason})")
 
     def _skip(self, j: int, exc: Exception) -> None:
         path = self.index.clips[self.indices[j]].path
         name = self.index.relpath(path)
         text = str(exc) if isinstance(exc, AscaError) else f"cannot read ({exc.strerror or exc})"
         for prefix in (f"{path}: ", f"{path.name}: "):
-            text = text[len(prefix):] if text.startswith(prefix) else text
+            text = text[len(prefix) :] if text.startswith(prefix) else text
         self._bad.add(j)
         self.skipped[name] = text
         log.warning("skipped %s: %s", name, text)
@@ -170,6 +181,7 @@ def class_weights_for_sampling(index: DatasetIndex, indices: Sequence[int]) -> t
     if not indices:
         return torch.zeros(0, dtype=torch.float64)
     freq = Counter(label for i in indices for label in index.clips[i].labels)
-    weights = torch.tensor([1.0 / min(freq[label] for label in index.clips[i].labels)
-                            for i in indices], dtype=torch.float64)
+    weights = torch.tensor(
+        [1.0 / min(freq[label] for label in index.clips[i].labels) for i in indices], dtype=torch.float64
+    )
     return weights / weights.sum()

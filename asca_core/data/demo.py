@@ -19,29 +19,28 @@ import os
 import shutil
 import tempfile
 import wave as wavfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..errors import DatasetError
 
 DEMO_CLASSES: list[str] = [
-    "rising_chirp",      # one upward sweep
-    "falling_chirp",     # one downward sweep
-    "trill",             # fast train of short tonal notes
+    "rising_chirp",  # one upward sweep
+    "falling_chirp",  # one downward sweep
+    "trill",  # fast train of short tonal notes
     "harmonic_whistle",  # steady tone, rich harmonics, slight vibrato
-    "two_note",          # two steady notes at different pitches with a gap
-    "buzz",              # band of energy with a low pulse rate (many close harmonics)
-    "warble",            # pure tone with deep, irregular frequency modulation
-    "click_train",       # regular broadband clicks
+    "two_note",  # two steady notes at different pitches with a gap
+    "buzz",  # band of energy with a low pulse rate (many close harmonics)
+    "warble",  # pure tone with deep, irregular frequency modulation
+    "click_train",  # regular broadband clicks
 ]
 BACKGROUNDS = ("wind", "rain", "pink")
 DEMO_VERSION = "demo-v1"  # bump when the generator changes what a seed produces
 SPLIT_FRACTIONS = {"val": 0.15, "test": 0.15}
-COLUMNS = ("filename", "label", "split", "call_start", "call_end", "f_low", "f_high",
-           "background", "snr_db")
+COLUMNS = ("filename", "label", "split", "call_start", "call_end", "f_low", "f_high", "background", "snr_db")
 
 
 @dataclass
@@ -53,13 +52,14 @@ class _Call:
 
 # ------------------------------------------------------------------------------ call synthesis
 
+
 def _envelope(n: int, rng: np.random.Generator) -> np.ndarray:
     """Raised-cosine attack and release of random lengths, optionally a decaying body."""
     attack = max(1, int(n * rng.uniform(0.04, 0.3)))
     release = max(1, int(n * rng.uniform(0.1, 0.4)))
     env = np.ones(n)
     env[:attack] = 0.5 - 0.5 * np.cos(np.pi * np.arange(attack) / attack)
-    env[n - release:] *= 0.5 + 0.5 * np.cos(np.pi * np.arange(release) / release)
+    env[n - release :] *= 0.5 + 0.5 * np.cos(np.pi * np.arange(release) / release)
     if rng.random() < 0.5:
         env *= np.exp(-np.linspace(0.0, rng.uniform(0.3, 1.5), n))
     return env
@@ -119,7 +119,7 @@ def _trill(sr: int, rng: np.random.Generator) -> _Call:
         f = f_centre * (1 + rng.uniform(-0.03, 0.03))
         freq = np.linspace(f, f * (1 - drop), note)
         lo, hi = min(lo, freq.min()), max(hi, freq.max())
-        wave[start:start + note] += _tone(freq, sr, [rng.uniform(0, 0.2)], rng) * np.hanning(note)
+        wave[start : start + note] += _tone(freq, sr, [rng.uniform(0, 0.2)], rng) * np.hanning(note)
     wave *= _envelope(n, rng) * 0.5 + 0.5
     return _Call(wave, lo, hi)
 
@@ -183,7 +183,7 @@ def _click_train(sr: int, rng: np.random.Generator) -> _Call:
     while pos + click < n:
         start = int(pos)
         burst = rng.standard_normal(click) * np.exp(-np.linspace(0, 5, click))
-        wave[start:start + click] += burst * rng.uniform(0.6, 1.0)
+        wave[start : start + click] += burst * rng.uniform(0.6, 1.0)
         pos += sr / rate * (1 + rng.uniform(-0.1, 0.1))
     lo = rng.uniform(1200, 2000)
     spec = np.fft.rfft(wave)
@@ -193,16 +193,21 @@ def _click_train(sr: int, rng: np.random.Generator) -> _Call:
 
 
 _CALLS: dict[str, Callable[[int, np.random.Generator], _Call]] = {
-    "rising_chirp": _rising_chirp, "falling_chirp": _falling_chirp, "trill": _trill,
-    "harmonic_whistle": _harmonic_whistle, "two_note": _two_note, "buzz": _buzz,
-    "warble": _warble, "click_train": _click_train,
+    "rising_chirp": _rising_chirp,
+    "falling_chirp": _falling_chirp,
+    "trill": _trill,
+    "harmonic_whistle": _harmonic_whistle,
+    "two_note": _two_note,
+    "buzz": _buzz,
+    "warble": _warble,
+    "click_train": _click_train,
 }
 
 
 # --------------------------------------------------------------------------------- backgrounds
 
-def _shaped_noise(n: int, sr: int, rng: np.random.Generator, gain: Callable[[np.ndarray], np.ndarray]
-                  ) -> np.ndarray:
+
+def _shaped_noise(n: int, sr: int, rng: np.random.Generator, gain: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     spec = np.fft.rfft(rng.standard_normal(n))
     spec *= gain(np.maximum(np.fft.rfftfreq(n, 1 / sr), 1.0))
     x = np.fft.irfft(spec, n=n)
@@ -229,7 +234,7 @@ def _rain(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
         length = int(sr * rng.uniform(0.001, 0.008))
         start = int(rng.integers(0, n - length))
         amp = rng.lognormal(0.0, 0.7)
-        x[start:start + length] += amp * rng.standard_normal(length) * np.exp(-np.linspace(0, 6, length))
+        x[start : start + length] += amp * rng.standard_normal(length) * np.exp(-np.linspace(0, 6, length))
     return x / (x.std() + 1e-12)
 
 
@@ -242,8 +247,10 @@ _BACKGROUNDS = {"wind": _wind, "rain": _rain, "pink": _pink}
 
 # ---------------------------------------------------------------------------------- the set
 
-def make_clip(label: str, seed: int, k: int, sample_rate: int = 16000,
-              seconds: float = 3.0) -> tuple[np.ndarray, dict[str, object]]:
+
+def make_clip(
+    label: str, seed: int, k: int, sample_rate: int = 16000, seconds: float = 3.0
+) -> tuple[np.ndarray, dict[str, object]]:
     """Synthesize clip ``k`` of class ``label``; return it and its manifest fields.
 
     Shapes: returns (round(seconds * sample_rate),) float32 in [-1, 1].
@@ -258,16 +265,18 @@ def make_clip(label: str, seed: int, k: int, sample_rate: int = 16000,
     noise = noise + 0.1 * _pink(n, sample_rate, rng)  # a faint broadband floor under everything
     noise /= noise.std() + 1e-12
     snr_db = float(rng.uniform(0.0, 20.0))
-    call_rms = np.sqrt(np.mean(c ** 2)) + 1e-12
+    call_rms = np.sqrt(np.mean(c**2)) + 1e-12
     mix = noise * (call_rms / 10 ** (snr_db / 20))
-    mix[start:start + c.size] += c
+    mix[start : start + c.size] += c
     mix *= rng.uniform(0.3, 0.9) / (np.abs(mix).max() + 1e-12)
     fields = {
         "label": label,
         "call_start": round(start / sample_rate, 3),
         "call_end": round((start + c.size) / sample_rate, 3),
-        "f_low": round(call.f_low), "f_high": round(call.f_high),
-        "background": background, "snr_db": round(snr_db, 1),
+        "f_low": round(call.f_low),
+        "f_high": round(call.f_high),
+        "background": background,
+        "snr_db": round(snr_db, 1),
     }
     return mix.astype(np.float32), fields
 
@@ -297,13 +306,14 @@ def _demo_splits(clips_per_class: int, seed: int, class_index: int) -> list[str]
     splits = ["train"] * clips_per_class
     for j in order[:n_test]:
         splits[j] = "test"
-    for j in order[n_test:n_test + n_val]:
+    for j in order[n_test : n_test + n_val]:
         splits[j] = "val"
     return splits
 
 
-def make_demo_dataset(root: str | Path, clips_per_class: int = 40, seed: int = 0,
-                      sample_rate: int = 16000, seconds: float = 3.0) -> Path:
+def make_demo_dataset(
+    root: str | Path, clips_per_class: int = 40, seed: int = 0, sample_rate: int = 16000, seconds: float = 3.0
+) -> Path:
     """Write ``root/<class>/<class>_NNN.wav`` (16-bit PCM) and ``root/labels.csv``.
 
     Returns the path of ``labels.csv`` (a CSV manifest with columns :data:`COLUMNS`).

@@ -29,9 +29,10 @@ import io
 import json
 import os
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ..audio import SUPPORTED_EXTENSIONS
 from ..errors import DatasetError
@@ -46,9 +47,15 @@ FORMAT_NAMES = {
 # A folder holding one of these is read as a CSV manifest (in this order of preference).
 MANIFEST_NAMES = ("labels.csv", "manifest.csv", "metadata.csv")
 SPLIT_NAMES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val", "dev": "val",
-    "test": "test", "testing": "test", "eval": "test",
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+    "eval": "test",
 }
 OUTSIDE_ROOT = "outside the dataset root"
 LABEL_MODES = ("primary", "primary+secondary")
@@ -90,17 +97,23 @@ class DatasetIndex:
 
     def label_counts(self, indices: Iterable[int] | None = None) -> dict[str, int]:
         """Clips per class (a multi-label clip counts once for each of its labels)."""
-        counts = Counter({c: 0 for c in self.classes})
+        counts = Counter(dict.fromkeys(self.classes, 0))
         for i in range(len(self.clips)) if indices is None else indices:
             counts.update(self.clips[i].labels)
         return dict(sorted(counts.items()))
 
-    def subset(self, indices: Iterable[int]) -> "DatasetIndex":
+    def subset(self, indices: Iterable[int]) -> DatasetIndex:
         """A new index holding only ``indices`` (classes and problems unchanged)."""
-        return DatasetIndex(root=self.root, format=self.format,
-                            clips=[self.clips[i] for i in indices], classes=list(self.classes),
-                            multi_label=self.multi_label, problems=list(self.problems),
-                            manifest=self.manifest, unlabelled=list(self.unlabelled))
+        return DatasetIndex(
+            root=self.root,
+            format=self.format,
+            clips=[self.clips[i] for i in indices],
+            classes=list(self.classes),
+            multi_label=self.multi_label,
+            problems=list(self.problems),
+            manifest=self.manifest,
+            unlabelled=list(self.unlabelled),
+        )
 
     def relpath(self, path: Path | str) -> str:
         """``path`` relative to the dataset root when inside it (for messages)."""
@@ -112,6 +125,7 @@ class DatasetIndex:
 
 
 # ---------------------------------------------------------------------------------- detection
+
 
 def _is_audio(path: Path) -> bool:
     return path.suffix.lower() in SUPPORTED_EXTENSIONS and not path.name.startswith(".")
@@ -146,16 +160,22 @@ def detect_format(path: str | Path) -> str:
     has_classes = any(e.is_dir() and not e.name.startswith(".") and _has_audio(e) for e in entries)
     if has_classes or any(e.is_file() and _is_audio(e) for e in entries):
         return "folder"
-    raise DatasetError(f"{path}: no audio files, class folders or manifest found "
-                       f"(expected ROOT/<label>/*.wav, a CSV manifest, BirdCLEF or ESC-50 layout)")
+    raise DatasetError(
+        f"{path}: no audio files, class folders or manifest found "
+        f"(expected ROOT/<label>/*.wav, a CSV manifest, BirdCLEF or ESC-50 layout)"
+    )
 
 
 def _has_audio(folder: Path) -> bool:
     return any(p.is_file() and _is_audio(p) for p in folder.rglob("*"))
 
 
-def load_dataset(path: str | Path, format: str = "auto", labels: str = "primary+secondary",
-                 classes: Sequence[str] | str | Path | None = None) -> DatasetIndex:
+def load_dataset(
+    path: str | Path,
+    format: str = "auto",
+    labels: str = "primary+secondary",
+    classes: Sequence[str] | str | Path | None = None,
+) -> DatasetIndex:
     """Index the dataset at ``path`` (folder or manifest); ``format="auto"`` detects the layout.
 
     ``"demo"`` means the built-in synthetic set (``./demo`` names a local folder). ``labels``:
@@ -186,8 +206,9 @@ def load_dataset(path: str | Path, format: str = "auto", labels: str = "primary+
     if labels == "primary" and index.multi_label:
         for clip in index.clips:
             clip.labels = clip.labels[:1]
-        index = _finish(index.root, index.format, index.clips, index.problems, index.manifest,
-                        unlabelled=index.unlabelled)
+        index = _finish(
+            index.root, index.format, index.clips, index.problems, index.manifest, unlabelled=index.unlabelled
+        )
     if fixed is not None:
         index = _restrict_classes(index, fixed)
     return index
@@ -212,7 +233,9 @@ def read_class_list(classes: Sequence[str] | str | Path) -> list[str]:
             try:
                 parsed = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise DatasetError(f"class list {file}: not a valid JSON list ({exc.msg} at line {exc.lineno})") from None
+                raise DatasetError(
+                    f"class list {file}: not a valid JSON list ({exc.msg} at line {exc.lineno})"
+                ) from None
             if not isinstance(parsed, list) or not all(isinstance(c, str) for c in parsed):
                 raise DatasetError(f"class list {file}: the JSON must be a list of names")
             names = [c.strip() for c in parsed]
@@ -238,20 +261,41 @@ def _restrict_classes(index: DatasetIndex, classes: list[str]) -> DatasetIndex:
             continue
         clip.labels = tuple(label for label in clip.labels if label in known)
         clips.append(clip)
-    return DatasetIndex(root=index.root, format=index.format, clips=clips, classes=list(classes),
-                        multi_label=any(len(c.labels) > 1 for c in clips), problems=problems,
-                        manifest=index.manifest, unlabelled=list(index.unlabelled))
+    return DatasetIndex(
+        root=index.root,
+        format=index.format,
+        clips=clips,
+        classes=list(classes),
+        multi_label=any(len(c.labels) > 1 for c in clips),
+        problems=problems,
+        manifest=index.manifest,
+        unlabelled=list(index.unlabelled),
+    )
 
 
 # ------------------------------------------------------------------------------------ helpers
 
-def _finish(root: Path, fmt: str, clips: list[Clip], problems: list[tuple[str, str]],
-            manifest: Path | None = None, extra_classes: Iterable[str] = (),
-            unlabelled: list[Path] | None = None) -> DatasetIndex:
+
+def _finish(
+    root: Path,
+    fmt: str,
+    clips: list[Clip],
+    problems: list[tuple[str, str]],
+    manifest: Path | None = None,
+    extra_classes: Iterable[str] = (),
+    unlabelled: list[Path] | None = None,
+) -> DatasetIndex:
     classes = sorted({label for clip in clips for label in clip.labels} | set(extra_classes))
-    return DatasetIndex(root=root, format=fmt, clips=clips, classes=classes,
-                        multi_label=any(len(c.labels) > 1 for c in clips), problems=problems,
-                        manifest=manifest, unlabelled=unlabelled or [])
+    return DatasetIndex(
+        root=root,
+        format=fmt,
+        clips=clips,
+        classes=classes,
+        multi_label=any(len(c.labels) > 1 for c in clips),
+        problems=problems,
+        manifest=manifest,
+        unlabelled=unlabelled or [],
+    )
 
 
 def _read_table(csv_path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict]]]:
@@ -267,12 +311,10 @@ def _read_table(csv_path: Path, required: tuple[str, ...]) -> tuple[list[str], l
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise DatasetError(f"{csv_path}: not UTF-8 text (bad byte at line {line}); "
-                           "save the manifest as UTF-8") from exc
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DatasetError(f"{csv_path}: not UTF-8 text (bad byte at line {line}); save the manifest as UTF-8") from exc
     if not text.strip():
-        raise DatasetError(f"{csv_path}: empty manifest (expected a header line such as "
-                           f"{','.join(required)})")
+        raise DatasetError(f"{csv_path}: empty manifest (expected a header line such as {','.join(required)})")
     if "\x00" in text:
         raise DatasetError(f"{csv_path}: contains NUL bytes, not a text CSV file")
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -280,8 +322,10 @@ def _read_table(csv_path: Path, required: tuple[str, ...]) -> tuple[list[str], l
         header = [h.strip() for h in next(reader)]
         missing = [c for c in required if c not in header]
         if missing:
-            raise DatasetError(f"{csv_path}: missing column{'s' if len(missing) > 1 else ''} "
-                               f"{', '.join(missing)} (found: {', '.join(header) or 'none'})")
+            raise DatasetError(
+                f"{csv_path}: missing column{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(missing)} (found: {', '.join(header) or 'none'})"
+            )
         dupes = sorted({h for h in header if header.count(h) > 1 and h})
         if dupes:
             raise DatasetError(f"{csv_path}: duplicate column {', '.join(dupes)} in the header")
@@ -290,8 +334,9 @@ def _read_table(csv_path: Path, required: tuple[str, ...]) -> tuple[list[str], l
             if not fields or all(not f.strip() for f in fields):
                 continue  # blank line
             if len(fields) != len(header):
-                raise DatasetError(f"{csv_path}: line {reader.line_num} has {len(fields)} fields, "
-                                   f"the header has {len(header)}")
+                raise DatasetError(
+                    f"{csv_path}: line {reader.line_num} has {len(fields)} fields, the header has {len(header)}"
+                )
             rows.append((reader.line_num, {h: v.strip() for h, v in zip(header, fields)}))
     except csv.Error as exc:
         raise DatasetError(f"{csv_path}: malformed CSV at line {reader.line_num} ({exc})") from exc
@@ -342,13 +387,19 @@ class _Collector:
             pos, first = self._seen[clip_path]
             old = self.clips[pos]
             if set(clip.labels) <= set(old.labels):
-                self.problems.append((name, f"duplicate row (line {line} repeats line {first}); "
-                                            "kept once"))
+                self.problems.append((name, (f"duplicate row (line {line} repeats line {first}); kept once")))
             else:
                 merged = tuple(dict.fromkeys(old.labels + clip.labels))
-                self.problems.append((name, f"listed again on line {line} with label "
-                                            f"{';'.join(clip.labels)}; labels merged as "
-                                            f"{';'.join(merged)}"))
+                self.problems.append(
+                    (
+                        name,
+                        (
+                            f"listed again on line {line} with label "
+                            f"{';'.join(clip.labels)}; labels merged as "
+                            f"{';'.join(merged)}"
+                        ),
+                    )
+                )
                 old.labels = merged
             return
         self._seen[clip_path] = (len(self.clips), line)
@@ -357,8 +408,7 @@ class _Collector:
     @staticmethod
     def _file_problem(path: Path) -> str | None:
         if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
-            return (f"unsupported file type {path.suffix or '(none)'} "
-                    f"(use {', '.join(SUPPORTED_EXTENSIONS)})")
+            return f"unsupported file type {path.suffix or '(none)'} (use {', '.join(SUPPORTED_EXTENSIONS)})"
         if not path.is_file():
             return "file not found"
         return None
@@ -373,8 +423,7 @@ def _parse_split(csv_path: Path, line: int, value: str) -> str | None:
         return None
     split = SPLIT_NAMES.get(value.lower())
     if split is None:
-        raise DatasetError(f"{csv_path}: line {line}: unknown split {value!r} "
-                           "(use train, val or test)")
+        raise DatasetError(f"{csv_path}: line {line}: unknown split {value!r} (use train, val or test)")
     return split
 
 
@@ -391,6 +440,7 @@ def _parse_fold(csv_path: Path, line: int, value: str) -> int | None:
 
 
 # ------------------------------------------------------------------------------------ loaders
+
 
 def _load_folder(root: Path) -> DatasetIndex:
     if not root.is_dir():
@@ -418,8 +468,7 @@ def _load_folder(root: Path) -> DatasetIndex:
                 continue
             if _is_audio(file):
                 if not _inside(root, file):
-                    problems.append((file.relative_to(root).as_posix(),
-                                     f"{OUTSIDE_ROOT} (through a symlink)"))
+                    problems.append((file.relative_to(root).as_posix(), f"{OUTSIDE_ROOT} (through a symlink)"))
                     continue
                 clips.append(Clip(path=file, labels=(entry.name,)))
     return _finish(root, "folder", clips, problems, unlabelled=unlabelled)
@@ -437,7 +486,7 @@ def _manifest_in(path: Path, names: tuple[str, ...], what: str) -> Path:
 def _load_csv(path: Path) -> DatasetIndex:
     csv_path = _manifest_in(path, MANIFEST_NAMES, "CSV manifest")
     root = csv_path.parent.resolve()
-    header, rows = _read_table(csv_path, ("filename", "label"))
+    _header, rows = _read_table(csv_path, ("filename", "label"))
     known = {"filename", "label", "split", "fold", "group"}
     collector = _Collector(csv_path, root)
     for line, row in rows:
@@ -447,11 +496,14 @@ def _load_csv(path: Path) -> DatasetIndex:
         labels = _split_labels(label_text)
         if not labels:
             raise DatasetError(f"{csv_path}: line {line}: empty label for {name}")
-        clip = Clip(path=Path(name), labels=labels,
-                    split=_parse_split(csv_path, line, row.get("split", "")),
-                    fold=_parse_fold(csv_path, line, row.get("fold", "")),
-                    group=row.get("group") or None,
-                    meta={k: v for k, v in row.items() if k not in known})
+        clip = Clip(
+            path=Path(name),
+            labels=labels,
+            split=_parse_split(csv_path, line, row.get("split", "")),
+            fold=_parse_fold(csv_path, line, row.get("fold", "")),
+            group=row.get("group") or None,
+            meta={k: v for k, v in row.items() if k not in known},
+        )
         clip_path, reason = _resolve(root, name)
         collector.add(line, name, clip_path, reason, clip)
     return _finish(root, "csv", collector.clips, collector.problems, manifest=csv_path)
@@ -476,15 +528,16 @@ def _load_birdclef(path: Path, primary_only: bool = False) -> DatasetIndex:
     csv_path = _manifest_in(path, ("train_metadata.csv",), "train_metadata.csv")
     root = csv_path.parent.resolve()
     audio_dir = root / "train_audio"
-    header, rows = _read_table(csv_path, ("primary_label", "filename"))
+    _header, rows = _read_table(csv_path, ("primary_label", "filename"))
     collector = _Collector(csv_path, root)
     secondary_seen: set[str] = set()
     for line, row in rows:
         name, primary = row["filename"], row["primary_label"]
         if not name or not primary:
             raise DatasetError(f"{csv_path}: line {line}: empty filename or primary_label")
-        secondary = [s for s in _parse_list(csv_path, line, "secondary_labels",
-                                            row.get("secondary_labels", "")) if s != primary]
+        secondary = [
+            s for s in _parse_list(csv_path, line, "secondary_labels", row.get("secondary_labels", "")) if s != primary
+        ]
         secondary_seen.update(secondary)
         meta: dict[str, Any] = {k: v for k, v in row.items() if k != "filename"}
         meta["secondary_labels"] = secondary
@@ -503,8 +556,14 @@ def _load_birdclef(path: Path, primary_only: bool = False) -> DatasetIndex:
         clip = Clip(path=Path(name), labels=tuple(dict.fromkeys(targets)), meta=meta)
         clip_path, reason = _resolve(root, name, base=audio_dir)
         collector.add(line, name, clip_path, reason, clip)
-    return _finish(root, "birdclef", collector.clips, collector.problems, manifest=csv_path,
-                   extra_classes=() if primary_only else secondary_seen)
+    return _finish(
+        root,
+        "birdclef",
+        collector.clips,
+        collector.problems,
+        manifest=csv_path,
+        extra_classes=() if primary_only else secondary_seen,
+    )
 
 
 def _load_esc50(path: Path) -> DatasetIndex:
@@ -514,7 +573,7 @@ def _load_esc50(path: Path) -> DatasetIndex:
         csv_path, root = path / "meta" / "esc50.csv", path.resolve()
         if not csv_path.is_file():
             raise DatasetError(f"{path}: no meta/esc50.csv found (ESC-50 layout: meta/esc50.csv + audio/)")
-    header, rows = _read_table(csv_path, ("filename", "fold", "category"))
+    _header, rows = _read_table(csv_path, ("filename", "fold", "category"))
     collector = _Collector(csv_path, root)
     for line, row in rows:
         name = row["filename"]
@@ -523,9 +582,13 @@ def _load_esc50(path: Path) -> DatasetIndex:
         meta: dict[str, Any] = {k: v for k, v in row.items() if k not in ("filename", "category", "fold")}
         if "esc10" in meta:
             meta["esc10"] = meta["esc10"].lower() in ("true", "1", "yes")
-        clip = Clip(path=Path(name), labels=(row["category"],),
-                    fold=_parse_fold(csv_path, line, row["fold"]),
-                    group=row.get("src_file") or None, meta=meta)
+        clip = Clip(
+            path=Path(name),
+            labels=(row["category"],),
+            fold=_parse_fold(csv_path, line, row["fold"]),
+            group=row.get("src_file") or None,
+            meta=meta,
+        )
         clip_path, reason = _resolve(root, name, base=root / "audio")
         collector.add(line, name, clip_path, reason, clip)
     return _finish(root, "esc50", collector.clips, collector.problems, manifest=csv_path)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -30,9 +30,25 @@ from .formats import DatasetIndex
 SPLITS = ("train", "val", "test")
 # Manifest columns that name where a clip came from: clips sharing a value are near-duplicates
 # (one speaker, one source recording) and must not straddle a split.
-GROUP_COLUMNS = ("group", "speaker", "speaker_id", "source", "source_id", "src_file", "source_file",
-                 "recording", "recording_id", "session", "subject", "participant", "individual",
-                 "author", "user_id", "client_id", "site")
+GROUP_COLUMNS = (
+    "group",
+    "speaker",
+    "speaker_id",
+    "source",
+    "source_id",
+    "src_file",
+    "source_file",
+    "recording",
+    "recording_id",
+    "session",
+    "subject",
+    "participant",
+    "individual",
+    "author",
+    "user_id",
+    "client_id",
+    "site",
+)
 
 
 @dataclass
@@ -65,8 +81,7 @@ def detect_group_column(index: DatasetIndex) -> str | None:
     return None
 
 
-def resolve_protocol(index: DatasetIndex, test_fold: int | None = None,
-                     group_column: str | None = None) -> Protocol:
+def resolve_protocol(index: DatasetIndex, test_fold: int | None = None, group_column: str | None = None) -> Protocol:
     """The default, leak-free protocol for ``index`` (explicit arguments win).
 
     A ``fold`` column makes its lowest fold the test set; a group-like column (speaker, source
@@ -86,21 +101,26 @@ def resolve_protocol(index: DatasetIndex, test_fold: int | None = None,
     if test_fold is not None:
         text = f"fold {test_fold} of {len(folds)} is the test set; validation carved from the other folds{by}"
         if group_column:
-            shared = _shared_groups(index, group_column, [i for i, c in enumerate(index.clips)
-                                                           if c.fold == test_fold])
+            shared = _shared_groups(index, group_column, [i for i, c in enumerate(index.clips) if c.fold == test_fold])
             if shared:
-                warnings.append(f"{shared} group(s) of '{group_column}' have clips in fold {test_fold} and in "
-                                "other folds: test results include clips of groups seen in training")
+                warnings.append(
+                    f"{shared} group(s) of '{group_column}' have clips in fold {test_fold} and in "
+                    "other folds: test results include clips of groups seen in training"
+                )
     elif any(c.split for c in index.clips):
         text = f"the official split column{by}"
         if group_column:
             shared = _shared_groups(index, group_column, [i for i, c in enumerate(index.clips) if c.split == "test"])
             if shared:
-                text = (f"the official split column; its test set shares {shared} of {groups} '{group_column}' "
-                        "groups with train, so validation is carved the same way (not by group)")
-                warnings.append(f"the official test set shares {shared} '{group_column}' group(s) with train: "
-                                f"its scores are on seen {group_column}s; `asca cv --by {group_column}` measures "
-                                "unseen ones")
+                text = (
+                    f"the official split column; its test set shares {shared} of {groups} '{group_column}' "
+                    "groups with train, so validation is carved the same way (not by group)"
+                )
+                warnings.append(
+                    f"the official test set shares {shared} '{group_column}' group(s) with train: "
+                    f"its scores are on seen {group_column}s; `asca cv --by {group_column}` measures "
+                    "unseen ones"
+                )
                 group_column, groups = None, 0
     else:
         text = f"stratified train/val/test split{by}"
@@ -118,9 +138,17 @@ def _shared_groups(index: DatasetIndex, column: str, test: list[int]) -> int:
     return len(inside & outside)
 
 
-def make_splits(index: DatasetIndex, *, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                test_fold: int | None = None, group_column: str | None = None, seed: int = 0,
-                official: bool = True, test_group: str | None = None) -> dict[str, list[int]]:
+def make_splits(
+    index: DatasetIndex,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    test_fold: int | None = None,
+    group_column: str | None = None,
+    seed: int = 0,
+    official: bool = True,
+    test_group: str | None = None,
+) -> dict[str, list[int]]:
     """Split the clips of ``index`` into ``{"train", "val", "test"}`` lists of clip indices.
 
     ``val_fraction`` and ``test_fraction`` are fractions of the whole dataset for a stratified
@@ -133,8 +161,7 @@ def make_splits(index: DatasetIndex, *, val_fraction: float = 0.15, test_fractio
         if not (0.0 <= value < 1.0):
             raise DatasetError(f"{name} must be in [0, 1), got {value}")
     if val_fraction + test_fraction >= 1.0:
-        raise DatasetError(f"val_fraction + test_fraction must be below 1, got "
-                           f"{val_fraction} + {test_fraction}")
+        raise DatasetError(f"val_fraction + test_fraction must be below 1, got {val_fraction} + {test_fraction}")
     n = len(index.clips)
     if n == 0:
         raise DatasetError(f"{index.root}: no usable clips to split")
@@ -162,8 +189,7 @@ def make_splits(index: DatasetIndex, *, val_fraction: float = 0.15, test_fractio
         if not folds:
             raise DatasetError(f"test_fold={test_fold} given but {index.root} has no fold column")
         if test_fold not in folds:
-            raise DatasetError(f"test_fold={test_fold} not found; folds present: "
-                               f"{', '.join(map(str, folds))}")
+            raise DatasetError(f"test_fold={test_fold} not found; folds present: {', '.join(map(str, folds))}")
         test = [i for i, c in enumerate(index.clips) if c.fold == test_fold]
         pool = [i for i, c in enumerate(index.clips) if c.fold != test_fold]
         train, val = _carve(pool, keys, groups, val_fraction, rng)
@@ -181,8 +207,13 @@ def make_splits(index: DatasetIndex, *, val_fraction: float = 0.15, test_fractio
             parts["train"], parts["val"] = _carve(parts["train"], keys, groups, val_fraction, rng)
         return _result(parts["train"], parts["val"], parts["test"])
 
-    assignment = _assign(list(range(n)), keys, groups, {"train": 1.0 - val_fraction - test_fraction,
-                                                        "val": val_fraction, "test": test_fraction}, rng)
+    assignment = _assign(
+        list(range(n)),
+        keys,
+        groups,
+        {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction},
+        rng,
+    )
     return _result(assignment["train"], assignment["val"], assignment["test"])
 
 
@@ -211,6 +242,7 @@ def limit_clips_per_class(index: DatasetIndex, max_per_class: int, seed: int = 0
 
 # ---------------------------------------------------------------------------------- internals
 
+
 def _result(train: Sequence[int], val: Sequence[int], test: Sequence[int]) -> dict[str, list[int]]:
     out = {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
     assert sum(map(len, out.values())) == len(set().union(*map(set, out.values())))
@@ -220,8 +252,7 @@ def _result(train: Sequence[int], val: Sequence[int], test: Sequence[int]) -> di
 def _stratify_keys(index: DatasetIndex) -> list[str]:
     """One label per clip to stratify on: the rarest of its labels (the primary when single)."""
     freq = Counter(label for c in index.clips for label in c.labels)
-    return [min(c.labels, key=lambda lab: (freq[lab], lab)) if len(c.labels) > 1 else c.labels[0]
-            for c in index.clips]
+    return [min(c.labels, key=lambda lab: (freq[lab], lab)) if len(c.labels) > 1 else c.labels[0] for c in index.clips]
 
 
 def _groups(index: DatasetIndex, column: str | None) -> list[str] | None:
@@ -237,15 +268,18 @@ def _groups(index: DatasetIndex, column: str | None) -> list[str] | None:
             value = clip.meta[column]
         else:
             available = sorted(set(clip.meta) | ({"group"} if clip.group else set()))
-            raise DatasetError(f"group column {column!r} not found in {index.manifest or index.root} "
-                               f"(available: {', '.join(available) or 'none'})")
+            raise DatasetError(
+                f"group column {column!r} not found in {index.manifest or index.root} "
+                f"(available: {', '.join(available) or 'none'})"
+            )
         # a clip without a group value is its own group
         out.append(str(value) if value not in (None, "") else f"\x00clip{i}")
     return out
 
 
-def _carve(pool: list[int], keys: list[str], groups: list[str] | None, fraction: float,
-           rng: np.random.Generator) -> tuple[list[int], list[int]]:
+def _carve(
+    pool: list[int], keys: list[str], groups: list[str] | None, fraction: float, rng: np.random.Generator
+) -> tuple[list[int], list[int]]:
     """Move about ``fraction`` of ``pool`` out of train, stratified (and by group)."""
     if fraction <= 0 or not pool:
         return list(pool), []
@@ -253,8 +287,9 @@ def _carve(pool: list[int], keys: list[str], groups: list[str] | None, fraction:
     return parts["train"], parts["held"]
 
 
-def _assign(pool: list[int], keys: list[str], groups: list[str] | None,
-            fractions: dict[str, float], rng: np.random.Generator) -> dict[str, list[int]]:
+def _assign(
+    pool: list[int], keys: list[str], groups: list[str] | None, fractions: dict[str, float], rng: np.random.Generator
+) -> dict[str, list[int]]:
     if groups is None:
         out = _assign_stratified(pool, keys, fractions, rng)
     else:
@@ -263,8 +298,9 @@ def _assign(pool: list[int], keys: list[str], groups: list[str] | None,
     return out
 
 
-def _assign_stratified(pool: list[int], keys: list[str], fractions: dict[str, float],
-                       rng: np.random.Generator) -> dict[str, list[int]]:
+def _assign_stratified(
+    pool: list[int], keys: list[str], fractions: dict[str, float], rng: np.random.Generator
+) -> dict[str, list[int]]:
     """Per class: shuffle, then cut by the fractions (train keeps at least one clip)."""
     out: dict[str, list[int]] = {name: [] for name in fractions}
     held_names = [name for name in fractions if name != "train"]
@@ -273,7 +309,7 @@ def _assign_stratified(pool: list[int], keys: list[str], fractions: dict[str, fl
         by_key[keys[i]].append(i)
     # Rounding per class would overshoot for many small classes; carrying the remainder across
     # classes keeps the totals close to the fractions.
-    carry = {name: 0.0 for name in held_names}
+    carry = dict.fromkeys(held_names, 0.0)
     for key in sorted(by_key):
         members = rng.permutation(by_key[key]).tolist()
         start = 0
@@ -282,14 +318,15 @@ def _assign_stratified(pool: list[int], keys: list[str], fractions: dict[str, fl
             take = min(int(math.floor(want + 0.5)), len(members) - 1 - start)
             take = max(take, 0)
             carry[name] = want - take
-            out[name].extend(members[start:start + take])
+            out[name].extend(members[start : start + take])
             start += take
         out["train"].extend(members[start:])
     return out
 
 
-def _assign_groups(pool: list[int], keys: list[str], groups: list[str],
-                   fractions: dict[str, float], rng: np.random.Generator) -> dict[str, list[int]]:
+def _assign_groups(
+    pool: list[int], keys: list[str], groups: list[str], fractions: dict[str, float], rng: np.random.Generator
+) -> dict[str, list[int]]:
     """Greedy: each group (largest first, ties shuffled) goes where its classes are most needed.
 
     "Need" is the side's remaining quota of the group's classes, in clips; groups never split.
@@ -315,8 +352,7 @@ def _assign_groups(pool: list[int], keys: list[str], groups: list[str],
     return out
 
 
-def _keep_classes_in_train(out: dict[str, list[int]], keys: list[str],
-                           groups: list[str] | None) -> None:
+def _keep_classes_in_train(out: dict[str, list[int]], keys: list[str], groups: list[str] | None) -> None:
     """Move one clip (or its whole group) of each class missing from train back into train."""
     in_train = {keys[i] for i in out["train"]}
     for name in [n for n in out if n != "train"]:

@@ -14,10 +14,10 @@ A token at grid cell (f, t) of a block with stride (sf, st) covers model-input m
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -65,8 +65,15 @@ def _attention_modules(model: nn.Module) -> list[tuple[str, MultiHeadAttention, 
     return found
 
 
-def _store(maps: dict[str, AttentionMap], name: str, stride: tuple[int, int], prefix: int, detach: bool,
-           probs: Tensor, grid: tuple[int, int]) -> None:
+def _store(
+    maps: dict[str, AttentionMap],
+    name: str,
+    stride: tuple[int, int],
+    prefix: int,
+    detach: bool,
+    probs: Tensor,
+    grid: tuple[int, int],
+) -> None:
     maps[name] = AttentionMap(probs.detach() if detach else probs, tuple(grid), stride, prefix)
 
 
@@ -88,8 +95,7 @@ def capture_attention(model: nn.Module, detach: bool = True) -> Iterator[dict[st
     if any(attn.capture is not None for _, attn, _ in modules):
         raise ModelError("attention is already being captured on this model; close the other capture first")
     maps: dict[str, AttentionMap] = {}
-    sinks = {attn: partial(_store, maps, name, stride, attn.prefix_tokens, detach)
-             for name, attn, stride in modules}
+    sinks = {attn: partial(_store, maps, name, stride, attn.prefix_tokens, detach) for name, attn, stride in modules}
     with capture_sinks(sinks):
         yield maps
 
@@ -114,7 +120,7 @@ def relative_bias_tables(model: nn.Module, input_size: tuple[int, int] | None = 
             h, w = min(h, attn.window), min(w, attn.window)
         with torch.no_grad():
             table, (th, tw) = attn.rel_bias.table_for((h, w))
-            table = table[:, th - h:th + h - 1, tw - w:tw + w - 1].detach().clone()  # centre sub-range
+            table = table[:, th - h : th + h - 1, tw - w : tw + w - 1].detach().clone()  # centre sub-range
         tables[name] = BiasTable(table, torch.arange(-(h - 1), h) * sf, torch.arange(-(w - 1), w) * st)
     return tables
 
@@ -131,8 +137,10 @@ def attention_rollout(maps: dict[str, AttentionMap], residual: bool = True) -> T
     token i draws on each input token of that grid.
     """
     if not maps:
-        raise ModelError("no attention maps to roll out: the model has no attention blocks, "
-                         "or no forward ran inside capture_attention")
+        raise ModelError(
+            "no attention maps to roll out: the model has no attention blocks, "
+            "or no forward ran inside capture_attention"
+        )
     blocks = list(maps.values())
     last = blocks[-1]
     rollout = None
@@ -147,8 +155,9 @@ def attention_rollout(maps: dict[str, AttentionMap], residual: bool = True) -> T
     return rollout
 
 
-def query_attention(amap: AttentionMap, query: int | tuple[int, int], head: int | None = None,
-                    batch_index: int = 0) -> Tensor:
+def query_attention(
+    amap: AttentionMap, query: int | tuple[int, int], head: int | None = None, batch_index: int = 0
+) -> Tensor:
     """Where one query token looks: its attention over the grid, mean over heads unless ``head``.
 
     ``query`` is a flat grid index or a (freq, time) grid cell. Prefix tokens (a class token) are

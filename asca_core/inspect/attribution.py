@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,9 +44,15 @@ from ..features import FeatureExtractor, normalize
 
 METHODS = ("integrated_gradients", "saliency", "occlusion", "gradcam_conv", "gradcam_attention")
 BASELINES = ("silence", "blur")
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-               "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-               "_forward_pre_hooks_with_kwargs")
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks_with_kwargs",
+)
 # Options each method understands (anything else is a user error, named in the message).
 _OPTIONS = {
     "integrated_gradients": {"n_steps", "internal_batch_size", "integration", "blur_sigma", "output"},
@@ -55,9 +62,17 @@ _OPTIONS = {
     "gradcam_attention": {"relu", "layer", "output"},
 }
 _DEFAULTS: dict[str, Any] = {
-    "n_steps": 32, "internal_batch_size": 16, "integration": "gausslegendre", "blur_sigma": (4.0, 16.0),
-    "abs": True, "patch": (16, 16), "stride": (8, 8), "perturbations_per_eval": 16, "relu": True,
-    "layer": None, "output": "logit",
+    "n_steps": 32,
+    "internal_batch_size": 16,
+    "integration": "gausslegendre",
+    "blur_sigma": (4.0, 16.0),
+    "abs": True,
+    "patch": (16, 16),
+    "stride": (8, 8),
+    "perturbations_per_eval": 16,
+    "relu": True,
+    "layer": None,
+    "output": "logit",
 }
 
 
@@ -125,8 +140,7 @@ def hooks_removed(model: nn.Module) -> Iterator[None]:
     Captum removes its own hooks in ``finally`` clauses; this guard also covers hooks registered
     here and any a failing third-party path would leave behind. Hooks present before stay.
     """
-    before = {id(m): {name: set(getattr(m, name, {}) or {}) for name in _HOOK_DICTS}
-              for m in model.modules()}
+    before = {id(m): {name: set(getattr(m, name, {}) or {}) for name in _HOOK_DICTS} for m in model.modules()}
     try:
         yield
     finally:
@@ -230,8 +244,9 @@ def _geometry(extractor: FeatureExtractor, window_samples: int) -> _Geometry:
 def _to_raw(values: Tensor, geom: _Geometry) -> Tensor:
     """Model-input grid to the raw frames the model saw. Shapes: (F', T') -> (n_mels, hi - lo)."""
     if geom.resize:
-        return F.interpolate(values[None, None], size=(geom.n_mels, geom.raw_frames), mode="bilinear",
-                             align_corners=False)[0, 0]
+        return F.interpolate(
+            values[None, None], size=(geom.n_mels, geom.raw_frames), mode="bilinear", align_corners=False
+        )[0, 0]
     lo, hi = geom.model_span
     return values[: geom.n_mels, lo:hi]
 
@@ -270,8 +285,13 @@ def silence_value(extractor: FeatureExtractor) -> float:
     return float(value)
 
 
-def make_baseline(spec: Tensor, kind: str, extractor: FeatureExtractor, geom: _Geometry | None = None,
-                  blur_sigma: tuple[float, float] = _DEFAULTS["blur_sigma"]) -> Tensor:
+def make_baseline(
+    spec: Tensor,
+    kind: str,
+    extractor: FeatureExtractor,
+    geom: _Geometry | None = None,
+    blur_sigma: tuple[float, float] = _DEFAULTS["blur_sigma"],
+) -> Tensor:
     """Reference input for IG and Occlusion: ``silence`` (front-end floor) or ``blur``.
 
     ``blur`` smooths the real cells of the spectrogram with a Gaussian of ``blur_sigma`` (mel bins,
@@ -308,8 +328,10 @@ def gradcam_layer(model: nn.Module, kind: str, layer: str | None = None) -> tupl
         wanted = "C" if kind == "conv" else "T"
         names = [f"s{i}" for i, k in enumerate(layout, start=1) if k == wanted]
         if not names:
-            raise AscaError(f"model layout {layout} has no {'convolution' if kind == 'conv' else 'attention'} "
-                            f"stage for gradcam_{kind}")
+            raise AscaError(
+                f"model layout {layout} has no {'convolution' if kind == 'conv' else 'attention'} "
+                f"stage for gradcam_{kind}"
+            )
         return names[-1], model.get_submodule(names[-1])
     if hasattr(model, "blocks") and hasattr(model, "patch_embed"):  # ViT baseline
         if kind == "conv":
@@ -373,9 +395,16 @@ def _forward_fn(classifier, model: nn.Module, output: str) -> Callable[[Tensor],
     raise AscaError(f"output must be logit or prob, got {output!r}")
 
 
-def attribute_input(classifier, spec: Tensor, method: str, target: int, baseline: str = "silence",
-                    extractor: FeatureExtractor | None = None, geom: _Geometry | None = None,
-                    **options: Any) -> tuple[Tensor, dict[str, Any]]:
+def attribute_input(
+    classifier,
+    spec: Tensor,
+    method: str,
+    target: int,
+    baseline: str = "silence",
+    extractor: FeatureExtractor | None = None,
+    geom: _Geometry | None = None,
+    **options: Any,
+) -> tuple[Tensor, dict[str, Any]]:
     """Attribute one model input (what :meth:`Classifier.spectrogram` returns) to class ``target``.
 
     Returns the attribution on the full model-input grid and method metadata.
@@ -394,31 +423,46 @@ def attribute_input(classifier, spec: Tensor, method: str, target: int, baseline
         if method == "integrated_gradients":
             base = make_baseline(spec, baseline, extractor, geom, opts["blur_sigma"])
             attr, delta = IntegratedGradients(forward).attribute(
-                spec, baselines=base, target=target, n_steps=int(opts["n_steps"]),
-                method=opts["integration"], internal_batch_size=int(opts["internal_batch_size"]),
-                return_convergence_delta=True)
-            meta.update(baseline=baseline, n_steps=int(opts["n_steps"]),
-                        internal_batch_size=int(opts["internal_batch_size"]),
-                        convergence_delta=float(delta.abs().max()))
+                spec,
+                baselines=base,
+                target=target,
+                n_steps=int(opts["n_steps"]),
+                method=opts["integration"],
+                internal_batch_size=int(opts["internal_batch_size"]),
+                return_convergence_delta=True,
+            )
+            meta.update(
+                baseline=baseline,
+                n_steps=int(opts["n_steps"]),
+                internal_batch_size=int(opts["internal_batch_size"]),
+                convergence_delta=float(delta.abs().max()),
+            )
         elif method == "saliency":
-            attr = Saliency(forward).attribute(spec.clone().requires_grad_(), target=target,
-                                               abs=bool(opts["abs"]))
+            attr = Saliency(forward).attribute(spec.clone().requires_grad_(), target=target, abs=bool(opts["abs"]))
             meta.update(abs=bool(opts["abs"]))
         elif method == "occlusion":
             patch, stride = _pair(opts["patch"], "patch"), _pair(opts["stride"], "stride")
             base = make_baseline(spec, baseline, extractor, geom, opts["blur_sigma"])
             with torch.no_grad():
                 attr = Occlusion(forward).attribute(
-                    spec, sliding_window_shapes=(1, *patch), strides=(1, *stride), baselines=base,
-                    target=target, perturbations_per_eval=int(opts["perturbations_per_eval"]))
-            meta.update(baseline=baseline, patch=list(patch), stride=list(stride),
-                        perturbations_per_eval=int(opts["perturbations_per_eval"]))
+                    spec,
+                    sliding_window_shapes=(1, *patch),
+                    strides=(1, *stride),
+                    baselines=base,
+                    target=target,
+                    perturbations_per_eval=int(opts["perturbations_per_eval"]),
+                )
+            meta.update(
+                baseline=baseline,
+                patch=list(patch),
+                stride=list(stride),
+                perturbations_per_eval=int(opts["perturbations_per_eval"]),
+            )
         elif method in ("gradcam_conv", "gradcam_attention"):
             kind = method.split("_", 1)[1]
             name, block = gradcam_layer(model, kind, opts["layer"])
             with _grid_view(model, block, spec) as layer:
-                cam = LayerGradCam(forward, layer).attribute(spec, target=target,
-                                                             relu_attributions=bool(opts["relu"]))
+                cam = LayerGradCam(forward, layer).attribute(spec, target=target, relu_attributions=bool(opts["relu"]))
             meta.update(layer=name, relu=bool(opts["relu"]), layer_grid=list(cam.shape[-2:]))
             attr = LayerAttribution.interpolate(cam, tuple(spec.shape[-2:]), interpolate_mode="bilinear")
         else:
@@ -440,9 +484,18 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
 
 
 # -- the one call -------------------------------------------------------------------------------
-def attribute(classifier, audio: str | Path | np.ndarray | Tensor, method: str = "integrated_gradients",
-              target: int | str | None = None, baseline: str = "silence", *, sample_rate: int | None = None,
-              window: float | None = None, hop: float | None = None, **options: Any) -> Attribution:
+def attribute(
+    classifier,
+    audio: str | Path | np.ndarray | Tensor,
+    method: str = "integrated_gradients",
+    target: int | str | None = None,
+    baseline: str = "silence",
+    *,
+    sample_rate: int | None = None,
+    window: float | None = None,
+    hop: float | None = None,
+    **options: Any,
+) -> Attribution:
     """Explain the classifier's score for ``target`` on ``audio`` with one attribution method.
 
     ``audio`` is a file path (streamed window by window) or a wave at ``sample_rate`` (``None``:
@@ -459,8 +512,7 @@ def attribute(classifier, audio: str | Path | np.ndarray | Tensor, method: str =
         raise AscaError(f"baseline must be silence or blur, got {baseline!r}")
     unknown = sorted(set(options) - _OPTIONS[method])
     if unknown:
-        raise AscaError(f"{method} does not take option {unknown[0]!r}; it takes "
-                        f"{', '.join(sorted(_OPTIONS[method]))}")
+        raise AscaError(f"{method} does not take option {unknown[0]!r}; it takes {', '.join(sorted(_OPTIONS[method]))}")
     cfg = classifier.cfg.features
     window = classifier.clip_seconds if window is None else float(window)
     extractor = classifier.extractor_for(window)
@@ -489,8 +541,7 @@ def attribute(classifier, audio: str | Path | np.ndarray | Tensor, method: str =
         wave = torch.from_numpy(np.ascontiguousarray(chunk)).unsqueeze(0).to(classifier.device)
         with torch.no_grad():
             spec = extractor(wave)  # (1, 1, F', T')
-        values, meta = attribute_input(classifier, spec, method, target_index, baseline, extractor,
-                                       geom, **options)
+        values, meta = attribute_input(classifier, spec, method, target_index, baseline, extractor, geom, **options)
         metas.append(meta)
         starts.append(start)
         raw_map = _to_raw(values.cpu(), geom)
@@ -503,8 +554,8 @@ def attribute(classifier, audio: str | Path | np.ndarray | Tensor, method: str =
         lo, hi = lo + skip, min(lo + raw_map.shape[1], n_total)
         if hi <= lo:
             continue
-        acc_map[:, lo:hi] += raw_map[:, skip:skip + hi - lo]
-        acc_spec[:, lo:hi] += raw_spec[:, skip:skip + hi - lo]
+        acc_map[:, lo:hi] += raw_map[:, skip : skip + hi - lo]
+        acc_spec[:, lo:hi] += raw_spec[:, skip : skip + hi - lo]
         count[lo:hi] += 1
         inputs = spec.detach().cpu() if len(starts) == 1 else None
     covered = torch.nonzero(count > 0).flatten()
@@ -516,16 +567,38 @@ def attribute(classifier, audio: str | Path | np.ndarray | Tensor, method: str =
     spec_out = acc_spec[:, first:last] / denom
     spec_out[:, count[first:last] == 0] = silence_value(extractor)  # gaps only with a hop > window
     meta = _merge_meta(metas)
-    meta.update(window=window, hop=hop, windows=len(starts), window_starts=starts,
-                duration=duration, sample_rate=classifier.sample_rate, frame_offset=first,
-                stft={"sample_rate": classifier.sample_rate, "n_fft": cfg.n_fft, "win_length": cfg.win_length,
-                      "hop_length": cfg.hop_length, "f_min": cfg.f_min, "f_max": cfg.f_max})
+    meta.update(
+        window=window,
+        hop=hop,
+        windows=len(starts),
+        window_starts=starts,
+        duration=duration,
+        sample_rate=classifier.sample_rate,
+        frame_offset=first,
+        stft={
+            "sample_rate": classifier.sample_rate,
+            "n_fft": cfg.n_fft,
+            "win_length": cfg.win_length,
+            "hop_length": cfg.hop_length,
+            "f_min": cfg.f_min,
+            "f_max": cfg.f_max,
+        },
+    )
     single = len(starts) == 1 and not geom.resize
-    return Attribution(map=att_map, spec=spec_out.numpy(), times=frame_times(cfg, last - first, first),
-                       freqs=mel_frequencies(cfg), target=target_index, label=classifier.labels[target_index],
-                       method=method, meta=meta, inputs=inputs if len(starts) == 1 else None,
-                       cells=(slice(0, geom.n_mels), slice(first - shift - geom.offset, last - shift - geom.offset))
-                       if single else None)
+    return Attribution(
+        map=att_map,
+        spec=spec_out.numpy(),
+        times=frame_times(cfg, last - first, first),
+        freqs=mel_frequencies(cfg),
+        target=target_index,
+        label=classifier.labels[target_index],
+        method=method,
+        meta=meta,
+        inputs=inputs if len(starts) == 1 else None,
+        cells=(slice(0, geom.n_mels), slice(first - shift - geom.offset, last - shift - geom.offset))
+        if single
+        else None,
+    )
 
 
 def _normalised_raw(extractor: FeatureExtractor, wave: Tensor) -> Tensor:
@@ -549,8 +622,9 @@ def _merge_meta(metas: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- listenable explanation ---------------------------------------------------------------------
-def explain_audio(attribution: Attribution, wave: np.ndarray | Tensor, sample_rate: int,
-                  keep: float = 0.1) -> np.ndarray:
+def explain_audio(
+    attribution: Attribution, wave: np.ndarray | Tensor, sample_rate: int, keep: float = 0.1
+) -> np.ndarray:
     """Resynthesise ``wave`` from only its most attributed time-frequency regions.
 
     The (F, T) mel attribution (positive part) is spread onto linear-frequency STFT bins through
@@ -575,13 +649,15 @@ def explain_audio(attribution: Attribution, wave: np.ndarray | Tensor, sample_ra
     n_fft, win_length, hop_length = int(stft_cfg["n_fft"]), int(stft_cfg["win_length"]), int(stft_cfg["hop_length"])
     f_min, f_max = float(stft_cfg["f_min"]), float(stft_cfg["f_max"] or cfg_rate / 2)
     window = torch.hann_window(win_length)
-    stft = torch.stft(x, n_fft=n_fft, hop_length=hop_length, win_length=win_length, window=window,
-                      center=True, return_complex=True)  # (n_fft/2+1, frames)
+    stft = torch.stft(
+        x, n_fft=n_fft, hop_length=hop_length, win_length=win_length, window=window, center=True, return_complex=True
+    )  # (n_fft/2+1, frames)
     n_frames = stft.shape[-1]
     import torchaudio
 
-    fb = torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, f_min, float(f_max), attribution.map.shape[0],
-                                               cfg_rate, norm=None, mel_scale="htk")  # (freqs, n_mels)
+    fb = torchaudio.functional.melscale_fbanks(
+        n_fft // 2 + 1, f_min, float(f_max), attribution.map.shape[0], cfg_rate, norm=None, mel_scale="htk"
+    )  # (freqs, n_mels)
     weights = fb / fb.sum(dim=1, keepdim=True).clamp(min=1e-12)
     mel_attr = torch.from_numpy(np.clip(attribution.map, 0.0, None)).float()  # (n_mels, T)
     linear = weights @ mel_attr  # (freqs, T)
@@ -593,8 +669,15 @@ def explain_audio(attribution: Attribution, wave: np.ndarray | Tensor, sample_ra
     n_keep = max(1, int(round(float(keep) * cell_attr.numel())))
     threshold = torch.topk(cell_attr.flatten(), n_keep).values[-1]
     mask = (cell_attr >= threshold) & (cell_attr > 0)
-    out = torch.istft(stft * mask, n_fft=n_fft, hop_length=hop_length, win_length=win_length,
-                      window=window, center=True, length=x.numel())
+    out = torch.istft(
+        stft * mask,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        win_length=win_length,
+        window=window,
+        center=True,
+        length=x.numel(),
+    )
     out_np = resample(out.numpy().astype(np.float32), cfg_rate, int(sample_rate))
     if out_np.size < n_orig:
         out_np = np.pad(out_np, (0, n_orig - out_np.size))

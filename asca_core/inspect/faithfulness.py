@@ -85,8 +85,10 @@ def rank_agreement(a: np.ndarray, b: np.ndarray, top_fraction: float = 0.1) -> A
 
 def _single_window(attribution: Attribution) -> tuple[torch.Tensor, tuple[slice, slice]]:
     if attribution.inputs is None or attribution.cells is None:
-        raise AscaError("this needs a one-window attribution (a clip no longer than the run's window, "
-                        "cropped input shape); attribute a single clip")
+        raise AscaError(
+            "this needs a one-window attribution (a clip no longer than the run's window, "
+            "cropped input shape); attribute a single clip"
+        )
     return attribution.inputs, attribution.cells
 
 
@@ -114,8 +116,9 @@ def rollout_map(classifier, attribution: Attribution) -> np.ndarray:
     return up[0, 0, rows, cols].cpu().numpy()
 
 
-def attention_agreement(classifier, attribution: Attribution, top_fraction: float = 0.1,
-                        mode: str = "absolute") -> Agreement:
+def attention_agreement(
+    classifier, attribution: Attribution, top_fraction: float = 0.1, mode: str = "absolute"
+) -> Agreement:
     """Rank agreement between an attribution (``absolute`` value by default) and attention rollout."""
     return rank_agreement(_values(attribution.map, mode), rollout_map(classifier, attribution), top_fraction)
 
@@ -128,8 +131,17 @@ def _order(values: np.ndarray, seed: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def _curve(classifier, attribution: Attribution, kind: str, values: np.ndarray | None, steps: int,
-           baseline: str, mode: str, batch_size: int, seed: int) -> Curve:
+def _curve(
+    classifier,
+    attribution: Attribution,
+    kind: str,
+    values: np.ndarray | None,
+    steps: int,
+    baseline: str,
+    mode: str,
+    batch_size: int,
+    seed: int,
+) -> Curve:
     inputs, (rows, cols) = _single_window(attribution)
     values = attribution.map if values is None else np.asarray(values)
     if values.shape != attribution.map.shape:
@@ -149,7 +161,7 @@ def _curve(classifier, attribution: Attribution, kind: str, values: np.ndarray |
     rank[order] = torch.arange(n, device=x.device)
     probs = []
     for i in range(0, len(fractions), int(batch_size)):
-        counts = torch.tensor([int(round(f * n)) for f in fractions[i:i + batch_size]], device=x.device)
+        counts = torch.tensor([int(round(f * n)) for f in fractions[i : i + batch_size]], device=x.device)
         switched = rank[None, :] < counts[:, None]  # (b, n)
         src, dst = (region_x, region_b) if kind == "deletion" else (region_b, region_x)
         cells = torch.where(switched, dst[None], src[None])  # (b, n)
@@ -158,13 +170,27 @@ def _curve(classifier, attribution: Attribution, kind: str, values: np.ndarray |
         logits = classifier.model(batch)
         probs.append(classifier.probabilities(logits.float())[:, attribution.target].cpu())
     p = torch.cat(probs).numpy()
-    return Curve(kind=kind, fractions=fractions, probs=p, auc=float(_trapezoid(p, fractions)),
-                 target=attribution.target, label=attribution.label, baseline=baseline)
+    return Curve(
+        kind=kind,
+        fractions=fractions,
+        probs=p,
+        auc=float(_trapezoid(p, fractions)),
+        target=attribution.target,
+        label=attribution.label,
+        baseline=baseline,
+    )
 
 
-def deletion_curve(classifier, attribution: Attribution, values: np.ndarray | None = None, steps: int = 20,
-                   baseline: str = "blur", mode: str = "signed", batch_size: int = 8,
-                   seed: int = 0) -> Curve:
+def deletion_curve(
+    classifier,
+    attribution: Attribution,
+    values: np.ndarray | None = None,
+    steps: int = 20,
+    baseline: str = "blur",
+    mode: str = "signed",
+    batch_size: int = 8,
+    seed: int = 0,
+) -> Curve:
     """Remove the most attributed cells first (replaced by the ``baseline``) and track p(target).
 
     ``values`` ranks the cells instead of ``attribution.map`` (e.g. a random map as a control);
@@ -179,9 +205,16 @@ def deletion_curve(classifier, attribution: Attribution, values: np.ndarray | No
     return _curve(classifier, attribution, "deletion", values, steps, baseline, mode, batch_size, seed)
 
 
-def insertion_curve(classifier, attribution: Attribution, values: np.ndarray | None = None, steps: int = 20,
-                    baseline: str = "blur", mode: str = "signed", batch_size: int = 8,
-                    seed: int = 0) -> Curve:
+def insertion_curve(
+    classifier,
+    attribution: Attribution,
+    values: np.ndarray | None = None,
+    steps: int = 20,
+    baseline: str = "blur",
+    mode: str = "signed",
+    batch_size: int = 8,
+    seed: int = 0,
+) -> Curve:
     """Start from the ``baseline`` and reveal the most attributed cells first; track p(target)."""
     return _curve(classifier, attribution, "insertion", values, steps, baseline, mode, batch_size, seed)
 
@@ -191,5 +224,13 @@ def random_map(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random(shape)
 
 
-__all__ = ["Agreement", "Curve", "attention_agreement", "deletion_curve", "insertion_curve",
-           "random_map", "rank_agreement", "rollout_map"]
+__all__ = [
+    "Agreement",
+    "Curve",
+    "attention_agreement",
+    "deletion_curve",
+    "insertion_curve",
+    "random_map",
+    "rank_agreement",
+    "rollout_map",
+]

@@ -122,9 +122,16 @@ def _clip_wave(classifier, audio, sample_rate: int | None, start: float) -> np.n
     return wave[first:]
 
 
-def attention_views(classifier, audio: str | Path | np.ndarray | Tensor, *, sample_rate: int | None = None,
-                    block: str | None = None, head: int | None = None,
-                    query: tuple[int, int] | None = None, start: float = 0.0) -> AttentionViews:
+def attention_views(
+    classifier,
+    audio: str | Path | np.ndarray | Tensor,
+    *,
+    sample_rate: int | None = None,
+    block: str | None = None,
+    head: int | None = None,
+    query: tuple[int, int] | None = None,
+    start: float = 0.0,
+) -> AttentionViews:
     """Attention of one clip: per block and head query maps, head average, rollout, bias tables.
 
     ``audio`` is a file or a wave at ``sample_rate``; one clip of the run's length from ``start``
@@ -142,8 +149,10 @@ def attention_views(classifier, audio: str | Path | np.ndarray | Tensor, *, samp
     with torch.no_grad(), capture_attention(model) as maps:
         logits = model(spec)
     if not maps:
-        raise AscaError(f"model {getattr(model, 'name', type(model).__name__)} (layout "
-                        f"{getattr(model, 'layout', '?')}) has no attention blocks to show")
+        raise AscaError(
+            f"model {getattr(model, 'name', type(model).__name__)} (layout "
+            f"{getattr(model, 'layout', '?')}) has no attention blocks to show"
+        )
     if block is not None and block not in maps:
         raise AscaError(f"no attention block {block!r}: the model has {', '.join(maps)}")
     names = [block] if block is not None else list(maps)
@@ -186,10 +195,15 @@ def attention_views(classifier, audio: str | Path | np.ndarray | Tensor, *, samp
         mean = per_head.mean(0)
         rows, cols = _token_centres(model, amap.grid, amap.stride)
         blocks[name] = BlockAttention(
-            name=name, grid=(h, w), stride=tuple(amap.stride), query=cell,
-            heads=(per_head if head is None else per_head[int(head):int(head) + 1]).cpu().numpy(),
-            mean=mean.cpu().numpy(), token_times=to_seconds(cols),
-            token_freqs=_mel_position_to_hz(cfg, rows * fscale))
+            name=name,
+            grid=(h, w),
+            stride=tuple(amap.stride),
+            query=cell,
+            heads=(per_head if head is None else per_head[int(head) : int(head) + 1]).cpu().numpy(),
+            mean=mean.cpu().numpy(),
+            token_times=to_seconds(cols),
+            token_freqs=_mel_position_to_hz(cfg, rows * fscale),
+        )
 
     rollout = relevance = None
     roll_grid = None
@@ -206,14 +220,26 @@ def attention_views(classifier, audio: str | Path | np.ndarray | Tensor, *, samp
     if block is not None:
         bias = {k: v for k, v in bias.items() if k == block}
     probs = classifier.probabilities(logits.float())[0].cpu().numpy()
-    return AttentionViews(spec=spec[0, 0].cpu().numpy(), times=times, freqs=freqs,
-                          sample_rate=cfg.sample_rate, hop_length=cfg.hop_length, n_mels=cfg.n_mels,
-                          blocks=blocks, rollout=rollout, rollout_relevance=relevance, rollout_grid=roll_grid,
-                          query=(qf, qt), bias=bias, probs=probs)
+    return AttentionViews(
+        spec=spec[0, 0].cpu().numpy(),
+        times=times,
+        freqs=freqs,
+        sample_rate=cfg.sample_rate,
+        hop_length=cfg.hop_length,
+        n_mels=cfg.n_mels,
+        blocks=blocks,
+        rollout=rollout,
+        rollout_relevance=relevance,
+        rollout_grid=roll_grid,
+        query=(qf, qt),
+        bias=bias,
+        probs=probs,
+    )
 
 
-def bias_views(classifier, ref_bin: float | None = None,
-               input_size: tuple[int, int] | None = None) -> dict[str, BiasView]:
+def bias_views(
+    classifier, ref_bin: float | None = None, input_size: tuple[int, int] | None = None
+) -> dict[str, BiasView]:
     """Every block's relative-position bias with offsets in seconds and Hz.
 
     Time offsets are frames x hop / sample rate. Frequency offsets are given in mel bins and in Hz
@@ -237,10 +263,14 @@ def bias_views(classifier, ref_bin: float | None = None,
         bins = table.freq_offsets_bins.cpu().numpy().astype(np.float64) * fscale
         frames = table.time_offsets_frames.cpu().numpy().astype(np.float64) * tscale
         out[name] = BiasView(
-            name=name, table=table.table.cpu().numpy(),
-            time_offsets_s=frames * cfg.hop_length / cfg.sample_rate, time_offsets_frames=frames,
-            freq_offsets_bins=bins, freq_offsets_hz=_mel_position_to_hz(cfg, ref + bins) - ref_hz,
-            ref_freq_hz=ref_hz)
+            name=name,
+            table=table.table.cpu().numpy(),
+            time_offsets_s=frames * cfg.hop_length / cfg.sample_rate,
+            time_offsets_frames=frames,
+            freq_offsets_bins=bins,
+            freq_offsets_hz=_mel_position_to_hz(cfg, ref + bins) - ref_hz,
+            ref_freq_hz=ref_hz,
+        )
     return out
 
 

@@ -15,17 +15,27 @@ the new grid. ``None`` keeps each stage's own stride.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
-
-import warnings
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ModelError
-from .blocks import (POOLS, SE_ACTS, STRIDE_MODES, TRANSFORMER_NORMS, ConvStem, MBConv, Resample, TransformerBlock,
-                     init_weights, no_weight_decay_names, pad_to_multiple)
+from .blocks import (
+    POOLS,
+    SE_ACTS,
+    STRIDE_MODES,
+    TRANSFORMER_NORMS,
+    ConvStem,
+    MBConv,
+    Resample,
+    TransformerBlock,
+    init_weights,
+    no_weight_decay_names,
+    pad_to_multiple,
+)
 
 LAYOUTS = ("CCCT", "CCTT", "CCCC", "CTTT")
 DEFAULT_INPUT_SIZE = (128, 320)
@@ -75,9 +85,11 @@ def check_finite_outputs(model: nn.Module, logits: Tensor) -> Tensor:
     if model.training or torch.compiler.is_compiling():
         return logits
     if not bool(torch.isfinite(logits).all()):
-        raise ModelError(f"{getattr(model, 'name', type(model).__name__)} gave NaN or infinite scores: "
-                         "its weights hold non-finite values or the input is far beyond the range it was "
-                         "trained on")
+        raise ModelError(
+            f"{getattr(model, 'name', type(model).__name__)} gave NaN or infinite scores: "
+            "its weights hold non-finite values or the input is far beyond the range it was "
+            "trained on"
+        )
     return logits
 
 
@@ -87,8 +99,10 @@ def _input_size(value: Any) -> tuple[int, int]:
         ok = (f, t) == tuple(value)
     except (TypeError, ValueError):
         ok = False
-    _check(ok and f > 0 and t > 0 and f % INPUT_MULTIPLE == 0 and t % INPUT_MULTIPLE == 0,
-           f"input_size must be two positive multiples of {INPUT_MULTIPLE} (freq, time), got {value!r}")
+    _check(
+        ok and f > 0 and t > 0 and f % INPUT_MULTIPLE == 0 and t % INPUT_MULTIPLE == 0,
+        f"input_size must be two positive multiples of {INPUT_MULTIPLE} (freq, time), got {value!r}",
+    )
     return f, t
 
 
@@ -138,35 +152,70 @@ class ASCA(nn.Module):
     Shapes: forward(spec (B, in_chans, F, T)) -> logits (B, num_classes).
     """
 
-    def __init__(self, num_classes: int, *, stem_width: int, widths: tuple[int, ...], depths: tuple[int, ...],
-                 layout: str = "CCCT", in_chans: int = 1, drop_path: float = 0.0, stride_mode: str = "paper",
-                 attn_window: int | None = None, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
-                 head_dim: int = 32, head_hidden: int | None = None, name: str = "asca",
-                 attn_division: int | None = None, downsample_pool: str = "avg",
-                 transformer_norm: str = "layernorm", se_act: str = "gelu", head_pool: str = "avg") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        stem_width: int,
+        widths: tuple[int, ...],
+        depths: tuple[int, ...],
+        layout: str = "CCCT",
+        in_chans: int = 1,
+        drop_path: float = 0.0,
+        stride_mode: str = "paper",
+        attn_window: int | None = None,
+        input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
+        head_dim: int = 32,
+        head_hidden: int | None = None,
+        name: str = "asca",
+        attn_division: int | None = None,
+        downsample_pool: str = "avg",
+        transformer_norm: str = "layernorm",
+        se_act: str = "gelu",
+        head_pool: str = "avg",
+    ) -> None:
         super().__init__()
         layout = str(layout).upper()
         _check(layout in LAYOUTS, f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-        _check(stride_mode in STRIDE_MODES,
-               f"stride_mode must be one of {', '.join(STRIDE_MODES)}, got {stride_mode!r}")
+        _check(
+            stride_mode in STRIDE_MODES, f"stride_mode must be one of {', '.join(STRIDE_MODES)}, got {stride_mode!r}"
+        )
         _check(isinstance(in_chans, int) and in_chans >= 1, f"in_chans must be a positive integer, got {in_chans!r}")
-        _check(isinstance(num_classes, int) and num_classes >= 1,
-               f"num_classes must be a positive integer, got {num_classes!r}")
-        _check(isinstance(drop_path, (int, float)) and 0.0 <= drop_path < 1.0,
-               f"drop_path must be in [0, 1), got {drop_path!r}")
-        _check(attn_window is None or (isinstance(attn_window, int) and attn_window >= 1),
-               f"attn_window must be a positive integer or None (global attention), got {attn_window!r}")
-        _check(head_hidden is None or (isinstance(head_hidden, int) and head_hidden >= 0),
-               f"head_hidden must be a non-negative integer or None, got {head_hidden!r}")
-        _check(attn_division is None or (isinstance(attn_division, int) and not isinstance(attn_division, bool)
-                                         and attn_division >= MIN_ATTN_DIVISION),
-               f"attn_division must be an integer >= {MIN_ATTN_DIVISION} (input cells per token side) or None, "
-               f"got {attn_division!r}")
-        _check(attn_division is None or "T" in layout,
-               f"attn_division applies to transformer stages; layout {layout} has none")
+        _check(
+            isinstance(num_classes, int) and num_classes >= 1,
+            f"num_classes must be a positive integer, got {num_classes!r}",
+        )
+        _check(
+            isinstance(drop_path, (int, float)) and 0.0 <= drop_path < 1.0,
+            f"drop_path must be in [0, 1), got {drop_path!r}",
+        )
+        _check(
+            attn_window is None or (isinstance(attn_window, int) and attn_window >= 1),
+            f"attn_window must be a positive integer or None (global attention), got {attn_window!r}",
+        )
+        _check(
+            head_hidden is None or (isinstance(head_hidden, int) and head_hidden >= 0),
+            f"head_hidden must be a non-negative integer or None, got {head_hidden!r}",
+        )
+        _check(
+            attn_division is None
+            or (
+                isinstance(attn_division, int)
+                and not isinstance(attn_division, bool)
+                and attn_division >= MIN_ATTN_DIVISION
+            ),
+            f"attn_division must be an integer >= {MIN_ATTN_DIVISION} (input cells per token side) or None, "
+            f"got {attn_division!r}",
+        )
+        _check(
+            attn_division is None or "T" in layout,
+            f"attn_division applies to transformer stages; layout {layout} has none",
+        )
         _check(downsample_pool in POOLS, f"downsample_pool must be one of {', '.join(POOLS)}, got {downsample_pool!r}")
-        _check(transformer_norm in TRANSFORMER_NORMS,
-               f"transformer_norm must be one of {', '.join(TRANSFORMER_NORMS)}, got {transformer_norm!r}")
+        _check(
+            transformer_norm in TRANSFORMER_NORMS,
+            f"transformer_norm must be one of {', '.join(TRANSFORMER_NORMS)}, got {transformer_norm!r}",
+        )
         _check(se_act in SE_ACTS, f"se_act must be one of {', '.join(SE_ACTS)}, got {se_act!r}")
         _check(head_pool in HEAD_POOLS, f"head_pool must be one of {', '.join(HEAD_POOLS)}, got {head_pool!r}")
         input_size = _input_size(input_size)
@@ -179,15 +228,29 @@ class ASCA(nn.Module):
         self.input_size = input_size
         self.layout = layout
         self.config: dict[str, Any] = {
-            "name": name, "family": "asca", "num_classes": num_classes, "in_chans": in_chans,
-            "layout": layout, "stem_width": stem_width, "widths": list(widths), "depths": list(depths),
-            "head_dim": head_dim, "head_hidden": int(head_hidden or 0), "drop_path": float(drop_path),
-            "stride_mode": stride_mode, "attn_window": attn_window, "input_size": list(input_size),
+            "name": name,
+            "family": "asca",
+            "num_classes": num_classes,
+            "in_chans": in_chans,
+            "layout": layout,
+            "stem_width": stem_width,
+            "widths": list(widths),
+            "depths": list(depths),
+            "head_dim": head_dim,
+            "head_hidden": int(head_hidden or 0),
+            "drop_path": float(drop_path),
+            "stride_mode": stride_mode,
+            "attn_window": attn_window,
+            "input_size": list(input_size),
         }
         # Only settings away from their defaults enter the config, so older configs stay equal.
-        for key, value, default in (("attn_division", attn_division, None), ("downsample_pool", downsample_pool, "avg"),
-                                    ("transformer_norm", transformer_norm, "layernorm"), ("se_act", se_act, "gelu"),
-                                    ("head_pool", head_pool, "avg")):
+        for key, value, default in (
+            ("attn_division", attn_division, None),
+            ("downsample_pool", downsample_pool, "avg"),
+            ("transformer_norm", transformer_norm, "layernorm"),
+            ("se_act", se_act, "gelu"),
+            ("head_pool", head_pool, "avg"),
+        ):
             if value != default:
                 self.config[key] = value
         self._strides = self._token_sizes(layout, attn_division)
@@ -205,27 +268,51 @@ class ASCA(nn.Module):
             for i in range(depth):
                 rate = rates.pop(0)
                 if kind == "C":
-                    blocks.append(MBConv(dim, width, stride=2 if i == 0 else 1, stride_mode=stride_mode,
-                                         drop_path=rate, pool=downsample_pool, se_act=se_act))
+                    blocks.append(
+                        MBConv(
+                            dim,
+                            width,
+                            stride=2 if i == 0 else 1,
+                            stride_mode=stride_mode,
+                            drop_path=rate,
+                            pool=downsample_pool,
+                            se_act=se_act,
+                        )
+                    )
                 else:
                     # A map after another transformer stage of a divided model may have odd sides,
                     # which the reshape-mean pool of the plain path cannot take.
                     odd_ok = attn_division is not None and s > 1 and layout[s - 2] == "T"
-                    resample = (Resample(cells, stride, downsample_pool)
-                                if i == 0 and (stride != 2 * cells or odd_ok) else None)
-                    blocks.append(TransformerBlock(dim, width, grid, downsample=i == 0, head_dim=head_dim,
-                                                   window=attn_window, drop_path=rate, pool=downsample_pool,
-                                                   norm=transformer_norm, resample=resample))
+                    resample = (
+                        Resample(cells, stride, downsample_pool) if i == 0 and (stride != 2 * cells or odd_ok) else None
+                    )
+                    blocks.append(
+                        TransformerBlock(
+                            dim,
+                            width,
+                            grid,
+                            downsample=i == 0,
+                            head_dim=head_dim,
+                            window=attn_window,
+                            drop_path=rate,
+                            pool=downsample_pool,
+                            norm=transformer_norm,
+                            resample=resample,
+                        )
+                    )
                 dim = width
             cells = stride
             self.add_module(f"s{s}", nn.Sequential(*blocks))
         self.head = ClassifierHead(dim, num_classes, head_hidden or None, head_pool)
         self.apply(init_weights)
         if covered:
-            warnings.warn(f"attn_window={attn_window} tokens covers the whole token grid of {', '.join(covered)} "
-                          f"at input {input_size[0]}x{input_size[1]}: that is global attention there "
-                          "(attn_division sets the paper's window division instead)", GlobalWindowWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"attn_window={attn_window} tokens covers the whole token grid of {', '.join(covered)} "
+                f"at input {input_size[0]}x{input_size[1]}: that is global attention there "
+                "(attn_division sets the paper's window division instead)",
+                GlobalWindowWarning,
+                stacklevel=2,
+            )
 
     @staticmethod
     def _token_sizes(layout: str, attn_division: int | None) -> tuple[int, ...]:
@@ -248,8 +335,9 @@ class ASCA(nn.Module):
         """Shapes: (B, in_chans, F, T) -> (B, C, F'/s, T'/s) with F', T' padded to multiples of 32 and
         s the last stage's stride (32, or the token size ``attn_division`` gives it)."""
         if spec.ndim != 4 or spec.shape[1] != self.in_chans:
-            raise ModelError(f"{self.name} expects input (batch, {self.in_chans}, freq, time), "
-                             f"got shape {tuple(spec.shape)}")
+            raise ModelError(
+                f"{self.name} expects input (batch, {self.in_chans}, freq, time), got shape {tuple(spec.shape)}"
+            )
         x = self.s0(pad_to_multiple(spec, INPUT_MULTIPLE))
         for stage in self.stages:
             x = stage(x)
@@ -268,5 +356,12 @@ def asca_from_size(name: str, num_classes: int, **overrides: Any) -> ASCA:
     size = ASCA_SIZES[name]
     options: dict[str, Any] = {"drop_path": size.drop_path, "head_hidden": size.head_hidden}
     options.update({k: v for k, v in overrides.items() if v is not None})
-    return ASCA(num_classes, stem_width=size.stem_width, widths=size.widths, depths=size.depths,
-                head_dim=size.head_dim, name=name, **options)
+    return ASCA(
+        num_classes,
+        stem_width=size.stem_width,
+        widths=size.widths,
+        depths=size.depths,
+        head_dim=size.head_dim,
+        name=name,
+        **options,
+    )

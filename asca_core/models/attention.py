@@ -14,8 +14,9 @@ thread but the one capturing, and two threads can capture the same model at once
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,8 @@ CaptureSink = Callable[[Tensor, tuple[int, int]], None]
 
 # {attention module: sink} of the current thread (each thread starts with its own empty context).
 _SINKS: contextvars.ContextVar[Mapping[nn.Module, CaptureSink] | None] = contextvars.ContextVar(
-    "asca_attention_capture", default=None)
+    "asca_attention_capture", default=None
+)
 
 
 @contextmanager
@@ -42,8 +44,7 @@ def capture_sinks(sinks: Mapping[nn.Module, CaptureSink]) -> Iterator[None]:
         _SINKS.reset(token)
 
 
-def relative_index(grid: tuple[int, int], table_grid: tuple[int, int],
-                   device: torch.device | None = None) -> Tensor:
+def relative_index(grid: tuple[int, int], table_grid: tuple[int, int], device: torch.device | None = None) -> Tensor:
     """Flat table index of every (query, key) offset on ``grid``.
 
     The table holds offsets of a ``table_grid`` (TH, TW) >= ``grid``: offset (df, dt) lives at
@@ -109,8 +110,12 @@ class RelativePositionBias(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         stored = state_dict.get(prefix + "table")
-        if (isinstance(stored, Tensor) and stored.ndim == 3 and stored.shape[0] == self.table.shape[0]
-                and stored.shape[1:] != self.table.shape[1:]):
+        if (
+            isinstance(stored, Tensor)
+            and stored.ndim == 3
+            and stored.shape[0] == self.table.shape[0]
+            and stored.shape[1:] != self.table.shape[1:]
+        ):
             state_dict[prefix + "table"] = resize_table(stored, self.grid)  # the caller's dict is a copy
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -162,8 +167,15 @@ class MultiHeadAttention(nn.Module):
     Shapes: forward((B, prefix + h * w, dim), (h, w)) -> (B, prefix + h * w, dim_out).
     """
 
-    def __init__(self, dim: int, dim_out: int, head_dim: int = 32, rel_grid: tuple[int, int] | None = None,
-                 window: int | None = None, prefix_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        head_dim: int = 32,
+        rel_grid: tuple[int, int] | None = None,
+        window: int | None = None,
+        prefix_tokens: int = 0,
+    ) -> None:
         super().__init__()
         assert dim_out % head_dim == 0, (dim_out, head_dim)
         assert not (window and prefix_tokens), "windows and prefix tokens do not mix"
@@ -194,8 +206,9 @@ class MultiHeadAttention(nn.Module):
             return out
         return self._forward_windows(x, grid, sink)
 
-    def _attend(self, x: Tensor, grid: tuple[int, int], key_mask: Tensor | None,
-                explicit: bool = False) -> tuple[Tensor, Tensor | None]:
+    def _attend(
+        self, x: Tensor, grid: tuple[int, int], key_mask: Tensor | None, explicit: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         B, N, _ = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         # q, k, v: (B, heads, N, d)
@@ -212,7 +225,7 @@ class MultiHeadAttention(nn.Module):
         if not explicit:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
-            scores = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)  # (B, heads, N, N)
+            scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (B, heads, N, N)
             if mask is not None:
                 scores = scores + mask
             probs = scores.softmax(dim=-1)
@@ -244,8 +257,7 @@ class MultiHeadAttention(nn.Module):
         return out.reshape(B, h * w, -1)
 
 
-def _windows_to_grid(probs: Tensor, window: tuple[int, int], grid: tuple[int, int],
-                     padded: tuple[int, int]) -> Tensor:
+def _windows_to_grid(probs: Tensor, window: tuple[int, int], grid: tuple[int, int], padded: tuple[int, int]) -> Tensor:
     """Place per-window maps into one block-sparse map over the whole grid (zeros across windows).
 
     Shapes: (B * nW, heads, n, n) -> (B, heads, h * w, h * w).

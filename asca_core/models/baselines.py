@@ -61,21 +61,37 @@ class AST(nn.Module):
     Shapes: forward(spec (B, in_chans, F, T)) -> logits (B, num_classes).
     """
 
-    def __init__(self, num_classes: int, *, dim: int, depth: int, num_heads: int, patch_size: int = 16,
-                 patch_stride: int = 10, in_chans: int = 1, drop_path: float = 0.0,
-                 input_size: tuple[int, int] = DEFAULT_INPUT_SIZE, name: str = "ast") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        patch_size: int = 16,
+        patch_stride: int = 10,
+        in_chans: int = 1,
+        drop_path: float = 0.0,
+        input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
+        name: str = "ast",
+    ) -> None:
         super().__init__()
         _check(isinstance(in_chans, int) and in_chans >= 1, f"in_chans must be a positive integer, got {in_chans!r}")
-        _check(isinstance(num_classes, int) and num_classes >= 1,
-               f"num_classes must be a positive integer, got {num_classes!r}")
-        _check(isinstance(drop_path, (int, float)) and 0.0 <= drop_path < 1.0,
-               f"drop_path must be in [0, 1), got {drop_path!r}")
+        _check(
+            isinstance(num_classes, int) and num_classes >= 1,
+            f"num_classes must be a positive integer, got {num_classes!r}",
+        )
+        _check(
+            isinstance(drop_path, (int, float)) and 0.0 <= drop_path < 1.0,
+            f"drop_path must be in [0, 1), got {drop_path!r}",
+        )
         try:
             input_size = (int(input_size[0]), int(input_size[1]))
         except (TypeError, ValueError, IndexError):
             raise ModelError(f"input_size must be two integers (freq, time), got {input_size!r}") from None
-        _check(min(input_size) >= patch_size, f"input_size must be at least {patch_size} on each side, "
-                                              f"got {input_size!r}")
+        _check(
+            min(input_size) >= patch_size, f"input_size must be at least {patch_size} on each side, got {input_size!r}"
+        )
         self.name = name
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -84,9 +100,17 @@ class AST(nn.Module):
         self.patch_stride = patch_stride
         self.grid = self._grid(input_size)
         self.config: dict[str, Any] = {
-            "name": name, "family": "ast", "num_classes": num_classes, "in_chans": in_chans, "dim": dim,
-            "depth": depth, "num_heads": num_heads, "patch_size": patch_size, "patch_stride": patch_stride,
-            "drop_path": float(drop_path), "input_size": list(input_size),
+            "name": name,
+            "family": "ast",
+            "num_classes": num_classes,
+            "in_chans": in_chans,
+            "dim": dim,
+            "depth": depth,
+            "num_heads": num_heads,
+            "patch_size": patch_size,
+            "patch_stride": patch_stride,
+            "drop_path": float(drop_path),
+            "input_size": list(input_size),
         }
         self.patch_embed = nn.Conv2d(in_chans, dim, patch_size, stride=patch_stride)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -104,8 +128,10 @@ class AST(nn.Module):
 
     def forward(self, spec: Tensor) -> Tensor:
         if spec.ndim != 4 or spec.shape[1] != self.in_chans or min(spec.shape[-2:]) < self.patch_size:
-            raise ModelError(f"{self.name} expects input (batch, {self.in_chans}, freq >= {self.patch_size}, "
-                             f"time >= {self.patch_size}), got shape {tuple(spec.shape)}")
+            raise ModelError(
+                f"{self.name} expects input (batch, {self.in_chans}, freq >= {self.patch_size}, "
+                f"time >= {self.patch_size}), got shape {tuple(spec.shape)}"
+            )
         x = self.patch_embed(spec)  # (B, dim, h, w)
         B, _, h, w = x.shape
         pos = self.pos_embed
@@ -129,5 +155,13 @@ def ast_from_size(name: str, num_classes: int, **overrides: Any) -> AST:
     size = AST_SIZES[name]
     options: dict[str, Any] = {"drop_path": size.drop_path}
     options.update({k: v for k, v in overrides.items() if v is not None})
-    return AST(num_classes, dim=size.dim, depth=size.depth, num_heads=size.num_heads,
-               patch_size=size.patch_size, patch_stride=size.patch_stride, name=name, **options)
+    return AST(
+        num_classes,
+        dim=size.dim,
+        depth=size.depth,
+        num_heads=size.num_heads,
+        patch_size=size.patch_size,
+        patch_stride=size.patch_stride,
+        name=name,
+        **options,
+    )

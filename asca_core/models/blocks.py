@@ -103,7 +103,7 @@ class PoolProject(nn.Module):
     Shapes: (B, dim, H, W) -> (B, dim_out, H/2, W/2).
     """
 
-    def __init__(self, dim: int, dim_out: int, pool: str = "avg", resample: "Resample | None" = None) -> None:
+    def __init__(self, dim: int, dim_out: int, pool: str = "avg", resample: Resample | None = None) -> None:
         super().__init__()
         if resample is not None:
             self.pool = resample
@@ -167,9 +167,18 @@ class MBConv(nn.Module):
     Shapes: (B, dim, H, W) -> (B, dim_out, H/stride, W/stride).
     """
 
-    def __init__(self, dim: int, dim_out: int, stride: int = 1, stride_mode: str = "paper",
-                 expand_ratio: float = 4.0, se_ratio: float = 0.25, drop_path: float = 0.0,
-                 pool: str = "avg", se_act: str = "gelu") -> None:
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        stride: int = 1,
+        stride_mode: str = "paper",
+        expand_ratio: float = 4.0,
+        se_ratio: float = 0.25,
+        drop_path: float = 0.0,
+        pool: str = "avg",
+        se_act: str = "gelu",
+    ) -> None:
         super().__init__()
         assert stride in (1, 2) and stride_mode in STRIDE_MODES, (stride, stride_mode)
         assert stride == 2 or dim == dim_out, "only a downsampling block changes the width"
@@ -221,10 +230,20 @@ class TransformerBlock(nn.Module):
     Shapes: (B, dim, H, W) -> (B, dim_out, H/s, W/s) with s = 2 when downsampling, else 1.
     """
 
-    def __init__(self, dim: int, dim_out: int, grid: tuple[int, int], downsample: bool = False,
-                 head_dim: int = 32, window: int | None = None, mlp_ratio: float = 4.0,
-                 drop_path: float = 0.0, pool: str = "avg", norm: str = "layernorm",
-                 resample: Resample | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        grid: tuple[int, int],
+        downsample: bool = False,
+        head_dim: int = 32,
+        window: int | None = None,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        pool: str = "avg",
+        norm: str = "layernorm",
+        resample: Resample | None = None,
+    ) -> None:
         super().__init__()
         assert downsample or dim == dim_out, "only a downsampling block changes the width"
         self.downsample = downsample
@@ -238,7 +257,7 @@ class TransformerBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        B, C, H, W = x.shape
+        B, C, _H, _W = x.shape
         shortcut = self.shortcut(x)  # (B, C_out, h, w)
         h, w = shortcut.shape[-2:]
         y = self.norm1(x.permute(0, 2, 3, 1))  # (B, H, W, C)
@@ -280,10 +299,25 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
 def no_weight_decay_names(model: nn.Module) -> set[str]:
     """Parameters AdamW should not decay: norms, biases, bias tables, positions, class tokens."""
     keep_free = ("rel_bias.table", "pos_embed", "cls_token")
-    return {name for name, p in model.named_parameters()
-            if p.ndim <= 1 or any(name.endswith(k) for k in keep_free)}
+    return {name for name, p in model.named_parameters() if p.ndim <= 1 or any(name.endswith(k) for k in keep_free)}
 
 
-__all__ = ["ConvStem", "DropPath", "MBConv", "Mlp", "POOLS", "PoolProject", "Resample", "SE_ACTS", "SqueezeExcite",
-           "STRIDE_MODES", "TRANSFORMER_NORMS", "TokenBatchNorm", "TransformerBlock", "init_weights",
-           "no_weight_decay_names", "pad_to_multiple", "token_norm"]
+__all__ = [
+    "POOLS",
+    "SE_ACTS",
+    "STRIDE_MODES",
+    "TRANSFORMER_NORMS",
+    "ConvStem",
+    "DropPath",
+    "MBConv",
+    "Mlp",
+    "PoolProject",
+    "Resample",
+    "SqueezeExcite",
+    "TokenBatchNorm",
+    "TransformerBlock",
+    "init_weights",
+    "no_weight_decay_names",
+    "pad_to_multiple",
+    "token_norm",
+]

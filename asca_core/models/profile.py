@@ -35,8 +35,14 @@ def gmacs(model: nn.Module, input_size: tuple[int, int], in_chans: int = 1, batc
     return counter.get_total_flops() / 2 / 1e9
 
 
-def activation_bytes(name: str, input_size: tuple[int, int], batch_size: int, layout: str = "CCCT",
-                     attn_window: int | None = None, attn_division: int | None = None) -> int:
+def activation_bytes(
+    name: str,
+    input_size: tuple[int, int],
+    batch_size: int,
+    layout: str = "CCCT",
+    attn_window: int | None = None,
+    attn_division: int | None = None,
+) -> int:
     """A low estimate of the activations one training step keeps for the backward pass (float32).
 
     Counts the tensors each block stores (MBConv: the 4x expanded maps; transformer blocks: q, k, v,

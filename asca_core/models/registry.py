@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -11,14 +12,34 @@ from ..errors import ModelError
 from .asca import ASCA_SIZES, asca_from_size
 from .baselines import AST_SIZES, ast_from_size
 
-ASCA_OVERRIDES = ("layout", "in_chans", "drop_path", "stride_mode", "attn_window", "input_size", "head_hidden",
-                  "attn_division", "downsample_pool", "transformer_norm", "se_act", "head_pool")
+ASCA_OVERRIDES = (
+    "layout",
+    "in_chans",
+    "drop_path",
+    "stride_mode",
+    "attn_window",
+    "input_size",
+    "head_hidden",
+    "attn_division",
+    "downsample_pool",
+    "transformer_norm",
+    "se_act",
+    "head_pool",
+)
 AST_OVERRIDES = ("in_chans", "drop_path", "input_size")
 # ASCA-only settings a shared model config always carries; a baseline accepts them at their neutral
 # value so one config section serves every model, and rejects anything else.
-_NEUTRAL = {"layout": "CCCT", "stride_mode": "paper", "attn_window": None, "head_hidden": None,
-            "attn_division": None, "downsample_pool": "avg", "transformer_norm": "layernorm", "se_act": "gelu",
-            "head_pool": "avg"}
+_NEUTRAL = {
+    "layout": "CCCT",
+    "stride_mode": "paper",
+    "attn_window": None,
+    "head_hidden": None,
+    "attn_division": None,
+    "downsample_pool": "avg",
+    "transformer_norm": "layernorm",
+    "se_act": "gelu",
+    "head_pool": "avg",
+}
 
 
 @dataclass(frozen=True)
@@ -31,8 +52,7 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_model(name: str, builder: Callable[..., nn.Module], overrides: tuple[str, ...],
-                   description: str) -> None:
+def register_model(name: str, builder: Callable[..., nn.Module], overrides: tuple[str, ...], description: str) -> None:
     """Add a model ``builder(name, num_classes, **overrides)`` under ``name``."""
     _REGISTRY[name] = _Entry(builder, overrides, description)
 

@@ -25,19 +25,33 @@ but do not agree.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ModelError
 
-_CONV_NAMES = {"pre_norm": "norm", "conv1_1x1": "expand", "conv2_kxk": "dw", "se.fc1": "se.reduce",
-               "se.fc2": "se.expand", "conv3_1x1": "proj", "shortcut.expand": "shortcut.proj"}
-_TRANSFORMER_NAMES = {"norm1.norm": "norm1", "shortcut.expand": "shortcut.proj",
-                      "attn.rel_pos.relative_position_bias_table": "attn.rel_bias.table"}
-_HEAD_NAMES = {"norm": "head.norm", "head.norm": "head.norm", "head.pre_logits.fc": "head.pre_logits.0",
-               "head.fc": "head.fc"}
+_CONV_NAMES = {
+    "pre_norm": "norm",
+    "conv1_1x1": "expand",
+    "conv2_kxk": "dw",
+    "se.fc1": "se.reduce",
+    "se.fc2": "se.expand",
+    "conv3_1x1": "proj",
+    "shortcut.expand": "shortcut.proj",
+}
+_TRANSFORMER_NAMES = {
+    "norm1.norm": "norm1",
+    "shortcut.expand": "shortcut.proj",
+    "attn.rel_pos.relative_position_bias_table": "attn.rel_bias.table",
+}
+_HEAD_NAMES = {
+    "norm": "head.norm",
+    "head.norm": "head.norm",
+    "head.pre_logits.fc": "head.pre_logits.0",
+    "head.fc": "head.fc",
+}
 
 
 def _qkv_rows(heads: int, head_dim: int) -> Tensor:
@@ -46,7 +60,9 @@ def _qkv_rows(heads: int, head_dim: int) -> Tensor:
     return (h * 3 * head_dim + s * head_dim + i).flatten()  # ours: (s, h, i) row-major
 
 
-def timm_coatnet_state_dict(state: Mapping[str, Tensor], model: nn.Module, head_first: bool = True) -> dict[str, Tensor]:
+def timm_coatnet_state_dict(
+    state: Mapping[str, Tensor], model: nn.Module, head_first: bool = True
+) -> dict[str, Tensor]:
     """timm MaxxVit (CoAtNet) weights renamed and reshaped for ``model`` (an ASCA of the same
     widths, depths and layout). Raises ModelError naming the first tensor that does not fit.
 
@@ -59,13 +75,13 @@ def timm_coatnet_state_dict(state: Mapping[str, Tensor], model: nn.Module, head_
             continue  # a buffer derived from the grid
         match = re.match(r"stages\.(\d+)\.blocks\.(\d+)\.(.+)", key)
         if key.startswith("stem."):
-            name = "s0." + key[len("stem."):]
+            name = "s0." + key[len("stem.") :]
         elif match:
             stage, block, rest = int(match[1]) + 1, match[2], match[3]
             is_t = model.layout[stage - 1] == "T"
             for old, new in (_TRANSFORMER_NAMES if is_t else _CONV_NAMES).items():
                 if rest == old or rest.startswith(old + "."):
-                    rest = new + rest[len(old):]
+                    rest = new + rest[len(old) :]
                     break
             name = f"s{stage}.{block}.{rest}"
             if is_t:
@@ -80,7 +96,7 @@ def timm_coatnet_state_dict(state: Mapping[str, Tensor], model: nn.Module, head_
             prefix = next((p for p in sorted(_HEAD_NAMES, key=len, reverse=True) if key.startswith(p + ".")), None)
             if prefix is None:
                 raise ModelError(f"timm tensor {key!r} has no counterpart in {getattr(model, 'name', 'the model')}")
-            name = _HEAD_NAMES[prefix] + key[len(prefix):]
+            name = _HEAD_NAMES[prefix] + key[len(prefix) :]
         if name not in own or own[name].shape != value.shape:
             got = tuple(own[name].shape) if name in own else "no such tensor"
             raise ModelError(f"timm tensor {key!r} {tuple(value.shape)} does not fit {name!r} ({got})")

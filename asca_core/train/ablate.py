@@ -13,8 +13,9 @@ std of each metric, parameters, GMACs, training minutes), ``runs.csv`` (one row 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..config import Config
 from .runstore import RunStore, atomic_write_json, atomic_write_text
@@ -42,14 +43,15 @@ def variants(layouts: Sequence[str], windows: Sequence[int | None] | None) -> li
         return [(layout, None) for layout in layouts]
     out: list[tuple[str, int | None]] = []
     for layout in layouts:
-        for window in (windows if "T" in layout else [None]):
+        for window in windows if "T" in layout else [None]:
             if (layout, window) not in out:
                 out.append((layout, window))
     return out
 
 
-def summarize(per_run: list[dict[str, Any]], layouts: Sequence[str],
-              windows: Sequence[int | None] | None = None) -> list[dict[str, Any]]:
+def summarize(
+    per_run: list[dict[str, Any]], layouts: Sequence[str], windows: Sequence[int | None] | None = None
+) -> list[dict[str, Any]]:
     """One row per variant: ``<metric>`` mean and ``<metric>_std``, plus cost columns.
 
     Rows carry ``layout``, and with ``windows`` also ``window`` and ``variant``."""
@@ -59,8 +61,13 @@ def summarize(per_run: list[dict[str, Any]], layouts: Sequence[str],
         row: dict[str, Any] = {"layout": layout}
         if windows:
             row.update(window=window, variant=variant_name(layout, window))
-        row.update({"seeds": len(runs), "params": runs[0]["params"] if runs else None,
-                    "gmacs": runs[0]["gmacs"] if runs else None})
+        row.update(
+            {
+                "seeds": len(runs),
+                "params": runs[0]["params"] if runs else None,
+                "gmacs": runs[0]["gmacs"] if runs else None,
+            }
+        )
         for key in METRICS + ("train_minutes",):
             row[key], row[f"{key}_std"] = mean_std([r.get(key) for r in runs])
         table.append(row)
@@ -79,29 +86,38 @@ def to_markdown(table: list[dict[str, Any]], title: str) -> str:
     for r in table:
         cells = [r["layout"]]
         if has_window:
-            cells += [f"{r['window']}x{r['window']}" if r.get("window") else "stage stride",
-                      r.get("grid") or "n/a"]
+            cells += [f"{r['window']}x{r['window']}" if r.get("window") else "stage stride", r.get("grid") or "n/a"]
         # window variants differ by a few thousand bias-table entries: exact counts show it
         params = (f"{r['params']:,}" if has_window else f"{r['params'] / 1e6:.2f}") if r.get("params") else "n/a"
-        cells += [str(r["seeds"]), params,
-                  f"{r['gmacs']:.3f}" if r.get("gmacs") is not None else "n/a"]
+        cells += [str(r["seeds"]), params, f"{r['gmacs']:.3f}" if r.get("gmacs") is not None else "n/a"]
         cells += [pm(r.get(k), r.get(f"{k}_std")) for k in keys]
         cells.append(pm(r.get("train_minutes"), r.get("train_minutes_std"), 1))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± standard deviation over seeds; test metrics use each run's best "
-                  "validation checkpoint."]
+    lines += ["", ("Mean ± standard deviation over seeds; test metrics use each run's best validation checkpoint.")]
     if has_window:
-        lines += ["", "Window division: input cells per token side of the first transformer stage "
-                      "(model.attn_division); token grid: that stage's (freq x time) tokens at the input size."]
+        lines += [
+            "",
+            (
+                "Window division: input cells per token side of the first transformer stage "
+                "(model.attn_division); token grid: that stage's (freq x time) tokens at the input size."
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 
 def to_svg(table: list[dict[str, Any]], metric: str, title: str) -> str:
     """A self-contained bar chart of ``metric`` per layout: the mean over seeds, a ±1 std whisker
     and each layout's GMACs (attention layouts blue, all-conv grey). No scripts, nothing to fetch."""
-    bars = [Bar(row.get("variant", row["layout"]), row.get(metric), float(row.get(f"{metric}_std") or 0.0),
-                f" · {row['gmacs']:.3f} GMACs" if row.get("gmacs") is not None else "",
-                "#4c78a8" if "T" in row["layout"] else "#9d9d9d") for row in table]
+    bars = [
+        Bar(
+            row.get("variant", row["layout"]),
+            row.get(metric),
+            float(row.get(f"{metric}_std") or 0.0),
+            f" · {row['gmacs']:.3f} GMACs" if row.get("gmacs") is not None else "",
+            "#4c78a8" if "T" in row["layout"] else "#9d9d9d",
+        )
+        for row in table
+    ]
     return bar_chart_svg(bars, title=title, subtitle=f"{metric.replace('_', ' ')} (mean ± std over seeds)")
 
 
@@ -111,8 +127,10 @@ def write_html(path: Path, table: list[dict[str, Any]], markdown: str, title: st
     metric = "test_acc" if any(r.get("test_acc") is not None for r in table) else "val_acc"
     svg = to_svg(table, metric, title)
     atomic_write_text(Path(path).with_suffix(".svg"), svg)
-    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{esc(title)}</title></head>"
-            f"<body>\n{svg}<pre>{esc(markdown)}</pre>\n</body></html>\n")
+    page = (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{esc(title)}</title></head>'
+        f"<body>\n{svg}<pre>{esc(markdown)}</pre>\n</body></html>\n"
+    )
     atomic_write_text(path, page)
     return svg
 
@@ -129,9 +147,16 @@ def _grid(cfg: Config) -> str:
     return f"{max(1, f // stride)}x{max(1, t // stride)}"
 
 
-def run_ablation(cfg: Config, layouts: Sequence[str], seeds: int, out_dir: str | Path, *,
-                 windows: Sequence[int | None] | None = None,
-                 echo: Callable[[str], None] | None = None, progress: bool | None = None) -> dict[str, Any]:
+def run_ablation(
+    cfg: Config,
+    layouts: Sequence[str],
+    seeds: int,
+    out_dir: str | Path,
+    *,
+    windows: Sequence[int | None] | None = None,
+    echo: Callable[[str], None] | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
     """Train every variant (``layouts``, crossed with window divisions ``windows`` when given) x
     ``seeds`` of ``cfg`` into ``out_dir`` and write the tables.
 
@@ -161,8 +186,7 @@ def run_ablation(cfg: Config, layouts: Sequence[str], seeds: int, out_dir: str |
                 echo(f"=== {variant_name(layout, window)}, seed {seed} -> {run_dir}")
             if not train_or_resume(run_cfg, run_dir, echo, progress):
                 # SIGINT/SIGTERM stop the whole ablation; the same command continues it
-                return {"state": "stopped", "table": [], "runs": per_run, "markdown": "",
-                        "stopped_at": str(run_dir)}
+                return {"state": "stopped", "table": [], "runs": per_run, "markdown": "", "stopped_at": str(run_dir)}
             if (layout, window) not in costs:
                 costs[(layout, window)] = _cost(run_cfg, len(RunStore(run_dir).labels()))
             params, macs = costs[(layout, window)]
@@ -185,5 +209,14 @@ def run_ablation(cfg: Config, layouts: Sequence[str], seeds: int, out_dir: str |
     return {"state": "finished", "table": table, "runs": per_run, "markdown": markdown}
 
 
-__all__ = ["run_ablation", "summarize", "to_markdown", "to_csv", "to_svg", "variant_name", "variants", "write_html",
-           "METRICS"]
+__all__ = [
+    "METRICS",
+    "run_ablation",
+    "summarize",
+    "to_csv",
+    "to_markdown",
+    "to_svg",
+    "variant_name",
+    "variants",
+    "write_html",
+]

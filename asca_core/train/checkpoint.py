@@ -9,8 +9,9 @@ atomically (temporary file, fsync, rename).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import yaml
@@ -28,8 +29,7 @@ def _cpu_tensors(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
 
 
-def save_tensors(path: str | Path, tensors: Mapping[str, Tensor],
-                 metadata: Mapping[str, str] | None = None) -> None:
+def save_tensors(path: str | Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> None:
     """Write ``tensors`` to a safetensors file atomically (temporary file, fsync, rename)."""
     from safetensors.torch import save
 
@@ -37,16 +37,14 @@ def save_tensors(path: str | Path, tensors: Mapping[str, Tensor],
     atomic_write_bytes(path, save(_cpu_tensors(tensors), metadata=meta))
 
 
-def save_model(path: str | Path, model: nn.Module | Mapping[str, Tensor],
-               metadata: Mapping[str, str]) -> None:
+def save_model(path: str | Path, model: nn.Module | Mapping[str, Tensor], metadata: Mapping[str, str]) -> None:
     """Save a model's ``state_dict`` (or a state dict) with string ``metadata`` in the header."""
     state = model.state_dict() if isinstance(model, nn.Module) else model
     meta = {"format": FORMAT, **{str(k): str(v) for k, v in metadata.items()}}
     save_tensors(path, state, meta)
 
 
-def load_tensors(path: str | Path, device: str | torch.device = "cpu"
-                 ) -> tuple[dict[str, Tensor], dict[str, str]]:
+def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict[str, str]]:
     """Read a safetensors file: ``(tensors, metadata)``; CheckpointError if missing or corrupt."""
     from safetensors import SafetensorError, safe_open
 
@@ -55,7 +53,7 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu"
         tensors: dict[str, Tensor] = {}
         with safe_open(str(path), framework="pt", device=str(device)) as handle:
             metadata = dict(handle.metadata() or {})
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
                 tensors[key] = handle.get_tensor(key)
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {exc}") from exc
@@ -110,8 +108,13 @@ def model_from_config(cfg: Config, num_classes: int) -> nn.Module:
     if cfg.model.attn_window is not None:
         overrides["attn_window"] = cfg.model.attn_window
     # options away from their defaults only: a baseline accepts an ASCA option at its default alone
-    for key, default in (("attn_division", None), ("downsample_pool", "avg"), ("transformer_norm", "layernorm"),
-                         ("se_act", "gelu"), ("head_pool", "avg")):
+    for key, default in (
+        ("attn_division", None),
+        ("downsample_pool", "avg"),
+        ("transformer_norm", "layernorm"),
+        ("se_act", "gelu"),
+        ("head_pool", "avg"),
+    ):
         if getattr(cfg.model, key) != default:
             overrides[key] = getattr(cfg.model, key)
     return build_model(cfg.model.name, num_classes, **overrides)
@@ -120,8 +123,9 @@ def model_from_config(cfg: Config, num_classes: int) -> nn.Module:
 def config_from_metadata(metadata: Mapping[str, str], source: str) -> tuple[Config, list[str]]:
     """Config and labels stored in a checkpoint header."""
     if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{source} is not an ASCA checkpoint (format "
-                              f"{metadata.get('format')!r}, expected {FORMAT!r})")
+        raise CheckpointError(
+            f"{source} is not an ASCA checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})"
+        )
     try:
         raw = yaml.safe_load(metadata["config"])
         if not isinstance(raw, dict):
@@ -146,17 +150,21 @@ def load_weights(model: nn.Module, state: Mapping[str, Tensor], source: str) -> 
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise CheckpointError(f"{source} does not fit the model ({what}, "
-                              f"{len(missing)} missing / {len(unexpected)} unexpected tensors)")
+        raise CheckpointError(
+            f"{source} does not fit the model ({what}, {len(missing)} missing / {len(unexpected)} unexpected tensors)"
+        )
     for key, value in state.items():
         if own[key].shape != value.shape:
-            raise CheckpointError(f"{source} does not fit the model: {key} has shape "
-                                  f"{tuple(value.shape)}, the model expects {tuple(own[key].shape)}")
+            raise CheckpointError(
+                f"{source} does not fit the model: {key} has shape "
+                f"{tuple(value.shape)}, the model expects {tuple(own[key].shape)}"
+            )
     model.load_state_dict(state, strict=True)
 
 
-def load_model_from_run(run_dir: str | Path, checkpoint: str = "best",
-                        device: str | torch.device = "cpu") -> tuple[nn.Module, Config, list[str]]:
+def load_model_from_run(
+    run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Config, list[str]]:
     """Rebuild a trained model from a run directory (or a ``.safetensors`` file).
 
     Returns ``(model in eval mode on device, config, labels)``. The config and labels come from
@@ -177,8 +185,10 @@ def load_model_from_run(run_dir: str | Path, checkpoint: str = "best",
     state, metadata = load_tensors(ckpt_path, device="cpu")
     cfg, labels = config_from_metadata(metadata, str(ckpt_path))
     if path.suffix != ".safetensors" and store.labels_path.exists() and store.labels() != labels:
-        raise CheckpointError(f"{store.labels_path} does not match the classes in {ckpt_path} "
-                              f"({len(store.labels())} vs {len(labels)} names, or a different order)")
+        raise CheckpointError(
+            f"{store.labels_path} does not match the classes in {ckpt_path} "
+            f"({len(store.labels())} vs {len(labels)} names, or a different order)"
+        )
     try:
         model = model_from_config(cfg, len(labels))
     except AscaError as exc:
@@ -190,5 +200,15 @@ def load_model_from_run(run_dir: str | Path, checkpoint: str = "best",
     return model.to(device).eval(), cfg, labels
 
 
-__all__ = ["FORMAT", "save_model", "save_tensors", "load_tensors", "read_metadata", "checkpoint_metadata",
-           "model_from_config", "config_from_metadata", "load_weights", "load_model_from_run"]
+__all__ = [
+    "FORMAT",
+    "checkpoint_metadata",
+    "config_from_metadata",
+    "load_model_from_run",
+    "load_tensors",
+    "load_weights",
+    "model_from_config",
+    "read_metadata",
+    "save_model",
+    "save_tensors",
+]

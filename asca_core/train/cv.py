@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..config import SECTIONS, Config
 from ..errors import ConfigError, DatasetError
@@ -51,8 +52,10 @@ def fold_values(cfg: Config, by: str | None = None) -> list[Any]:
     if by is None:
         values: list[Any] = sorted({c.fold for c in index.clips if c.fold is not None})
         if not values:
-            raise DatasetError(f"{cfg.data.path} has no fold column: leave one group out instead "
-                               "(e.g. by speaker: asca cv --by speaker)")
+            raise DatasetError(
+                f"{cfg.data.path} has no fold column: leave one group out instead "
+                "(e.g. by speaker: asca cv --by speaker)"
+            )
     else:
         groups = _groups(index, by) or []
         values = sorted({g for g in groups if not g.startswith("\x00")})  # "\x00..": a clip without a value
@@ -67,8 +70,10 @@ def fold_values(cfg: Config, by: str | None = None) -> list[Any]:
 def _pick(available: list[Any], folds: Sequence[Any] | None, by: str | None) -> list[Any]:
     if folds is None:
         if by is not None and len(available) > MAX_GROUPS:
-            raise ConfigError(f"column {by!r} has {len(available):,} values: leave-one-{by}-out would train "
-                              f"{len(available):,} runs; name the held-out values with --folds")
+            raise ConfigError(
+                f"column {by!r} has {len(available):,} values: leave-one-{by}-out would train "
+                f"{len(available):,} runs; name the held-out values with --folds"
+            )
         return list(available)
     shown = ", ".join(map(str, available[:12])) + (f", ... ({len(available)} in all)" if len(available) > 12 else "")
     picked: list[Any] = []
@@ -90,8 +95,7 @@ def _pick(available: list[Any], folds: Sequence[Any] | None, by: str | None) -> 
     return picked
 
 
-def fold_config(cfg: Config, value: Any, by: str | None = None,
-                budget_seconds: float | None = None) -> Config:
+def fold_config(cfg: Config, value: Any, by: str | None = None, budget_seconds: float | None = None) -> Config:
     """``cfg`` with fold ``value`` (or, with ``by``, that group) as the test set."""
     raw = cfg.to_dict()
     if by is None:
@@ -128,17 +132,21 @@ def _differences(a: Config, b: Config) -> list[str]:
     return keys
 
 
-def _check_plan(out: Path, plan: dict[str, Any] | None, cfg: Config, by: str | None,
-                budget_seconds: float | None) -> None:
+def _check_plan(
+    out: Path, plan: dict[str, Any] | None, cfg: Config, by: str | None, budget_seconds: float | None
+) -> None:
     """Refuse to mix a CV of another config (or another grouping) into ``out``."""
     if plan is None:
         if out.is_dir() and any(out.iterdir()):
-            raise ConfigError(f"{out} is not empty and holds no {PLAN}: choose a new output folder for the "
-                              "cross-validation")
+            raise ConfigError(
+                f"{out} is not empty and holds no {PLAN}: choose a new output folder for the cross-validation"
+            )
         return
     if plan.get("by") != by:
-        raise ConfigError(f"{out} holds a cross-validation by {plan.get('by') or 'fold'}, not by {by or 'fold'}: "
-                          "choose another output folder")
+        raise ConfigError(
+            f"{out} holds a cross-validation by {plan.get('by') or 'fold'}, not by {by or 'fold'}: "
+            "choose another output folder"
+        )
     try:
         before = Config.from_dict(plan.get("config"))
     except ConfigError as exc:
@@ -148,14 +156,24 @@ def _check_plan(out: Path, plan: dict[str, Any] | None, cfg: Config, by: str | N
         diff.append("budget per fold")
     if diff:
         more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
-        raise ConfigError(f"{out} holds a cross-validation of another config ({', '.join(diff[:3])}{more} "
-                          f"{'differs' if len(diff) == 1 else 'differ'}): choose another output folder")
+        raise ConfigError(
+            f"{out} holds a cross-validation of another config ({', '.join(diff[:3])}{more} "
+            f"{'differs' if len(diff) == 1 else 'differ'}): choose another output folder"
+        )
 
 
 # ------------------------------------------------------------------------------------ run
-def run_cv(cfg: Config, out: str | Path, *, folds: list | None = None, by: str | None = None,
-           echo: Callable[[str], None] | None = None, progress: bool | None = None,
-           fold_budget_seconds: float | None = None, stop_after_folds: int | None = None) -> dict[str, Any]:
+def run_cv(
+    cfg: Config,
+    out: str | Path,
+    *,
+    folds: list | None = None,
+    by: str | None = None,
+    echo: Callable[[str], None] | None = None,
+    progress: bool | None = None,
+    fold_budget_seconds: float | None = None,
+    stop_after_folds: int | None = None,
+) -> dict[str, Any]:
     """Train one run of ``cfg`` per fold into ``out/fold-<k>/`` and write the results.
 
     ``folds``: the fold numbers (or ``by`` values) to hold out, default all. ``by``: a group
@@ -181,8 +199,10 @@ def run_cv(cfg: Config, out: str | Path, *, folds: list | None = None, by: str |
         if str(value) not in runs:
             runs[str(value)] = _run_name(value, set(runs.values()))
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / PLAN, {"by": by, "folds": planned, "runs": runs,
-                                   "fold_budget_seconds": fold_budget_seconds, "config": cfg.to_dict()})
+    atomic_write_json(
+        out / PLAN,
+        {"by": by, "folds": planned, "runs": runs, "fold_budget_seconds": fold_budget_seconds, "config": cfg.to_dict()},
+    )
     trained = 0
     for i, value in enumerate(picked, 1):
         run_dir = out / runs[str(value)]
@@ -194,8 +214,12 @@ def run_cv(cfg: Config, out: str | Path, *, folds: list | None = None, by: str |
             return {**(cv_summary(out) or {}), "state": "stopped", "stopped_at": str(run_dir), "markdown": ""}
         trained += fresh
         if stop_after_folds is not None and trained >= stop_after_folds and i < len(picked):
-            return {**(cv_summary(out) or {}), "state": "stopped", "stopped_at": str(out / runs[str(picked[i])]),
-                    "markdown": ""}
+            return {
+                **(cv_summary(out) or {}),
+                "state": "stopped",
+                "stopped_at": str(out / runs[str(picked[i])]),
+                "markdown": "",
+            }
     summary = cv_summary(out)
     assert summary is not None
     markdown = to_markdown(summary)
@@ -242,9 +266,18 @@ def cv_summary(folder: str | Path) -> dict[str, Any] | None:
     data, model = raw.get("data") or {}, raw.get("model") or {}
     kind = f"{len(rows)}-fold cross-validation" if by is None else f"leave-one-{by}-out ({len(rows)} {by}s)"
     title = f"{kind}: {model.get('name', 'model')} on {_dataset_name(str(data.get('path', '')))}"
-    return {"folder": str(folder), "name": folder.name, "title": title, "by": by, "folds": list(plan["folds"]),
-            "rows": rows, "mean": mean, "std": std, "finished": len(done),
-            "complete": len(done) == len(rows)}
+    return {
+        "folder": str(folder),
+        "name": folder.name,
+        "title": title,
+        "by": by,
+        "folds": list(plan["folds"]),
+        "rows": rows,
+        "mean": mean,
+        "std": std,
+        "finished": len(done),
+        "complete": len(done) == len(rows),
+    }
 
 
 def result_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -263,8 +296,7 @@ def _num(value: Any, digits: int = 3) -> str:
 def to_markdown(summary: dict[str, Any]) -> str:
     """``results.md``: one row per fold, then mean ± std of every metric."""
     by = summary["by"] or "fold"
-    header = [by, "test clips", "test acc", "test mAP", "test ROC-AUC", "test cmAP", "test loss", "epochs",
-              "train min"]
+    header = [by, "test clips", "test acc", "test mAP", "test ROC-AUC", "test cmAP", "test loss", "epochs", "train min"]
     lines = [f"### {summary['title']}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in summary["rows"]:
         if r["state"] != "finished":
@@ -278,8 +310,13 @@ def to_markdown(summary: dict[str, Any]) -> str:
     cells += [pm(m.get("epochs"), s.get("epochs"), 1), pm(m.get("train_minutes"), s.get("train_minutes"), 1)]
     lines.append("| " + " | ".join(cells) + " |")
     n = summary["finished"]
-    lines += ["", f"Test metrics of each {by}'s best validation checkpoint; mean ± sample standard deviation "
-                  f"over {n} {by}{'s' if n != 1 else ''}."]
+    lines += [
+        "",
+        (
+            f"Test metrics of each {by}'s best validation checkpoint; mean ± sample standard deviation "
+            f"over {n} {by}{'s' if n != 1 else ''}."
+        ),
+    ]
     if not summary["complete"]:
         missing = [str(r["fold"]) for r in summary["rows"] if r["state"] != "finished"]
         lines.append(f"Not finished yet: {by} {', '.join(missing)}.")
@@ -291,12 +328,26 @@ def to_svg(summary: dict[str, Any]) -> str:
     done = [r for r in summary["rows"] if r["state"] == "finished"]
     metric = "test_acc" if any(r.get("test_acc") is not None for r in done) else "test_map"
     by = summary["by"] or "fold"
-    bars = [Bar(str(r["fold"])[:10] if summary["by"] else f"fold {r['fold']}", r.get(metric),
-                note=f" · {r['test_clips']} clips" if r.get("test_clips") else "") for r in done]
+    bars = [
+        Bar(
+            str(r["fold"])[:10] if summary["by"] else f"fold {r['fold']}",
+            r.get(metric),
+            note=f" · {r['test_clips']} clips" if r.get("test_clips") else "",
+        )
+        for r in done
+    ]
     mean, std = summary["mean"].get(metric), summary["std"].get(metric)
     subtitle = f"{metric.replace('_', ' ')} per {by}" + (f"; dashed: mean {pm(mean, std)}" if mean is not None else "")
     return bar_chart_svg(bars, title=summary["title"], subtitle=subtitle, mean=mean)
 
 
-__all__ = ["run_cv", "cv_summary", "fold_values", "fold_config", "result_rows", "to_markdown", "to_svg",
-           "METRICS"]
+__all__ = [
+    "METRICS",
+    "cv_summary",
+    "fold_config",
+    "fold_values",
+    "result_rows",
+    "run_cv",
+    "to_markdown",
+    "to_svg",
+]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -117,8 +118,16 @@ class EpochSampler(Sampler[int]):
     Shapes: weights (n,) or None.
     """
 
-    def __init__(self, n: int, *, shuffle: bool = True, weights: torch.Tensor | None = None,
-                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        n: int,
+        *,
+        shuffle: bool = True,
+        weights: torch.Tensor | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.n = int(n)
         self.shuffle = shuffle
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
@@ -148,10 +157,10 @@ class EpochSampler(Sampler[int]):
         total = self.per_rank * self.world_size
         if total > len(order) and order:
             order = (order * math.ceil(total / len(order)))[:total]
-        return order[self.rank:total:self.world_size]
+        return order[self.rank : total : self.world_size]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order()[self.skip:])
+        return iter(self.order()[self.skip :])
 
     def __len__(self) -> int:
         return max(0, self.per_rank - self.skip)
@@ -159,15 +168,35 @@ class EpochSampler(Sampler[int]):
 
 def shard(items: Sequence[int], env: DistEnv) -> list[int]:
     """Evaluation shard of this rank: every ``world_size``-th item, no padding."""
-    return list(items[env.rank::env.world_size])
+    return list(items[env.rank :: env.world_size])
 
 
 def torchrun_command(nproc: int, cli_args: Sequence[str]) -> list[str]:
     """The command that re-runs ``asca <cli_args>`` in ``nproc`` processes under torchrun."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={int(nproc)}", "-m", "asca_core.cli", *cli_args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={int(nproc)}",
+        "-m",
+        "asca_core.cli",
+        *cli_args,
+    ]
 
 
-__all__ = ["DistEnv", "env_from_torchrun", "init_distributed", "shutdown_distributed", "active",
-           "broadcast_object", "all_gather_objects", "any_rank", "broadcast_buffers", "barrier",
-           "EpochSampler", "shard", "torchrun_command"]
+__all__ = [
+    "DistEnv",
+    "EpochSampler",
+    "active",
+    "all_gather_objects",
+    "any_rank",
+    "barrier",
+    "broadcast_buffers",
+    "broadcast_object",
+    "env_from_torchrun",
+    "init_distributed",
+    "shard",
+    "shutdown_distributed",
+    "torchrun_command",
+]

@@ -32,9 +32,10 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,11 +48,30 @@ from ..config import Config
 from ..errors import AscaError, CheckpointError, ConfigError, DatasetError
 from ..utils import resolve_device, seed_everything, setup_torch
 from . import ddp
-from .checkpoint import (checkpoint_metadata, load_model_from_run, load_tensors, load_weights,
-                         model_from_config, read_metadata, save_model, save_tensors)
+from .checkpoint import (
+    checkpoint_metadata,
+    load_model_from_run,
+    load_tensors,
+    load_weights,
+    model_from_config,
+    read_metadata,
+    save_model,
+    save_tensors,
+)
 from .metrics import compute_metrics
-from .runstore import (SLOT_ENV, RunLock, RunStore, TrainingSlot, atomic_write_json, json_safe, now_iso,
-                       process_start_time, sweep_temporaries, unusable_run_dir, wait_for_slot)
+from .runstore import (
+    SLOT_ENV,
+    RunLock,
+    RunStore,
+    TrainingSlot,
+    atomic_write_json,
+    json_safe,
+    now_iso,
+    process_start_time,
+    sweep_temporaries,
+    unusable_run_dir,
+    wait_for_slot,
+)
 from .schedule import cosine_lr, set_lr
 
 STATE_FORMAT = "asca-train-state/1"
@@ -81,17 +101,26 @@ def prepare_data(cfg: Config, check_files: bool = True) -> DataBundle:
     from ..data import filter_readable, limit_clips_per_class, load_dataset, make_splits, resolve_data_path
     from ..models.profile import activation_bytes
 
-    need = activation_bytes(cfg.model.name, cfg.features.input_size, cfg.train.batch_size, cfg.model.layout,
-                            cfg.model.attn_window, cfg.model.attn_division)
+    need = activation_bytes(
+        cfg.model.name,
+        cfg.features.input_size,
+        cfg.train.batch_size,
+        cfg.model.layout,
+        cfg.model.attn_window,
+        cfg.model.attn_division,
+    )
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
     if have and need > have:
         f, t = cfg.features.input_size
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} with model.name={cfg.model.name} on a {f}x{t} "
-                          f"input (features.n_mels={cfg.features.n_mels}, features.clip_seconds="
-                          f"{cfg.features.clip_seconds:g}) needs at least {need / 2**30:,.0f} GiB of activation "
-                          f"memory, this machine has {have / 2**30:,.0f} GiB: lower the batch size or the input size")
-    index = load_dataset(resolve_data_path(cfg.data.path), cfg.data.format, labels=cfg.data.labels,
-                         classes=cfg.data.classes)
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} with model.name={cfg.model.name} on a {f}x{t} "
+            f"input (features.n_mels={cfg.features.n_mels}, features.clip_seconds="
+            f"{cfg.features.clip_seconds:g}) needs at least {need / 2**30:,.0f} GiB of activation "
+            f"memory, this machine has {have / 2**30:,.0f} GiB: lower the batch size or the input size"
+        )
+    index = load_dataset(
+        resolve_data_path(cfg.data.path), cfg.data.format, labels=cfg.data.labels, classes=cfg.data.classes
+    )
     skipped: list[tuple[str, str]] = list(index.problems)
     if check_files:
         index, unreadable = filter_readable(index, deep=False)
@@ -100,9 +129,15 @@ def prepare_data(cfg: Config, check_files: bool = True) -> DataBundle:
         index = limit_clips_per_class(index, cfg.data.max_clips_per_class, seed=cfg.data.seed)
     if len(index.clips) == 0:
         raise DatasetError(f"{cfg.data.path}: no readable clips")
-    splits = make_splits(index, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
-                         test_fold=cfg.data.test_fold, group_column=cfg.data.group_column,
-                         seed=cfg.data.seed, test_group=cfg.data.test_group)
+    splits = make_splits(
+        index,
+        val_fraction=cfg.data.val_fraction,
+        test_fraction=cfg.data.test_fraction,
+        test_fold=cfg.data.test_fold,
+        group_column=cfg.data.group_column,
+        seed=cfg.data.seed,
+        test_group=cfg.data.test_group,
+    )
     if not splits["train"]:
         raise DatasetError(f"{cfg.data.path}: the train split is empty")
     return DataBundle(index, splits, list(index.classes), bool(index.multi_label), skipped)
@@ -254,8 +289,15 @@ class _StopFlag:
 class Trainer:
     """State and steps of one training run; :func:`fit` is the entry point."""
 
-    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool, progress: bool | None,
-                 echo: Callable[[str], None] | None, stop_after_epochs: int | None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: str | Path,
+        resume: bool,
+        progress: bool | None,
+        echo: Callable[[str], None] | None,
+        stop_after_epochs: int | None,
+    ) -> None:
         self.env = ddp.env_from_torchrun()
         self.device = self._device(cfg)
         self.run = RunStore(run_dir)
@@ -281,8 +323,10 @@ class Trainer:
         self.epoch_seconds: list[float] = []
         self.skipped_clips: set[str] = set()
         self.eval_seconds = 0.0
-        self._deterministic_before = (torch.are_deterministic_algorithms_enabled(),
-                                      torch.is_deterministic_algorithms_warn_only_enabled())
+        self._deterministic_before = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+        )
 
     # ----------------------------------------------------------------- set-up
     def _device(self, cfg: Config) -> torch.device:
@@ -322,8 +366,10 @@ class Trainer:
             if self.resume and not run.exists():
                 problem = f"cannot resume: {run.path} holds no run (no config.yaml)"
             elif not self.resume and run.exists():
-                problem = (f"run directory {run.path} already holds a run: "
-                           "pass --resume to continue it or choose another --run-dir")
+                problem = (
+                    f"run directory {run.path} already holds a run: "
+                    "pass --resume to continue it or choose another --run-dir"
+                )
             elif not self.resume and run.path.exists():
                 problem = unusable_run_dir(run.path)
             elif self.resume:
@@ -340,13 +386,19 @@ class Trainer:
                 status = {"started": now_iso()}
             else:
                 status = {"started": run.status().get("started", now_iso())}
-            run.write_status(state="running", epoch=run.status().get("epoch", 0),
-                             epochs=self.cfg.train.epochs, steps=run.status().get("steps", 0),
-                             best_epoch=run.status().get("best_epoch"),
-                             best_val_map=run.status().get("best_val_map"),
-                             pid=os.getpid(), pid_start=process_start_time(os.getpid()),
-                             world_size=self.env.world_size,
-                             device=str(self.device), **status)
+            run.write_status(
+                state="running",
+                epoch=run.status().get("epoch", 0),
+                epochs=self.cfg.train.epochs,
+                steps=run.status().get("steps", 0),
+                best_epoch=run.status().get("best_epoch"),
+                best_val_map=run.status().get("best_val_map"),
+                pid=os.getpid(),
+                pid_start=process_start_time(os.getpid()),
+                world_size=self.env.world_size,
+                device=str(self.device),
+                **status,
+            )
         ddp.barrier()
 
     def _resume_problem(self) -> str | None:
@@ -362,9 +414,11 @@ class Trainer:
                 meta = read_metadata(state_path)
                 json.loads(meta["state"])
             elif (trained or run.has_checkpoint("best")) and not self._first_save_interrupted():
-                return (f"cannot resume {run.path}: its resume state {state_path} is missing, though the run has "
-                        f"trained ({trained} epoch(s) in metrics.jsonl"
-                        f"{', a best checkpoint' if run.has_checkpoint('best') else ''}); its files are left as they are")
+                return (
+                    f"cannot resume {run.path}: its resume state {state_path} is missing, though the run has "
+                    f"trained ({trained} epoch(s) in metrics.jsonl"
+                    f"{', a best checkpoint' if run.has_checkpoint('best') else ''}); its files are left as they are"
+                )
         except (KeyError, TypeError, json.JSONDecodeError):
             return f"cannot resume {run.path}: {run.checkpoints_dir / 'last.state.safetensors'} holds no readable training state"
         except AscaError as exc:
@@ -380,9 +434,11 @@ class Trainer:
                 raise CheckpointError(f"cannot resume {self.run.path}: the dataset's classes changed")
             atomic_write_json(self.run.labels_path, d.labels)
         sizes = {k: len(v) for k, v in d.splits.items()}
-        self.log(f"data {cfg.data.path}: {len(d.index.clips)} clips, {len(d.labels)} classes "
-                 f"({'multi' if d.multi_label else 'single'}-label), splits {sizes}"
-                 + (f", {len(d.skipped)} skipped" if d.skipped else ""))
+        self.log(
+            f"data {cfg.data.path}: {len(d.index.clips)} clips, {len(d.labels)} classes "
+            f"({'multi' if d.multi_label else 'single'}-label), splits {sizes}"
+            + (f", {len(d.skipped)} skipped" if d.skipped else "")
+        )
         self._warn_about_protocol()
         self.val_split = "val" if d.splits["val"] else ("test" if d.splits["test"] else "")
         if not d.splits["val"]:
@@ -405,12 +461,20 @@ class Trainer:
         cfg = self.cfg.data
         auto = resolve_protocol(self.data.index)
         if cfg.group_column is None and auto.group_column is not None:
-            self.log(f"warning: column '{auto.group_column}' groups the clips ({auto.groups} groups) but this "
-                     f"split ignores it: set data.group_column={auto.group_column} to keep groups apart")
-        if cfg.test_fold is None and cfg.test_group is None and auto.test_fold is not None \
-                and not any(c.split for c in self.data.index.clips):
-            self.log(f"warning: the dataset has a fold column but data.test_fold is not set: "
-                     f"data.test_fold={auto.test_fold} follows its protocol")
+            self.log(
+                f"warning: column '{auto.group_column}' groups the clips ({auto.groups} groups) but this "
+                f"split ignores it: set data.group_column={auto.group_column} to keep groups apart"
+            )
+        if (
+            cfg.test_fold is None
+            and cfg.test_group is None
+            and auto.test_fold is not None
+            and not any(c.split for c in self.data.index.clips)
+        ):
+            self.log(
+                f"warning: the dataset has a fold column but data.test_fold is not set: "
+                f"data.test_fold={auto.test_fold} follows its protocol"
+            )
         for line in auto.warnings:
             self.log(f"note: {line}")
 
@@ -439,8 +503,9 @@ class Trainer:
         train = self.data.splits["train"]
         rng = np.random.default_rng(cfg.data.seed)
         pick = sorted(rng.choice(len(train), size=min(len(train), NORM_STATS_CLIPS), replace=False))
-        dataset = ClipDataset(self.data.index, [train[i] for i in pick], cfg.features, self.cache, train=False,
-                              on_skip=self._skipped)
+        dataset = ClipDataset(
+            self.data.index, [train[i] for i in pick], cfg.features, self.cache, train=False, on_skip=self._skipped
+        )
         raw = FeatureExtractor(replace(cfg.features, norm_mean=None, norm_std=None)).to(self.device)
         loader = DataLoader(dataset, batch_size=32, shuffle=False, collate_fn=_collate)
 
@@ -459,14 +524,16 @@ class Trainer:
         if cfg.model.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model  # the plain module: weights are saved from here
-        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
-                                           betas=(0.9, 0.999), eps=1e-8)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr, betas=(0.9, 0.999), eps=1e-8
+        )
         self.ema = ModelEma(model, cfg.train.ema_decay) if cfg.train.ema else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16")
         forward = model
         if self.env.distributed:
             forward = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         if cfg.model.compile:
             forward = torch.compile(forward)
         self.forward_model = forward
@@ -474,20 +541,29 @@ class Trainer:
         from ..models import count_params
 
         self.n_params = count_params(model)
-        self.log(f"model {cfg.model.name} layout {cfg.model.layout}: {self.n_params / 1e6:.2f}M parameters, "
-                 f"input {tuple(cfg.features.input_size)}, device {self.device}, "
-                 f"{self.env.world_size} process(es), amp {cfg.train.amp}")
+        self.log(
+            f"model {cfg.model.name} layout {cfg.model.layout}: {self.n_params / 1e6:.2f}M parameters, "
+            f"input {tuple(cfg.features.input_size)}, device {self.device}, "
+            f"{self.env.world_size} process(es), amp {cfg.train.amp}"
+        )
 
     def _build_loaders(self) -> None:
         from ..data import ClipDataset, class_weights_for_sampling
 
         cfg, d = self.cfg, self.data
         train = d.splits["train"]
-        self.train_set = ClipDataset(d.index, train, cfg.features, self.cache, train=True, seed=cfg.data.seed,
-                                     on_skip=self._skipped)
+        self.train_set = ClipDataset(
+            d.index, train, cfg.features, self.cache, train=True, seed=cfg.data.seed, on_skip=self._skipped
+        )
         weights = class_weights_for_sampling(d.index, train) if cfg.data.balanced_sampling else None
-        self.sampler = ddp.EpochSampler(len(train), shuffle=True, weights=weights, seed=cfg.train.seed,
-                                        rank=self.env.rank, world_size=self.env.world_size)
+        self.sampler = ddp.EpochSampler(
+            len(train),
+            shuffle=True,
+            weights=weights,
+            seed=cfg.train.seed,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+        )
         self.steps_per_epoch = math.ceil(self.sampler.per_rank / cfg.train.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.warmup_steps = int(round(cfg.train.warmup_epochs * self.steps_per_epoch))
@@ -495,10 +571,16 @@ class Trainer:
 
     def _loader(self, dataset: Any, sampler: Any = None) -> DataLoader:
         cfg = self.cfg
-        return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, shuffle=False,
-                          num_workers=cfg.data.num_workers, collate_fn=_collate,
-                          pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
+        return DataLoader(
+            dataset,
+            batch_size=cfg.train.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=cfg.data.num_workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
 
     # ----------------------------------------------------------------- resume state
     def _state_tensors(self) -> dict[str, Tensor]:
@@ -515,34 +597,45 @@ class Trainer:
 
     def _state_json(self) -> dict[str, Any]:
         opt = self.optimizer.state_dict()
-        return json_safe({
-            "format": STATE_FORMAT,
-            "epoch": self.epoch,
-            "batch": self.batch,
-            "step": self.step,
-            "steps_per_epoch": self.steps_per_epoch,
-            "world_size": self.env.world_size,
-            "loss_sum": self.loss_sum,
-            "loss_count": self.loss_count,
-            "best_val_map": None if self.best_val_map == -math.inf else self.best_val_map,
-            "best_val_loss": None if self.best_val_loss == math.inf else self.best_val_loss,
-            "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs,
-            "optimizer_param_groups": opt["param_groups"],
-            "optimizer_state_keys": {str(i): sorted(e) for i, e in opt["state"].items()},
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-        })
+        return json_safe(
+            {
+                "format": STATE_FORMAT,
+                "epoch": self.epoch,
+                "batch": self.batch,
+                "step": self.step,
+                "steps_per_epoch": self.steps_per_epoch,
+                "world_size": self.env.world_size,
+                "loss_sum": self.loss_sum,
+                "loss_count": self.loss_count,
+                "best_val_map": None if self.best_val_map == -math.inf else self.best_val_map,
+                "best_val_loss": None if self.best_val_loss == math.inf else self.best_val_loss,
+                "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs,
+                "optimizer_param_groups": opt["param_groups"],
+                "optimizer_state_keys": {str(i): sorted(e) for i, e in opt["state"].items()},
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            }
+        )
 
     def save_last(self) -> None:
         """last.safetensors (the evaluated weights) and the resume state; rank 0 only."""
         if not self.env.is_main:
             return
-        meta = checkpoint_metadata(self.cfg, self.data.labels, self.epoch, step=self.step, batch=self.batch,
-                                   ema=str(self.ema is not None).lower())
+        meta = checkpoint_metadata(
+            self.cfg,
+            self.data.labels,
+            self.epoch,
+            step=self.step,
+            batch=self.batch,
+            ema=str(self.ema is not None).lower(),
+        )
         save_model(self.run.checkpoint_path("last"), self._eval_module(), meta)
         state = self._state_json()
-        save_tensors(self.run.checkpoints_dir / "last.state.safetensors", self._state_tensors(),
-                     {"format": STATE_FORMAT, "state": json.dumps(state)})
+        save_tensors(
+            self.run.checkpoints_dir / "last.state.safetensors",
+            self._state_tensors(),
+            {"format": STATE_FORMAT, "state": json.dumps(state)},
+        )
         atomic_write_json(self.run.checkpoints_dir / "last.state.json", state)
 
     def _first_save_interrupted(self) -> bool:
@@ -558,10 +651,12 @@ class Trainer:
             trained = len(self.run.metrics())
             if trained or self.run.has_checkpoint("best"):
                 if not self._first_save_interrupted():
-                    raise CheckpointError(f"cannot resume {self.run.path}: its resume state {state_path} is missing, "
-                                          f"though the run has trained ({trained} epoch(s) in metrics.jsonl"
-                                          f"{', a best checkpoint' if self.run.has_checkpoint('best') else ''}); "
-                                          "its files are left as they are")
+                    raise CheckpointError(
+                        f"cannot resume {self.run.path}: its resume state {state_path} is missing, "
+                        f"though the run has trained ({trained} epoch(s) in metrics.jsonl"
+                        f"{', a best checkpoint' if self.run.has_checkpoint('best') else ''}); "
+                        "its files are left as they are"
+                    )
                 self.log("starting over: the run was stopped while saving its first epoch")
             return False  # killed before or during its first checkpoint: start from scratch
         tensors, meta = load_tensors(state_path)
@@ -575,7 +670,8 @@ class Trainer:
             raise CheckpointError(
                 f"cannot resume {self.run.path}: it was trained with {state.get('world_size')} process(es) "
                 f"and {state.get('steps_per_epoch')} steps per epoch, now {self.env.world_size} and "
-                f"{self.steps_per_epoch}; resume with the same --nproc and batch size")
+                f"{self.steps_per_epoch}; resume with the same --nproc and batch size"
+            )
         load_weights(self.model, _prefixed(tensors, "model."), str(state_path))
         if self.ema is not None:
             load_weights(self.ema.module, _prefixed(tensors, "ema."), str(state_path))
@@ -614,12 +710,16 @@ class Trainer:
                 self.batch += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{self.loss_sum / max(1, self.loss_count):.4f}",
-                                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                                    run_left=self._time_left(), refresh=False)
+                    bar.set_postfix(
+                        loss=f"{self.loss_sum / max(1, self.loss_count):.4f}",
+                        lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                        run_left=self._time_left(),
+                        refresh=False,
+                    )
                 if self.env.is_main and time.monotonic() - last_status > STATUS_EVERY_SECONDS:
-                    self.run.write_status(epoch=self.epoch, steps=self.step, batch=self.batch,
-                                          batches=self.steps_per_epoch)
+                    self.run.write_status(
+                        epoch=self.epoch, steps=self.step, batch=self.batch, batches=self.steps_per_epoch
+                    )
                     last_status = time.monotonic()
                 if ddp.any_rank(self.stop.requested, self.device) and self.batch < self.steps_per_epoch:
                     self.stop.requested = True
@@ -650,8 +750,10 @@ class Trainer:
             logits = self.forward_model(spec)
         loss = loss_per_example(logits, target, cfg.train.loss, cfg.train.label_smoothing).mean()
         if not torch.isfinite(loss):
-            raise AscaError(f"training loss became {loss.item()} at epoch {epoch}, step {self.step}; "
-                            "lower train.lr or check the data")
+            raise AscaError(
+                f"training loss became {loss.item()} at epoch {epoch}, step {self.step}; "
+                "lower train.lr or check the data"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.train.grad_clip:
@@ -683,8 +785,15 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.steps_per_epoch, initial=initial, desc=f"epoch {epoch}/{self.cfg.train.epochs}",
-                    file=sys.stderr, leave=True, dynamic_ncols=True, unit="step")
+        return tqdm(
+            total=self.steps_per_epoch,
+            initial=initial,
+            desc=f"epoch {epoch}/{self.cfg.train.epochs}",
+            file=sys.stderr,
+            leave=True,
+            dynamic_ncols=True,
+            unit="step",
+        )
 
     @torch.no_grad()
     def evaluate_split(self, split: str) -> tuple[dict[str, Any], float]:
@@ -696,10 +805,12 @@ class Trainer:
         module.eval()
         items = self.data.splits[split]
         mine = ddp.shard(list(range(len(items))), self.env)
-        dataset = ClipDataset(self.data.index, [items[i] for i in mine], self.cfg.features, self.cache, on_skip=self._skipped,
-                              train=False)
-        probs, targets, losses = predict(module, self.features, self._loader(dataset), self.device,
-                                         self.cfg.train.amp, self.cfg.train.loss)
+        dataset = ClipDataset(
+            self.data.index, [items[i] for i in mine], self.cfg.features, self.cache, on_skip=self._skipped, train=False
+        )
+        probs, targets, losses = predict(
+            module, self.features, self._loader(dataset), self.device, self.cfg.train.amp, self.cfg.train.loss
+        )
         parts = ddp.all_gather_objects((mine, probs, targets, losses))
         order = np.concatenate([p[0] for p in parts]).astype(int)
         inverse = np.argsort(order)
@@ -721,8 +832,13 @@ class Trainer:
             eval_started = time.monotonic()
             metrics, val_loss = self.evaluate_split(self.val_split)
             self.eval_seconds = time.monotonic() - eval_started
-            row.update(val_loss=val_loss, val_acc=metrics["acc"], val_map=metrics["map"],
-                       val_auc=metrics["auc"], val_cmap=metrics["cmap"])
+            row.update(
+                val_loss=val_loss,
+                val_acc=metrics["acc"],
+                val_map=metrics["map"],
+                val_auc=metrics["auc"],
+                val_cmap=metrics["cmap"],
+            )
             details = {"epoch": epoch, "split": self.val_split, "labels": self.data.labels, **metrics}
         else:
             row.update(val_loss=None, val_acc=None, val_map=None)
@@ -742,14 +858,23 @@ class Trainer:
             if details:
                 self.run.write_eval(details, epoch=epoch)
             if improved:
-                save_model(self.run.checkpoint_path("best"), self._eval_module(),
-                           checkpoint_metadata(self.cfg, self.data.labels, epoch, step=self.step,
-                                               val_map=row.get("val_map")))
+                save_model(
+                    self.run.checkpoint_path("best"),
+                    self._eval_module(),
+                    checkpoint_metadata(self.cfg, self.data.labels, epoch, step=self.step, val_map=row.get("val_map")),
+                )
             self.save_last()
-            self.run.write_status(epoch=epoch, steps=self.step, best_epoch=self.best_epoch,
-                                  best_val_map=self.best_val_map if math.isfinite(self.best_val_map) else None,
-                                  batch=0, batches=self.steps_per_epoch, epochs=self.cfg.train.epochs,
-                                  train_seconds=round(self.elapsed(), 1), skipped_clips=len(self.skipped_clips))
+            self.run.write_status(
+                epoch=epoch,
+                steps=self.step,
+                best_epoch=self.best_epoch,
+                best_val_map=self.best_val_map if math.isfinite(self.best_val_map) else None,
+                batch=0,
+                batches=self.steps_per_epoch,
+                epochs=self.cfg.train.epochs,
+                train_seconds=round(self.elapsed(), 1),
+                skipped_clips=len(self.skipped_clips),
+            )
         left = ""
         if self.cfg.train.budget_seconds:
             left = f"  budget left {_clock(max(0.0, self.cfg.train.budget_seconds - self.elapsed()))}"
@@ -772,17 +897,17 @@ class Trainer:
         if self.env.is_main:
             self.run.truncate_metrics(self.epoch)
         if resumed:
-            where = (f"in epoch {self.epoch + 1} after batch {self.batch}" if self.batch
-                     else f"after epoch {self.epoch}")
+            where = f"in epoch {self.epoch + 1} after batch {self.batch}" if self.batch else f"after epoch {self.epoch}"
             self.log(f"resumed {where} (step {self.step})")
         augmentation = ""
         if self.clean_steps >= cfg.train.epochs * self.steps_per_epoch:
             augmentation = ", no augmentation"
         elif self.clean_steps:
             augmentation = f", augmentation from step {self.clean_steps}"
-        self.log(f"training {cfg.train.epochs} epochs x {self.steps_per_epoch} steps, batch "
-                 f"{cfg.train.batch_size} per process, lr {cfg.train.lr:g}, warm-up {self.warmup_steps} steps"
-                 + augmentation)
+        self.log(
+            f"training {cfg.train.epochs} epochs x {self.steps_per_epoch} steps, batch "
+            f"{cfg.train.batch_size} per process, lr {cfg.train.lr:g}, warm-up {self.warmup_steps} steps" + augmentation
+        )
         epochs_this_call = 0
         start_epoch = self.epoch + 1
         self._session_started, self._session_first_step = time.monotonic(), self.step
@@ -795,16 +920,19 @@ class Trainer:
             finished = self.train_epoch(epoch)
             if not finished:
                 self.save_last()
-                self.log(f"stopped by {self.stop.signal_name or 'request'} at epoch {epoch}, batch {self.batch}; "
-                         "checkpoint written")
+                self.log(
+                    f"stopped by {self.stop.signal_name or 'request'} at epoch {epoch}, batch {self.batch}; "
+                    "checkpoint written"
+                )
                 return self._finish("stopped")
             self.end_epoch(epoch, time.monotonic() - started)
             self.epoch_seconds.append(time.monotonic() - started)
             epochs_this_call += 1
             if cfg.train.budget_seconds and epoch < self.cfg.train.epochs:
                 # rank 0's clock decides for every rank, so all of them stop after the same epoch
-                planned, stop = ddp.broadcast_object(self._budget_plan(epoch, epochs_this_call)
-                                                     if self.env.is_main else None)
+                planned, stop = ddp.broadcast_object(
+                    self._budget_plan(epoch, epochs_this_call) if self.env.is_main else None
+                )
                 if planned != self.cfg.train.epochs:
                     self._set_epochs(planned)
                 if stop:
@@ -816,8 +944,11 @@ class Trainer:
             if ddp.any_rank(self.stop.requested, self.device):
                 self.log(f"stopped by {self.stop.signal_name or 'request'} after epoch {epoch}; checkpoint written")
                 return self._finish("stopped")
-            if self.stop_after_epochs is not None and epochs_this_call >= self.stop_after_epochs \
-                    and epoch < cfg.train.epochs:
+            if (
+                self.stop_after_epochs is not None
+                and epochs_this_call >= self.stop_after_epochs
+                and epoch < cfg.train.epochs
+            ):
                 self.log(f"paused after epoch {epoch} as requested; resume with --resume")
                 return self._finish("stopped")
         return self._finish("finished")
@@ -848,11 +979,12 @@ class Trainer:
         epochs = self.cfg.train.epochs
         planned = int(min(self._planned_epochs * 4, max(epoch, epoch + math.floor(left / per_epoch))))
         # early epochs set the plan; later ones shorten it when needed, lengthen it only by 2 or more
-        if planned < epochs or epochs_this_call <= 2 or planned - epochs >= 2:
-            if planned != epochs:
-                self.log(f"budget: {per_epoch:.1f} s per epoch, {_clock(max(0.0, left))} left: "
-                         f"{planned} epochs instead of {epochs}")
-                epochs = planned
+        if (planned < epochs or epochs_this_call <= 2 or planned - epochs >= 2) and planned != epochs:
+            self.log(
+                f"budget: {per_epoch:.1f} s per epoch, {_clock(max(0.0, left))} left: "
+                f"{planned} epochs instead of {epochs}"
+            )
+            epochs = planned
         if epoch >= epochs:
             return epochs, True
         if per_epoch > left:
@@ -875,16 +1007,23 @@ class Trainer:
         key = "val_map" if self.data.multi_label else "val_acc"
         values = [float(r.get(key) or 0.0) for r in rows]
         k = max(2, len(values) // 5)
-        last, before = float(np.mean(values[-k:])), float(np.mean(values[-2 * k:-k]))
+        last, before = float(np.mean(values[-k:])), float(np.mean(values[-2 * k : -k]))
         if last - before > 0.005:
-            return (f"validation {key} still rising at the end ({before:.3f} -> {last:.3f} over the last "
-                    f"{2 * k} epochs): a longer budget would likely help")
+            return (
+                f"validation {key} still rising at the end ({before:.3f} -> {last:.3f} over the last "
+                f"{2 * k} epochs): a longer budget would likely help"
+            )
         return f"validation {key} had levelled off ({before:.3f} -> {last:.3f}): more time is unlikely to help much"
 
     def _finish(self, state: str) -> dict[str, Any]:
-        result: dict[str, Any] = {"state": state, "run_dir": str(self.run.path), "epoch": self.epoch,
-                                  "steps": self.step, "best_epoch": self.best_epoch,
-                                  "best_val_map": self.best_val_map if math.isfinite(self.best_val_map) else None}
+        result: dict[str, Any] = {
+            "state": state,
+            "run_dir": str(self.run.path),
+            "epoch": self.epoch,
+            "steps": self.step,
+            "best_epoch": self.best_epoch,
+            "best_val_map": self.best_val_map if math.isfinite(self.best_val_map) else None,
+        }
         rows = self.run.metrics() if self.env.is_main else []
         if rows:
             result["last"] = rows[-1]
@@ -897,11 +1036,16 @@ class Trainer:
             self.log(trend)
         result["seconds"] = round(self.elapsed(), 1)
         if self.env.is_main:
-            self.run.write_status(state=state, epoch=self.epoch, steps=self.step, best_epoch=self.best_epoch,
-                                  best_val_map=result["best_val_map"], train_seconds=result["seconds"],
-                                  skipped_clips=len(self.skipped_clips),
-                                  **({"test_acc": result["test"]["acc"], "test_map": result["test"]["map"]}
-                                     if "test" in result else {}))
+            self.run.write_status(
+                state=state,
+                epoch=self.epoch,
+                steps=self.step,
+                best_epoch=self.best_epoch,
+                best_val_map=result["best_val_map"],
+                train_seconds=result["seconds"],
+                skipped_clips=len(self.skipped_clips),
+                **({"test_acc": result["test"]["acc"], "test_map": result["test"]["map"]} if "test" in result else {}),
+            )
         ddp.barrier()
         return json_safe(result)
 
@@ -911,17 +1055,25 @@ class Trainer:
         state, _ = load_tensors(self.run.checkpoint_path("best"), device="cpu")
         load_weights(self._eval_module(), state, "best.safetensors")
         metrics, loss = self.evaluate_split("test")
-        summary = {"split": "test", "checkpoint": "best", "epoch": self.best_epoch, "loss": loss,
-                   "labels": self.data.labels, **metrics}
+        summary = {
+            "split": "test",
+            "checkpoint": "best",
+            "epoch": self.best_epoch,
+            "loss": loss,
+            "labels": self.data.labels,
+            **metrics,
+        }
         if self.env.is_main:
             self.run.write_eval(summary)
-            self.log(f"test (best epoch {self.best_epoch}): acc {_fmt(metrics['acc'])}  mAP {_fmt(metrics['map'])}  "
-                     f"AUC {_fmt(metrics['auc'])}  cmAP {_fmt(metrics['cmap'])}")
+            self.log(
+                f"test (best epoch {self.best_epoch}): acc {_fmt(metrics['acc'])}  mAP {_fmt(metrics['map'])}  "
+                f"AUC {_fmt(metrics['auc'])}  cmAP {_fmt(metrics['cmap'])}"
+            )
         return {k: summary[k] for k in ("acc", "map", "auc", "cmap", "loss", "n")}
 
 
 def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _fmt(value: Any) -> str:
@@ -934,14 +1086,17 @@ def _clock(seconds: float) -> str:
 
 
 def _format_row(row: dict[str, Any], epochs: int) -> str:
-    return (f"epoch {row['epoch']}/{epochs}  train_loss {_fmt(row['train_loss'])}  val_loss {_fmt(row.get('val_loss'))}"
-            f"  val_acc {_fmt(row.get('val_acc'))}  val_map {_fmt(row.get('val_map'))}  lr {row['lr']:.2e}"
-            f"  {row['seconds']:.1f}s")
+    return (
+        f"epoch {row['epoch']}/{epochs}  train_loss {_fmt(row['train_loss'])}  val_loss {_fmt(row.get('val_loss'))}"
+        f"  val_acc {_fmt(row.get('val_acc'))}  val_map {_fmt(row.get('val_map'))}  lr {row['lr']:.2e}"
+        f"  {row['seconds']:.1f}s"
+    )
 
 
 @torch.no_grad()
-def predict(model: nn.Module, features: nn.Module, loader: DataLoader, device: torch.device,
-            amp: str = "off", loss: str = "bce") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(
+    model: nn.Module, features: nn.Module, loader: DataLoader, device: torch.device, amp: str = "off", loss: str = "bce"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scores, targets and per-example losses of ``model`` over ``loader``.
 
     Shapes: returns (N, K), (N, K), (N,) NumPy arrays.
@@ -959,14 +1114,24 @@ def predict(model: nn.Module, features: nn.Module, loader: DataLoader, device: t
     if not probs:
         k = getattr(model, "num_classes", 0)
         return np.zeros((0, k)), np.zeros((0, k)), np.zeros(0)
-    return (torch.cat(probs).numpy().astype(np.float64), torch.cat(targets).numpy(),
-            torch.cat(losses).numpy().astype(np.float64))
+    return (
+        torch.cat(probs).numpy().astype(np.float64),
+        torch.cat(targets).numpy(),
+        torch.cat(losses).numpy().astype(np.float64),
+    )
 
 
 # ------------------------------------------------------------------------------------ public
-def fit(cfg: Config | None, run_dir: str | Path, resume: bool = False, *, progress: bool | None = None,
-        echo: Callable[[str], None] | None = None, stop_after_epochs: int | None = None,
-        recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+def fit(
+    cfg: Config | None,
+    run_dir: str | Path,
+    resume: bool = False,
+    *,
+    progress: bool | None = None,
+    echo: Callable[[str], None] | None = None,
+    stop_after_epochs: int | None = None,
+    recipe: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``) and return final metrics.
 
     ``cfg`` may be None when resuming (the run's config.yaml is used). ``progress``: tqdm bars on
@@ -1038,13 +1203,26 @@ def _queued_result(trainer: Trainer) -> dict[str, Any]:
     """fit()'s result for a run stopped while it waited for the training slot."""
     status = trainer.run.write_status(state="stopped")
     trainer.log("stopped while queued; nothing was trained in this session")
-    return json_safe({"state": "stopped", "run_dir": str(trainer.run.path), "epoch": status.get("epoch", 0),
-                      "steps": status.get("steps", 0), "best_epoch": status.get("best_epoch") or 0,
-                      "best_val_map": status.get("best_val_map")})
+    return json_safe(
+        {
+            "state": "stopped",
+            "run_dir": str(trainer.run.path),
+            "epoch": status.get("epoch", 0),
+            "steps": status.get("steps", 0),
+            "best_epoch": status.get("best_epoch") or 0,
+            "best_val_map": status.get("best_val_map"),
+        }
+    )
 
 
-def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | None = None,
-             checkpoint: str = "best", device: str = "cpu", batch_size: int | None = None) -> dict[str, Any]:
+def evaluate(
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    split: str | None = None,
+    checkpoint: str = "best",
+    device: str = "cpu",
+    batch_size: int | None = None,
+) -> dict[str, Any]:
     """Evaluate a trained run.
 
     Without ``data``: the run's own dataset and splits (``split`` default: test if the run has a
@@ -1092,15 +1270,33 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | N
 
     features = FeatureExtractor(cfg.features).to(dev).eval()
     dataset = ClipDataset(index, items, cfg.features, make_cache(cfg), train=False)
-    loader = DataLoader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False,
-                        collate_fn=_collate)
+    loader = DataLoader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False, collate_fn=_collate)
     probs, targets, losses = predict(model, features, loader, dev, "off", cfg.train.loss)
     metrics = compute_metrics(probs, targets, bundle.multi_label)
     if store is not None and store.has_checkpoint(checkpoint):
         epoch = int(read_metadata(store.checkpoint_path(checkpoint)).get("epoch", 0)) or None
-    return json_safe({"run": str(run_dir), "checkpoint": checkpoint, "epoch": epoch, "data": source,
-                      "split": split, "loss": float(losses.mean()), "labels": labels, **metrics})
+    return json_safe(
+        {
+            "run": str(run_dir),
+            "checkpoint": checkpoint,
+            "epoch": epoch,
+            "data": source,
+            "split": split,
+            "loss": float(losses.mean()),
+            "labels": labels,
+            **metrics,
+        }
+    )
 
 
-__all__ = ["fit", "evaluate", "predict", "prepare_data", "param_groups", "loss_per_example",
-           "probabilities", "ModelEma", "Trainer"]
+__all__ = [
+    "ModelEma",
+    "Trainer",
+    "evaluate",
+    "fit",
+    "loss_per_example",
+    "param_groups",
+    "predict",
+    "prepare_data",
+    "probabilities",
+]

@@ -103,8 +103,9 @@ def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int) -> np
     return matrix
 
 
-def compute_metrics(probs: np.ndarray, targets: np.ndarray, multi_label: bool,
-                    threshold: float = 0.5) -> dict[str, Any]:
+def compute_metrics(
+    probs: np.ndarray, targets: np.ndarray, multi_label: bool, threshold: float = 0.5
+) -> dict[str, Any]:
     """Every metric the run store and ``asca eval`` report.
 
     Single-label: predictions are the argmax, targets one-hot; a confusion matrix is included.
@@ -159,6 +160,13 @@ def _clean(values: np.ndarray) -> list[float | None]:
 
 
 __all__ = [
-    "average_precision", "roc_auc", "per_class_ap", "mean_average_precision", "macro_roc_auc",
-    "padded_cmap", "top1_accuracy", "confusion_matrix", "compute_metrics",
+    "average_precision",
+    "compute_metrics",
+    "confusion_matrix",
+    "macro_roc_auc",
+    "mean_average_precision",
+    "padded_cmap",
+    "per_class_ap",
+    "roc_auc",
+    "top1_accuracy",
 ]

@@ -27,8 +27,9 @@ import re
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..config import Config, apply_overrides
 from ..errors import ConfigError
@@ -61,8 +62,11 @@ def parse_duration(text: str | float | int) -> float:
 
 def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+    return (
+        f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
         else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 # ------------------------------------------------------------------------------ profile
@@ -123,15 +127,22 @@ def profile_dataset(path: str, format: str = "auto", max_files: int = PROFILE_FI
     rate, count = rates.most_common(1)[0]
     durations.sort()
     return DatasetProfile(
-        path=str(path), format=index.format, clips=len(index.clips), classes=len(index.classes),
-        clips_per_class=index.label_counts(), multi_label=bool(index.multi_label),
-        sample_rate=int(rate), rate_share=count / len(durations),
+        path=str(path),
+        format=index.format,
+        clips=len(index.clips),
+        classes=len(index.classes),
+        clips_per_class=index.label_counts(),
+        multi_label=bool(index.multi_label),
+        sample_rate=int(rate),
+        rate_share=count / len(durations),
         duration_median=float(statistics.median(durations)),
         duration_p90=float(durations[min(len(durations) - 1, int(0.9 * len(durations)))]),
         duration_max=float(durations[-1]),
         folds=sorted({c.fold for c in index.clips if c.fold is not None}),
         official_split=any(c.split for c in index.clips),
-        protocol=resolve_protocol(index), profiled=len(durations))
+        protocol=resolve_protocol(index),
+        profiled=len(durations),
+    )
 
 
 # ------------------------------------------------------------------------------ recipe
@@ -157,9 +168,11 @@ class Recipe:
         lines = []
         if self.profile is not None:
             p = self.profile
-            lines.append(f"dataset {p.path}: {p.clips:,} clips, {p.classes} classes "
-                         f"({'multi' if p.multi_label else 'single'}-label), {p.sample_rate} Hz, "
-                         f"clips {p.duration_median:.2f} s median / {p.duration_max:.2f} s max")
+            lines.append(
+                f"dataset {p.path}: {p.clips:,} clips, {p.classes} classes "
+                f"({'multi' if p.multi_label else 'single'}-label), {p.sample_rate} Hz, "
+                f"clips {p.duration_median:.2f} s median / {p.duration_max:.2f} s max"
+            )
         if self.budget_seconds:
             lines.append(f"budget {format_duration(self.budget_seconds)} (training ends within it)")
         lines.append("recipe:")
@@ -169,8 +182,11 @@ class Recipe:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"budget_seconds": self.budget_seconds, "probe": self.probe,
-                "choices": [{"key": c.key, "value": c.value, "reason": c.reason} for c in self.choices]}
+        return {
+            "budget_seconds": self.budget_seconds,
+            "probe": self.probe,
+            "choices": [{"key": c.key, "value": c.value, "reason": c.reason} for c in self.choices],
+        }
 
 
 def _show(value: Any) -> str:
@@ -209,9 +225,15 @@ class _Builder:
         return Config.from_dict(apply_overrides(raw, overrides)) if overrides else base
 
 
-def resolve_recipe(data: str, budget_seconds: float | None = DEFAULT_BUDGET_SECONDS,
-                   overrides: Sequence[str] = (), *, probe: bool = True,
-                   echo: Callable[[str], None] | None = None, format: str = "auto") -> Recipe:
+def resolve_recipe(
+    data: str,
+    budget_seconds: float | None = DEFAULT_BUDGET_SECONDS,
+    overrides: Sequence[str] = (),
+    *,
+    probe: bool = True,
+    echo: Callable[[str], None] | None = None,
+    format: str = "auto",
+) -> Recipe:
     """Resolve a training config for ``data`` that fits ``budget_seconds`` on this machine.
 
     ``probe=False`` skips the throughput probe (epochs then follow a per-clip cost estimate).
@@ -243,13 +265,23 @@ def resolve_recipe(data: str, budget_seconds: float | None = DEFAULT_BUDGET_SECO
 def _protocol(b: _Builder, p: DatasetProfile) -> None:
     proto = p.protocol
     if proto.test_fold is not None:
-        b.set("data.test_fold", proto.test_fold, f"fold column ({len(p.folds)} folds): fold {proto.test_fold} is the "
-              "test set, as in the dataset's own protocol")
+        b.set(
+            "data.test_fold",
+            proto.test_fold,
+            f"fold column ({len(p.folds)} folds): fold {proto.test_fold} is the "
+            "test set, as in the dataset's own protocol",
+        )
     if proto.group_column is not None:
-        b.set("data.group_column", proto.group_column,
-              f"{proto.groups:,} groups in column '{proto.group_column}': each group stays on one side of every split")
-    b.set("data.val_fraction", 0.1 if p.clips >= 1000 else 0.15,
-          "validation carved from the training pool, for model selection")
+        b.set(
+            "data.group_column",
+            proto.group_column,
+            f"{proto.groups:,} groups in column '{proto.group_column}': each group stays on one side of every split",
+        )
+    b.set(
+        "data.val_fraction",
+        0.1 if p.clips >= 1000 else 0.15,
+        "validation carved from the training pool, for model selection",
+    )
     if proto.test_fold is None and not p.official_split:
         b.set("data.test_fraction", 0.15, "no split or fold column: a stratified 15% test set")
 
@@ -262,18 +294,30 @@ def _front_end(b: _Builder, p: DatasetProfile) -> None:
     b.set("features.sample_rate", rate, why)
     crop = _crop_seconds(p.duration_p90)
     if p.duration_p90 <= MAX_CROP_SECONDS:
-        b.set("features.clip_seconds", crop, f"90% of clips last {p.duration_p90:.2f} s or less: whole clips, "
-              "shorter ones centre-padded")
+        b.set(
+            "features.clip_seconds",
+            crop,
+            f"90% of clips last {p.duration_p90:.2f} s or less: whole clips, shorter ones centre-padded",
+        )
     else:
-        b.set("features.clip_seconds", crop, f"clips run to {p.duration_max:.0f} s: random {crop:g} s crops in "
-              "training, centre crops in evaluation")
+        b.set(
+            "features.clip_seconds",
+            crop,
+            f"clips run to {p.duration_max:.0f} s: random {crop:g} s crops in training, centre crops in evaluation",
+        )
     hop_ms = 10 if crop <= 2.0 else 20
     hop = int(round(rate * hop_ms / 1000))
     win = int(round(rate * (25 if hop_ms == 10 else 40) / 1000))
-    b.set("features.hop_length", hop, f"{hop_ms} ms hop: {'fine time detail for short clips' if hop_ms == 10 else 'half the frames of a 10 ms hop for clips over 2 s'}")
+    b.set(
+        "features.hop_length",
+        hop,
+        f"{hop_ms} ms hop: {'fine time detail for short clips' if hop_ms == 10 else 'half the frames of a 10 ms hop for clips over 2 s'}",
+    )
     b.set("features.win_length", win, f"{win * 1000 / rate:.0f} ms analysis window")
     b.set("features.n_fft", 1 << (win - 1).bit_length(), "the next power of two above the window")
-    b.set("features.n_mels", 64, "64 mel bands: enough resolution for speech, birdsong and everyday sounds at a CPU cost")
+    b.set(
+        "features.n_mels", 64, "64 mel bands: enough resolution for speech, birdsong and everyday sounds at a CPU cost"
+    )
     b.set("features.f_min", 20.0, "from 20 Hz")
     b.set("features.f_max", float(rate // 2), "to the Nyquist frequency")
 
@@ -282,26 +326,40 @@ def _loss(b: _Builder, p: DatasetProfile) -> None:
     if p.multi_label:
         b.set("train.loss", "bce", "multi-label clips: one sigmoid per class")
     else:
-        b.set("train.loss", "ce", "one label per clip: softmax cross-entropy (learns several times faster than BCE here)")
+        b.set(
+            "train.loss", "ce", "one label per clip: softmax cross-entropy (learns several times faster than BCE here)"
+        )
         b.set("train.label_smoothing", 0.1, "single-label: smoothing 0.1 against over-confidence on small data")
 
 
 def _model(b: _Builder, p: DatasetProfile) -> None:
-    b.set("model.name", "asca_tiny", "3.1M-parameter C-C-C-T: the size that trains from scratch on thousands of clips on a CPU")
+    b.set(
+        "model.name",
+        "asca_tiny",
+        "3.1M-parameter C-C-C-T: the size that trains from scratch on thousands of clips on a CPU",
+    )
     b.set("model.layout", "CCCT", "the paper's layout: convolution first, attention on the coarsest grid")
-    b.set("model.head_pool", "avgmax", "mean + max over time (PANNs): a sound filling part of a clip is not averaged "
-          "away (on 5 s scenes 41% vs 28% after 4 epochs)")
+    b.set(
+        "model.head_pool",
+        "avgmax",
+        "mean + max over time (PANNs): a sound filling part of a clip is not averaged "
+        "away (on 5 s scenes 41% vs 28% after 4 epochs)",
+    )
 
 
 def _augmentation(b: _Builder, p: DatasetProfile) -> None:
-    frames = Config.from_dict({"features": {k.split(".")[1]: v for k, v in b.values.items()
-                                            if k.startswith("features.")}}).features.frames
+    frames = Config.from_dict(
+        {"features": {k.split(".")[1]: v for k, v in b.values.items() if k.startswith("features.")}}
+    ).features.frames
     b.set("augment.time_masks", 2, "SpecAugment: two time masks")
     b.set("augment.time_mask_width", max(2, frames // 10), f"up to 10% of the {frames} frames each")
     b.set("augment.freq_masks", 2, "two frequency masks")
     b.set("augment.freq_mask_width", 8, "up to 8 of the 64 mel bands each")
-    b.set("augment.time_shift", 0.1 if b.values["features.clip_seconds"] <= 2 else 0.2,
-          "random circular shift: a sound's position carries no label")
+    b.set(
+        "augment.time_shift",
+        0.1 if b.values["features.clip_seconds"] <= 2 else 0.2,
+        "random circular shift: a sound's position carries no label",
+    )
     b.set("augment.gain_db", 6.0, "random gain of up to 6 dB: recording levels vary")
     b.set("augment.noise_prob", 0.25, "background noise on a quarter of the clips (the paper's probability)")
     b.set("augment.snr_db_min", 10.0, "noise 10-30 dB below the signal")
@@ -312,21 +370,32 @@ def _augmentation(b: _Builder, p: DatasetProfile) -> None:
         b.set("augment.mixup_prob", 0.5, "on half of each batch's examples")
         b.set("augment.mixup_alpha", 0.4, "lambda ~ Beta(0.4, 0.4): mostly one clip with some of another")
     else:
-        b.set("augment.mixup", False, "no mixup for single-label clips: within budgets of minutes it cost 4 points on "
-              "the demo set and 2 on Speech Commands (benchmarks/bench_recipe.py)")
+        b.set(
+            "augment.mixup",
+            False,
+            "no mixup for single-label clips: within budgets of minutes it cost 4 points on "
+            "the demo set and 2 on Speech Commands (benchmarks/bench_recipe.py)",
+        )
     b.set("train.ema", True, "weights averaged over the last steps: steadier validation, better final model")
     b.set("train.weight_decay", 0.05, "AdamW decoupled weight decay")
 
 
-def _fit_budget(recipe: Recipe, b: _Builder, overrides: Sequence[str], *, probe: bool,
-                echo: Callable[[str], None] | None) -> None:
+def _fit_budget(
+    recipe: Recipe, b: _Builder, overrides: Sequence[str], *, probe: bool, echo: Callable[[str], None] | None
+) -> None:
     """Batch size and epochs that fit the budget, from a throughput probe on this machine."""
     p = recipe.profile
     assert p is not None
     budget = float(recipe.budget_seconds or 0)
     cfg = recipe.config
-    train_clips = int(p.clips * (1.0 - cfg.data.val_fraction - (cfg.data.test_fraction if cfg.data.test_fold is None
-                                                                 and not p.official_split else 0.0)))
+    train_clips = int(
+        p.clips
+        * (
+            1.0
+            - cfg.data.val_fraction
+            - (cfg.data.test_fraction if cfg.data.test_fold is None and not p.official_split else 0.0)
+        )
+    )
     if cfg.data.test_fold is not None and p.folds:
         train_clips = int(p.clips * (1 - 1 / len(p.folds)) * (1 - cfg.data.val_fraction))
     train_clips = max(1, train_clips)
@@ -346,20 +415,32 @@ def _fit_budget(recipe: Recipe, b: _Builder, overrides: Sequence[str], *, probe:
     decode_seconds = p.clips * speed["decode_seconds_per_clip"]
     available = budget * (1.0 - FINAL_TEST_SHARE) - decode_seconds - speed.get("setup_seconds", 0.0)
     epochs = int(max(MIN_EPOCHS, min(MAX_EPOCHS, math.floor(available / max(epoch_seconds, 1e-3)))))
-    b.set("train.epochs", epochs, f"~{epoch_seconds:.0f} s per epoch measured here ({speed['step_seconds'] * 1000:.0f} ms "
-          f"per step of {cfg.train.batch_size}), {decode_seconds:.0f} s to decode the clips once; re-planned after "
-          "the first epoch")
+    b.set(
+        "train.epochs",
+        epochs,
+        f"~{epoch_seconds:.0f} s per epoch measured here ({speed['step_seconds'] * 1000:.0f} ms "
+        f"per step of {cfg.train.batch_size}), {decode_seconds:.0f} s to decode the clips once; re-planned after "
+        "the first epoch",
+    )
     b.set("train.budget_seconds", budget, "training stops in time for the final test, whatever the estimate")
     warmup = round(min(3.0, max(1.0, 0.05 * epochs)), 1)
     b.set("train.warmup_epochs", warmup, "linear warm-up, then cosine decay to the end of the budget")
     if not p.multi_label and cfg.features.clip_seconds > 2.0:
-        b.set("augment.clean_epochs", float(MAX_EPOCHS), "no augmentation for single-label clips over 2 s within a "
-              "budget: masks and noise can hide a short sound in a long clip (5 s scenes at 15 min: 74% clean, "
-              "18% augmented after 2 clean epochs)")
+        b.set(
+            "augment.clean_epochs",
+            float(MAX_EPOCHS),
+            "no augmentation for single-label clips over 2 s within a "
+            "budget: masks and noise can hide a short sound in a long clip (5 s scenes at 15 min: 74% clean, "
+            "18% augmented after 2 clean epochs)",
+        )
     else:
         clean = round(min(epochs / 3, max(2.0, 0.15 * epochs)), 1)
-        b.set("augment.clean_epochs", clean, "clean clips first, augmentation after: with noise and masks from the "
-              "first step, 5 s scenes stayed at chance for 11 epochs; clean, the model found the sounds in 2")
+        b.set(
+            "augment.clean_epochs",
+            clean,
+            "clean clips first, augmentation after: with noise and masks from the "
+            "first step, 5 s scenes stayed at chance for 11 epochs; clean, the model found the sounds in 2",
+        )
     b.set("train.lr", 2e-3, "AdamW from scratch")
     b.set("train.min_lr", 1e-5, "")
     b.choices.pop()
@@ -376,8 +457,12 @@ def estimate_throughput(cfg: Config) -> dict[str, float]:
     """A coarse, machine-independent guess of the costs :func:`measure_throughput` measures."""
     f, t = cfg.features.input_size
     per_clip = 2.5e-3 * (f * t) / (64 * 96)  # asca_tiny on 2 CPU cores at 64 x 96
-    return {"step_seconds": per_clip * cfg.train.batch_size, "eval_seconds_per_clip": per_clip / 3,
-            "decode_seconds_per_clip": 2e-3 + cfg.features.clip_seconds * 1e-3, "setup_seconds": 10.0}
+    return {
+        "step_seconds": per_clip * cfg.train.batch_size,
+        "eval_seconds_per_clip": per_clip / 3,
+        "decode_seconds_per_clip": 2e-3 + cfg.features.clip_seconds * 1e-3,
+        "setup_seconds": 10.0,
+    }
 
 
 def measure_throughput(cfg: Config, num_classes: int, steps: int = 4) -> dict[str, float]:
@@ -438,12 +523,24 @@ def measure_throughput(cfg: Config, num_classes: int, steps: int = 4) -> dict[st
         try:
             load_audio(path, sample_rate=feat_cfg.sample_rate)
             decoded += 1
-        except Exception:  # noqa: BLE001 - unreadable files are reported by training itself
+        except Exception:
             pass
     decode = (time.perf_counter() - t0) / max(1, decoded)
-    return {"step_seconds": step_seconds * 1.1, "eval_seconds_per_clip": eval_per_clip,
-            "decode_seconds_per_clip": decode, "setup_seconds": 5.0 + (time.perf_counter() - started) * 0.2}
+    return {
+        "step_seconds": step_seconds * 1.1,
+        "eval_seconds_per_clip": eval_per_clip,
+        "decode_seconds_per_clip": decode,
+        "setup_seconds": 5.0 + (time.perf_counter() - started) * 0.2,
+    }
 
 
-__all__ = ["resolve_recipe", "profile_dataset", "parse_duration", "format_duration", "Recipe",
-           "DatasetProfile", "measure_throughput", "estimate_throughput"]
+__all__ = [
+    "DatasetProfile",
+    "Recipe",
+    "estimate_throughput",
+    "format_duration",
+    "measure_throughput",
+    "parse_duration",
+    "profile_dataset",
+    "resolve_recipe",
+]

@@ -25,15 +25,13 @@ import re
 import stat
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..config import Config
 from ..errors import AscaError, CheckpointError
-from ..fileio import read_json, read_json_lines, read_text
+from ..fileio import read_json, read_json_lines
 
 STATES = ("queued", "running", "finished", "failed", "stopped")
 LOCK_FILE = ".lock"  # flock()ed by the one process writing the run, for as long as it trains
@@ -115,7 +113,7 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Non
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+    return datetime.now(UTC).astimezone().isoformat(timespec="seconds")
 
 
 class RunStore:
@@ -318,7 +316,7 @@ def process_start_time(pid: int) -> int | None:
     except OSError:
         return None
     # the command name may contain spaces and parentheses: fields start after the last ")"
-    fields = text[text.rfind(")") + 2:].split()
+    fields = text[text.rfind(")") + 2 :].split()
     if fields and fields[0] == "Z":
         return -1
     try:
@@ -448,8 +446,10 @@ class RunLock(_FileLock):
                 continue  # released in between
             owner_alive = same_process(holder.get("pid"), holder.get("pid_start"))
             if (owner_alive and time.monotonic() > probe_until) or time.monotonic() > deadline:
-                raise CheckpointError(f"run {self.run_dir} is being trained by {_holder_text(holder)}: "
-                                      "wait for it to end or stop it first")
+                raise CheckpointError(
+                    f"run {self.run_dir} is being trained by {_holder_text(holder)}: "
+                    "wait for it to end or stop it first"
+                )
             time.sleep(0.05)
 
     @staticmethod
@@ -521,8 +521,7 @@ def unusable_run_dir(run_dir: str | Path) -> str | None:
         return f"run directory {path} cannot be listed: {exc.strerror or exc}"
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        return (f"run directory {path} is not empty and holds no run ({shown}): "
-                "choose a new or empty --run-dir")
+        return f"run directory {path} is not empty and holds no run ({shown}): choose a new or empty --run-dir"
     return None
 
 
@@ -570,7 +569,26 @@ def list_runs(root: str | Path | None = None) -> list[RunStore]:
     return sorted(runs, key=created, reverse=True)
 
 
-__all__ = ["RunStore", "list_runs", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
-           "json_safe", "STATES", "RunLock", "TrainingSlot", "process_start_time", "same_process",
-           "trainer_alive", "check_labels", "sweep_temporaries", "foreign_entries", "LOCK_FILE",
-           "LAUNCHER_FILES", "SLOT_ENV", "unusable_run_dir", "wait_for_slot", "checkpoint_labels"]
+__all__ = [
+    "LAUNCHER_FILES",
+    "LOCK_FILE",
+    "SLOT_ENV",
+    "STATES",
+    "RunLock",
+    "RunStore",
+    "TrainingSlot",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_labels",
+    "checkpoint_labels",
+    "foreign_entries",
+    "json_safe",
+    "list_runs",
+    "process_start_time",
+    "same_process",
+    "sweep_temporaries",
+    "trainer_alive",
+    "unusable_run_dir",
+    "wait_for_slot",
+]

@@ -9,9 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +21,7 @@ from .runstore import RunStore
 
 
 # ------------------------------------------------------------------------------------ runs
-def train_or_resume(cfg: Config, run_dir: Path, echo: Callable[[str], None] | None,
-                    progress: bool | None) -> bool:
+def train_or_resume(cfg: Config, run_dir: Path, echo: Callable[[str], None] | None, progress: bool | None) -> bool:
     """Train (or resume, or reuse) one run; False when it was stopped before finishing."""
     from .engine import fit
 
@@ -103,45 +103,57 @@ class Bar:
     colour: str = "#4c78a8"
 
 
-def bar_chart_svg(bars: Sequence[Bar], *, title: str, subtitle: str, mean: float | None = None,
-                  mean_label: str = "mean") -> str:
+def bar_chart_svg(
+    bars: Sequence[Bar], *, title: str, subtitle: str, mean: float | None = None, mean_label: str = "mean"
+) -> str:
     """A horizontal bar chart as standalone SVG: one bar per item, a ±1 std whisker where given,
     and optionally a dashed vertical line at ``mean``. No scripts, nothing to fetch."""
     width, bar_h, gap, left, top = 640, 28, 14, 70, 48
     plot_w = width - left - 150
     height = top + len(bars) * (bar_h + gap) + 40
     hi = max([1.0] + [float(b.value) + float(b.std or 0.0) for b in bars if b.value is not None])
-    x = lambda v: left + plot_w * float(v) / hi  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13">',
-             f'<text x="{left}" y="22" font-size="15" font-weight="bold">{esc(title)}</text>',
-             f'<text x="{left}" y="40" fill="#555">{esc(subtitle)}</text>']
+    x = lambda v: left + plot_w * float(v) / hi
+    parts = [
+        (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13">'
+        ),
+        f'<text x="{left}" y="22" font-size="15" font-weight="bold">{esc(title)}</text>',
+        f'<text x="{left}" y="40" fill="#555">{esc(subtitle)}</text>',
+    ]
     for tick in np.linspace(0.0, hi, 5):
         tx = x(tick)
         parts.append(f'<line x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" y2="{height - 34}" stroke="#ddd"/>')
         parts.append(f'<text x="{tx:.1f}" y="{height - 18}" text-anchor="middle" fill="#555">{tick:.2f}</text>')
     for i, bar in enumerate(bars):
         y = top + i * (bar_h + gap) + gap / 2
-        parts.append(f'<text x="{left - 8}" y="{y + bar_h * 0.68:.1f}" text-anchor="end" '
-                     f'font-weight="bold">{esc(bar.label)}</text>')
+        parts.append(
+            f'<text x="{left - 8}" y="{y + bar_h * 0.68:.1f}" text-anchor="end" '
+            f'font-weight="bold">{esc(bar.label)}</text>'
+        )
         if bar.value is None:
             parts.append(f'<text x="{left + 4}" y="{y + bar_h * 0.68:.1f}" fill="#888">n/a</text>')
             continue
         value, std = float(bar.value), float(bar.std or 0.0)
-        parts.append(f'<rect x="{left}" y="{y:.1f}" width="{x(value) - left:.1f}" height="{bar_h}" '
-                     f'fill="{bar.colour}"/>')
+        parts.append(
+            f'<rect x="{left}" y="{y:.1f}" width="{x(value) - left:.1f}" height="{bar_h}" fill="{bar.colour}"/>'
+        )
         if std > 0:
             cy = y + bar_h / 2
-            parts.append(f'<line x1="{x(value - std):.1f}" y1="{cy:.1f}" x2="{x(min(hi, value + std)):.1f}" '
-                         f'y2="{cy:.1f}" stroke="#222" stroke-width="1.5"/>')
+            parts.append(
+                f'<line x1="{x(value - std):.1f}" y1="{cy:.1f}" x2="{x(min(hi, value + std)):.1f}" '
+                f'y2="{cy:.1f}" stroke="#222" stroke-width="1.5"/>'
+            )
         parts.append(f'<text x="{left + plot_w + 8}" y="{y + bar_h * 0.68:.1f}">{value:.3f}{esc(bar.note)}</text>')
     if mean is not None:
         mx = x(mean)
-        parts.append(f'<line x1="{mx:.1f}" y1="{top - 4}" x2="{mx:.1f}" y2="{height - 34}" stroke="#e45756" '
-                     'stroke-width="2" stroke-dasharray="6 4"/>')
+        parts.append(
+            f'<line x1="{mx:.1f}" y1="{top - 4}" x2="{mx:.1f}" y2="{height - 34}" stroke="#e45756" '
+            'stroke-width="2" stroke-dasharray="6 4"/>'
+        )
         parts.append(f'<text x="{mx + 4:.1f}" y="{height - 38}" fill="#e45756">{esc(mean_label)} {mean:.3f}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
 
-__all__ = ["train_or_resume", "collect", "mean_std", "pm", "to_csv", "esc", "Bar", "bar_chart_svg"]
+__all__ = ["Bar", "bar_chart_svg", "collect", "esc", "mean_std", "pm", "to_csv", "train_or_resume"]

@@ -26,8 +26,9 @@ def _show_wave(before: torch.Tensor, after: torch.Tensor, features, key: str, no
     sr, hop = FEATURES.sample_rate, FEATURES.hop_length
     if note:
         st.markdown(note)
-    st.plotly_chart(figures.before_after(features(before)[0, 0], features(after)[0, 0], sr, hop,
-                                         f_min=FEATURES.f_min), key=key)
+    st.plotly_chart(
+        figures.before_after(features(before)[0, 0], features(after)[0, 0], sr, hop, f_min=FEATURES.f_min), key=key
+    )
     a, b = st.columns(2)
     a.caption("before")
     a.audio(before[0].numpy(), sample_rate=sr)
@@ -37,10 +38,13 @@ def _show_wave(before: torch.Tensor, after: torch.Tensor, features, key: str, no
 
 def render() -> None:
     st.title("Augment")
-    st.caption("What the training step does to a clip, one augmentation at a time. Each draw is "
-               "seeded, like training: the same seed gives the same result.")
-    table, _ = state.dataset_table(st.session_state.get(state.KEYS["dataset"], "demo"),
-                                   st.session_state.get(state.KEYS["format"], "auto"))
+    st.caption(
+        "What the training step does to a clip, one augmentation at a time. Each draw is "
+        "seeded, like training: the same seed gives the same result."
+    )
+    table, _ = state.dataset_table(
+        st.session_state.get(state.KEYS["dataset"], "demo"), st.session_state.get(state.KEYS["format"], "auto")
+    )
     files = table["file"].tolist()
     c1, c2, c3 = st.columns([3, 3, 1])
     file = c1.selectbox("Clip", files, key="aug_clip")
@@ -52,7 +56,7 @@ def render() -> None:
     raw = FeatureExtractor(FEATURES)
     mean, std = compute_norm_stats([raw(wave), raw(other)])
     features = FeatureExtractor(dataclasses.replace(FEATURES, norm_mean=mean, norm_std=std))
-    gen = lambda: torch.Generator().manual_seed(int(seed))  # noqa: E731 - a fresh, equal stream per view
+    gen = lambda: torch.Generator().manual_seed(int(seed))
 
     tabs = st.tabs(["Gain", "Time shift", "Background noise", "Masks", "Mixup", "Whole pipeline"])
     with tabs[0]:
@@ -71,38 +75,65 @@ def render() -> None:
         _show_wave(wave, noisy.train()(wave, gen()), features, "noise")
     with tabs[3]:
         m = st.columns(4)
-        masks = dict(time_masks=m[0].slider("Time masks", 0, 6, 2, key="aug_tm"),
-                     time_mask_width=m[1].slider("Max width (frames)", 0, 100, 30, key="aug_tw"),
-                     freq_masks=m[2].slider("Frequency masks", 0, 6, 2, key="aug_fm"),
-                     freq_mask_width=m[3].slider("Max width (mel bins)", 0, 64, 12, key="aug_fw"))
+        masks = dict(
+            time_masks=m[0].slider("Time masks", 0, 6, 2, key="aug_tm"),
+            time_mask_width=m[1].slider("Max width (frames)", 0, 100, 30, key="aug_tw"),
+            freq_masks=m[2].slider("Frequency masks", 0, 6, 2, key="aug_fm"),
+            freq_mask_width=m[3].slider("Max width (mel bins)", 0, 64, 12, key="aug_fw"),
+        )
         spec = features(wave)
         masked = SpecAugment(dataclasses.replace(OFF, **masks)).train()(spec, gen())
-        st.plotly_chart(figures.before_after(spec[0, 0], masked[0, 0], FEATURES.sample_rate, FEATURES.hop_length,
-                                             f_min=FEATURES.f_min), key="masks")
+        st.plotly_chart(
+            figures.before_after(
+                spec[0, 0], masked[0, 0], FEATURES.sample_rate, FEATURES.hop_length, f_min=FEATURES.f_min
+            ),
+            key="masks",
+        )
     with tabs[4]:
         alpha = st.slider("Mixup alpha (λ ~ Beta(α, α))", 0.05, 2.0, 0.4, 0.05, key="aug_alpha")
         specs = torch.cat([features(wave), features(other)])
         targets = torch.eye(2)
         mixer = Mixup(dataclasses.replace(OFF, mixup=True, mixup_alpha=alpha, mixup_prob=1.0)).train()
         mixed, mixed_targets = mixer(specs, targets, gen())
-        st.plotly_chart(figures.before_after(specs[0, 0], mixed[0, 0], FEATURES.sample_rate, FEATURES.hop_length,
-                                             f_min=FEATURES.f_min), key="mixup")
-        st.markdown(f"Target after mixup: **{labels[file]}** {mixed_targets[0, 0]:.2f} · "
-                    f"**{labels[partner]}** {mixed_targets[0, 1]:.2f}")
+        st.plotly_chart(
+            figures.before_after(
+                specs[0, 0], mixed[0, 0], FEATURES.sample_rate, FEATURES.hop_length, f_min=FEATURES.f_min
+            ),
+            key="mixup",
+        )
+        st.markdown(
+            f"Target after mixup: **{labels[file]}** {mixed_targets[0, 0]:.2f} · "
+            f"**{labels[partner]}** {mixed_targets[0, 1]:.2f}"
+        )
     with tabs[5]:
-        cfg = AugmentConfig(gain_db=gain, time_shift=shift, noise_prob=0.25, snr_db_min=snr[0], snr_db_max=snr[1],
-                            mixup_alpha=alpha, **masks)
-        st.caption("Gain, shift and noise (probability 0.25) on the wave, then masks and mixup "
-                   "(probability 0.5) on the normalised log-Mel, exactly in the training order.")
+        cfg = AugmentConfig(
+            gain_db=gain,
+            time_shift=shift,
+            noise_prob=0.25,
+            snr_db_min=snr[0],
+            snr_db_max=snr[1],
+            mixup_alpha=alpha,
+            **masks,
+        )
+        st.caption(
+            "Gain, shift and noise (probability 0.25) on the wave, then masks and mixup "
+            "(probability 0.5) on the normalised log-Mel, exactly in the training order."
+        )
         pipeline = TrainAugment(cfg).train()
         g = gen()
         waves = pipeline.wave(torch.cat([wave, other]), g)
         out, out_targets = pipeline.mixup(pipeline.spec(features(waves), g), torch.eye(2), g)
-        st.plotly_chart(figures.before_after(features(wave)[0, 0], out[0, 0], FEATURES.sample_rate,
-                                             FEATURES.hop_length, f_min=FEATURES.f_min), key="pipeline")
+        st.plotly_chart(
+            figures.before_after(
+                features(wave)[0, 0], out[0, 0], FEATURES.sample_rate, FEATURES.hop_length, f_min=FEATURES.f_min
+            ),
+            key="pipeline",
+        )
         st.caption("The wave after the wave stage (before masks and mixup):")
         st.audio(np.clip(waves[0].numpy(), -1, 1), sample_rate=FEATURES.sample_rate)
-        st.markdown(f"Target: **{labels[file]}** {out_targets[0, 0]:.2f} · **{labels[partner]}** {out_targets[0, 1]:.2f}")
+        st.markdown(
+            f"Target: **{labels[file]}** {out_targets[0, 0]:.2f} · **{labels[partner]}** {out_targets[0, 1]:.2f}"
+        )
 
 
 state.training_sidebar()

@@ -14,11 +14,14 @@ MAX_SECONDS = 30.0  # decoded per view: long field recordings are browsed with a
 
 def render() -> None:
     st.title("Data")
-    st.caption("The built-in demo set, or any folder-per-class tree, CSV manifest, BirdCLEF 2023 "
-               "or ESC-50 folder on this machine.")
+    st.caption(
+        "The built-in demo set, or any folder-per-class tree, CSV manifest, BirdCLEF 2023 "
+        "or ESC-50 folder on this machine."
+    )
     c1, c2, c3 = st.columns([6, 2, 1.4], vertical_alignment="bottom")
-    path = c1.text_input("Dataset", value="demo", key=state.KEYS["dataset"],
-                         help="`demo`, a folder, or a manifest CSV path")
+    path = c1.text_input(
+        "Dataset", value="demo", key=state.KEYS["dataset"], help="`demo`, a folder, or a manifest CSV path"
+    )
     fmt = c2.selectbox("Format", FORMATS, key=state.KEYS["format"])
     if c3.button("Reload", icon=":material/refresh:", help="Read the dataset again (files added or changed)"):
         state.dataset_table.clear()
@@ -35,19 +38,34 @@ def render() -> None:
             st.dataframe([{"file": f, "reason": r} for f, r in facts["problems"]], hide_index=True)
 
     left, right = st.columns(2)
-    by_split = {s: table[table["split"] == s]["labels"].str.split("; ").explode().value_counts().to_dict()
-                for s in ("train", "val", "test") if (table["split"] == s).any()}
+    by_split = {
+        s: table[table["split"] == s]["labels"].str.split("; ").explode().value_counts().to_dict()
+        for s in ("train", "val", "test")
+        if (table["split"] == s).any()
+    }
     counts = by_split or table["labels"].str.split("; ").explode().value_counts().to_dict()
     left.plotly_chart(figures.class_counts(counts), key="class_counts")
     right.plotly_chart(figures.duration_histogram(table["duration"].dropna(), clip_seconds=3.0), key="durations")
 
     st.subheader("Clips")
     query = st.text_input("Search clips", placeholder="part of a file name or label", key="clip_search")
-    shown = table[table["file"].str.contains(query, case=False, regex=False)
-                  | table["labels"].str.contains(query, case=False, regex=False)] if query else table
-    event = st.dataframe(shown.drop(columns="path"), hide_index=True, height=240, key="clip_table",
-                         on_select="rerun", selection_mode="single-row",
-                         column_config={"duration": st.column_config.NumberColumn("duration (s)", format="%.2f")})
+    shown = (
+        table[
+            table["file"].str.contains(query, case=False, regex=False)
+            | table["labels"].str.contains(query, case=False, regex=False)
+        ]
+        if query
+        else table
+    )
+    event = st.dataframe(
+        shown.drop(columns="path"),
+        hide_index=True,
+        height=240,
+        key="clip_table",
+        on_select="rerun",
+        selection_mode="single-row",
+        column_config={"duration": st.column_config.NumberColumn("duration (s)", format="%.2f")},
+    )
     if shown.empty:
         st.info("No clip matches the search.")
         return
@@ -71,19 +89,34 @@ def render() -> None:
 
     st.audio(wave, sample_rate=rate)
     st.plotly_chart(figures.waveform(wave, rate, height=180), key="waveform")
-    st.plotly_chart(figures.spectrogram(spec, rate, hop, f_min=50.0, title=f"log-Mel · {n_mels} bins, "
-                                        f"hop {hop} samples ({hop_ms:g} ms), window {win_ms:g} ms {window}"),
-                    key="spectrogram")
+    st.plotly_chart(
+        figures.spectrogram(
+            spec,
+            rate,
+            hop,
+            f_min=50.0,
+            title=f"log-Mel · {n_mels} bins, hop {hop} samples ({hop_ms:g} ms), window {win_ms:g} ms {window}",
+        ),
+        key="spectrogram",
+    )
 
     st.subheader("What the model sees")
-    cfg = FeatureConfig(sample_rate=rate, n_fft=1 << (win - 1).bit_length(), win_length=win, hop_length=hop,
-                        n_mels=n_mels, window=window, clip_seconds=3.0)
+    cfg = FeatureConfig(
+        sample_rate=rate,
+        n_fft=1 << (win - 1).bit_length(),
+        win_length=win,
+        hop_length=hop,
+        n_mels=n_mels,
+        window=window,
+        clip_seconds=3.0,
+    )
     model_input = pad_to_multiple(fit_time(torch.from_numpy(spec), cfg.frames), 32, value=float(np.min(spec)))
-    st.caption(f"A {cfg.clip_seconds:g} s crop is {cfg.frames} frames; with the mel axis padded to "
-               f"{cfg.input_size[0]} bins the model input is {cfg.input_size[0]} × {cfg.input_size[1]}. "
-               "Each stage halves both axes; transformer stages attend over every position of their grid.")
-    st.plotly_chart(figures.token_grid(model_input.numpy(), rate, hop, layout=layout, f_min=50.0),
-                    key="token_grid")
+    st.caption(
+        f"A {cfg.clip_seconds:g} s crop is {cfg.frames} frames; with the mel axis padded to "
+        f"{cfg.input_size[0]} bins the model input is {cfg.input_size[0]} × {cfg.input_size[1]}. "
+        "Each stage halves both axes; transformer stages attend over every position of their grid."
+    )
+    st.plotly_chart(figures.token_grid(model_input.numpy(), rate, hop, layout=layout, f_min=50.0), key="token_grid")
 
 
 state.training_sidebar()

@@ -36,8 +36,9 @@ def _usable(details: dict) -> bool:
     labels, per_class = details.get("labels"), details.get("per_class")
     if not isinstance(labels, list) or not labels:
         return False
-    if per_class is not None and not (isinstance(per_class, dict) and isinstance(per_class.get("ap"), list)
-                                      and len(per_class["ap"]) == len(labels)):
+    if per_class is not None and not (
+        isinstance(per_class, dict) and isinstance(per_class.get("ap"), list) and len(per_class["ap"]) == len(labels)
+    ):
         return False
     confusion = details.get("confusion")
     return confusion is None or (isinstance(confusion, list) and len(confusion) == len(labels))
@@ -45,7 +46,9 @@ def _usable(details: dict) -> bool:
 
 def _ablations() -> list[Path]:
     root = runs_dir()
-    found = [p.parent for p in root.glob("*/results.csv") if not (p.parent / "cv.json").exists()] if root.is_dir() else []
+    found = (
+        [p.parent for p in root.glob("*/results.csv") if not (p.parent / "cv.json").exists()] if root.is_dir() else []
+    )
     return sorted(set(found), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
@@ -65,25 +68,41 @@ def _compare(runs: list[jobs.RunInfo]) -> None:
         row = r.summary()
         row.update({"test acc": r.status.get("test_acc"), "test mAP": r.status.get("test_map")})
         rows.append(row)
-    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
-        k: st.column_config.NumberColumn(k, format="%.3f")
-        for k in ("train_loss", "val_loss", "val_acc", "best val_map", "test acc", "test mAP")})
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        column_config={
+            k: st.column_config.NumberColumn(k, format="%.3f")
+            for k in ("train_loss", "val_loss", "val_acc", "best val_map", "test acc", "test mAP")
+        },
+    )
     st.plotly_chart(figures.training_curves({r.name: r.metrics for r in picked}), key="compare_curves")
 
     evals = {r.name: _evaluation(r) for r in picked}
-    ap = {name: dict(zip(e["labels"], e["per_class"]["ap"])) for name, e in evals.items()
-          if e.get("labels") and e.get("per_class")}
+    ap = {
+        name: dict(zip(e["labels"], e["per_class"]["ap"]))
+        for name, e in evals.items()
+        if e.get("labels") and e.get("per_class")
+    }
     if ap:
-        st.plotly_chart(figures.per_class_ap(ap if len(ap) > 1 else next(iter(ap.values())),
-                                             title=f"Average precision per class ({_split(evals)})"),
-                        key="per_class_ap")
+        st.plotly_chart(
+            figures.per_class_ap(
+                ap if len(ap) > 1 else next(iter(ap.values())), title=f"Average precision per class ({_split(evals)})"
+            ),
+            key="per_class_ap",
+        )
     with_confusion = [n for n, e in evals.items() if e.get("confusion")]
     if with_confusion:
         name = st.selectbox("Confusion matrix of", with_confusion, key="confusion_run")
         e = evals[name]
-        st.plotly_chart(figures.confusion_matrix(e["confusion"], e["labels"],
-                                                 title=f"Confusion matrix · {name} · {e.get('split', 'val')} "
-                                                       f"split, {e.get('n', '?')} clips"), key="confusion")
+        st.plotly_chart(
+            figures.confusion_matrix(
+                e["confusion"],
+                e["labels"],
+                title=f"Confusion matrix · {name} · {e.get('split', 'val')} split, {e.get('n', '?')} clips",
+            ),
+            key="confusion",
+        )
     elif evals:
         st.caption("No confusion matrix: multi-label runs have none, and a run shows one after its first epoch.")
 
@@ -96,11 +115,14 @@ def _split(evals: dict) -> str:
 def _ablation() -> None:
     found = _ablations()
     default = str(found[0]) if found else ""
-    folder = st.text_input("Ablation folder (the OUT of `asca ablate`)", value=default, key="ablation_dir",
-                           placeholder="runs/ablation")
+    folder = st.text_input(
+        "Ablation folder (the OUT of `asca ablate`)", value=default, key="ablation_dir", placeholder="runs/ablation"
+    )
     if not folder:
-        st.info("No ablation yet. Run one from a terminal, e.g. `asca ablate --config configs/demo.yaml "
-                "--layouts CCCT,CCTT,CCCC --seeds 2 --out runs/ablation`, then open it here.")
+        st.info(
+            "No ablation yet. Run one from a terminal, e.g. `asca ablate --config configs/demo.yaml "
+            "--layouts CCCT,CCTT,CCCC --seeds 2 --out runs/ablation`, then open it here."
+        )
         return
     path = Path(folder).expanduser()
     if not (path / "results.csv").is_file():
@@ -110,9 +132,17 @@ def _ablation() -> None:
     metric = "test_map" if table.get("test_map") is not None and table["test_map"].notna().any() else "val_map"
     st.dataframe(table, hide_index=True)
     rows = table.astype(object).where(table.notna(), None).to_dict("records")
-    st.plotly_chart(figures.ablation(rows, metric=metric, error=f"{metric}_std", cost="gmacs",
-                                     cost_title="GMACs per clip", metric_title=metric.replace("_", " ")),
-                    key="ablation")
+    st.plotly_chart(
+        figures.ablation(
+            rows,
+            metric=metric,
+            error=f"{metric}_std",
+            cost="gmacs",
+            cost_title="GMACs per clip",
+            metric_title=metric.replace("_", " "),
+        ),
+        key="ablation",
+    )
     if (path / "runs.csv").is_file():
         with st.expander("Every run of the ablation"):
             st.dataframe(pd.read_csv(path / "runs.csv"), hide_index=True)
@@ -143,14 +173,17 @@ def _cross_validation() -> None:
     summaries = [s for s in (cv_summary(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)) if s]
     st.subheader("Cross-validation")
     if not summaries:
-        st.info("No cross-validation yet. Run one from a terminal, e.g. `asca cv DATA --budget 5m` (one run per "
-                "fold of its fold column) or `asca cv DATA --by speaker` (leave one speaker out); it shows here.")
+        st.info(
+            "No cross-validation yet. Run one from a terminal, e.g. `asca cv DATA --budget 5m` (one run per "
+            "fold of its fold column) or `asca cv DATA --by speaker` (leave one speaker out); it shows here."
+        )
         return
     names = [s["name"] for s in summaries]
     summary = summaries[names.index(st.selectbox("Cross-validation folder", names, key="cv_folder"))]
     by = summary["by"] or "fold"
-    st.caption(f"{summary['title']} · {summary['finished']} of {len(summary['rows'])} {by}s finished · "
-               f"`{summary['folder']}`")
+    st.caption(
+        f"{summary['title']} · {summary['finished']} of {len(summary['rows'])} {by}s finished · `{summary['folder']}`"
+    )
     st.dataframe(pd.DataFrame(result_rows(summary)).astype({"fold": str}), hide_index=True)
     if summary["finished"]:
         st.plotly_chart(figures.cv_figure(summary), key="cv_figure")
