@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create the virtualenv and install ASCA Workbench into it (idempotent, fast when up to date).
-#   scripts/setup.sh          the app and the library
-#   scripts/setup.sh test     plus the test tools and Debian's chromium for the browser tests
+#   scripts/setup.sh          the library, the app and the notebooks: .[app,notebooks]
+#   scripts/setup.sh test     everything the test suite and lint need: .[test] (a superset of
+#                             the above) and Debian's chromium for the browser tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,8 +22,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
 fi
 
-extras=""
-[ "$want" = test ] && extras="[test]"
+case "$want" in
+  app) extras="[app,notebooks]" ;;  # the app links to the notebooks
+  test) extras="[test]" ;;
+  *) echo "usage: scripts/setup.sh [app|test]" >&2; exit 2 ;;
+esac
 stamp="$VENV/.installed-${want}"
 current() { [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ]; }  # installed since pyproject.toml changed
 if ! current "$stamp" && ! { [ "$want" = app ] && current "$VENV/.installed-test"; }; then
