@@ -39,6 +39,7 @@ from .config import FeatureConfig
 from .errors import AscaError, CheckpointError
 from .features import LOG_OFFSET, FeatureExtractor, fit_time, normalize, pad_to_multiple, resize_224
 from .fileio import output_folder
+from .scores import probabilities
 
 OPSET = 17  # ONNX Runtime has run opset 17 since 1.13; newer opsets add nothing this graph uses
 EXPORT_FORMAT = "asca-onnx/1"
@@ -134,7 +135,7 @@ class SpecModel(nn.Module):
 
 
 def _activate(logits: Tensor, activation: str) -> Tensor:
-    return torch.softmax(logits, dim=-1) if activation == "softmax" else torch.sigmoid(logits)
+    return probabilities(logits, activation)
 
 
 def file_digest(path: str | Path) -> str:

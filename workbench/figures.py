@@ -21,6 +21,9 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from asca_core.geometry import mel_frequencies, stage_strides
+from asca_core.scores import trapezoid_auc
+
 __all__ = [
     "DEFAULT_STAGES",
     "ablation",
@@ -47,7 +50,7 @@ __all__ = [
 ]
 
 #: CoAtNet stages: name and cumulative stride (S0 is the two-conv stem, S1 is always MBConv).
-DEFAULT_STAGES: tuple[tuple[str, int], ...] = (("S0", 2), ("S1", 4), ("S2", 8), ("S3", 16), ("S4", 32))
+DEFAULT_STAGES: tuple[tuple[str, int], ...] = tuple(stage_strides().items())
 
 SPEC_COLORS = "Magma"
 UNDERLAY = "Greys"  # spectrogram under an overlay: silence white, energy dark
@@ -93,19 +96,6 @@ def _layout(fig: go.Figure, *, title: str | None = None, height: int | None = No
         **kwargs,
     )
     return fig
-
-
-def mel_frequencies(n_mels: int, f_min: float = 0.0, f_max: float = 8000.0) -> np.ndarray:
-    """Centre frequency in Hz of each mel bin (HTK mel scale, as torchaudio and Kaldi use).
-
-    Shapes: returns (n_mels,).
-    """
-
-    def hz_to_mel(f: float) -> float:
-        return 2595.0 * math.log10(1.0 + f / 700.0)
-
-    mels = np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2)[1:-1]
-    return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
 
 
 def format_hz(f: float) -> str:
@@ -1098,14 +1088,13 @@ def deletion_insertion(
     Shapes: fractions, deletion, insertion (S,).
     """
     x, d, i = _np(fractions, 1), _np(deletion, 1), _np(insertion, 1)
-    trapz = getattr(np, "trapezoid", None) or np.trapz
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(
             x=x,
             y=d,
             mode="lines+markers",
-            name=f"deletion (AUC {trapz(d, x):.3f})",
+            name=f"deletion (AUC {trapezoid_auc(d, x):.3f})",
             line=dict(color=COLORS[3], width=2),
         )
     )
@@ -1114,7 +1103,7 @@ def deletion_insertion(
             x=x,
             y=i,
             mode="lines+markers",
-            name=f"insertion (AUC {trapz(i, x):.3f})",
+            name=f"insertion (AUC {trapezoid_auc(i, x):.3f})",
             line=dict(color=COLORS[2], width=2),
         )
     )

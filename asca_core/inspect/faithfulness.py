@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AscaError
+from ..scores import trapezoid_auc
 from .attribution import Attribution, make_baseline
-
-_trapezoid = getattr(np, "trapezoid", None) or np.trapz
 
 
 @dataclass
@@ -174,7 +173,7 @@ def _curve(
         kind=kind,
         fractions=fractions,
         probs=p,
-        auc=float(_trapezoid(p, fractions)),
+        auc=trapezoid_auc(p, fractions),
         target=attribution.target,
         label=attribution.label,
         baseline=baseline,
