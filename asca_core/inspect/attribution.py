@@ -18,18 +18,17 @@ disk) and stitched into one full-length map, so memory is bounded by one window'
 
 Hooks that Captum (or this module) registers are always removed, even when the forward fails.
 They are never registered on the classifier's own model: each call hooks a private copy of the
-module tree that shares the model's parameters and buffers (:func:`private_model`), so threads
-sharing one classifier (browser sessions of the app) can attribute and predict at once.
-:func:`explain_audio` turns a map into sound: only the most attributed time-frequency cells of the
-recording's STFT are kept and resynthesised.
+module tree that shares the model's parameters and buffers (:func:`~.hooks.private_model`), so
+threads sharing one classifier (browser sessions of the app) can attribute and predict at once.
+
+The placing of cells in seconds and Hz lives in :mod:`.grid`, the hooks in :mod:`.hooks`, and
+:func:`~.sonify.explain_audio`, which turns a map into sound, in :mod:`.sonify`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,18 +40,12 @@ from torch import Tensor, nn
 
 from ..errors import AscaError
 from ..features import FeatureExtractor, normalize
+from .grid import WindowGrid, frame_times, mel_frequencies, to_raw, total_frames, window_grid
+from .hooks import gradcam_layer, grid_view, hooks_removed, private_model
+from .sonify import explain_audio
 
 METHODS = ("integrated_gradients", "saliency", "occlusion", "gradcam_conv", "gradcam_attention")
 BASELINES = ("silence", "blur")
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks_with_kwargs",
-)
 # Options each method understands (anything else is a user error, named in the message).
 _OPTIONS = {
     "integrated_gradients": {"n_steps", "internal_batch_size", "integration", "blur_sigma", "output"},
@@ -132,125 +125,6 @@ def _reduce(values: np.ndarray, mode: str) -> np.ndarray:
     raise AscaError(f"mode must be positive, absolute or signed, got {mode!r}")
 
 
-# -- hooks --------------------------------------------------------------------------------------
-@contextmanager
-def hooks_removed(model: nn.Module) -> Iterator[None]:
-    """Remove, on exit (error or not), every module hook registered on ``model`` inside the block.
-
-    Captum removes its own hooks in ``finally`` clauses; this guard also covers hooks registered
-    here and any a failing third-party path would leave behind. Hooks present before stay.
-    """
-    before = {id(m): {name: set(getattr(m, name, {}) or {}) for name in _HOOK_DICTS} for m in model.modules()}
-    try:
-        yield
-    finally:
-        for module in model.modules():
-            known = before.get(id(module), {})
-            for name in _HOOK_DICTS:
-                hooks = getattr(module, name, None)
-                if not hooks:
-                    continue
-                for key in list(hooks):
-                    if key not in known.get(name, ()):
-                        del hooks[key]
-
-
-def private_model(model: nn.Module) -> nn.Module:
-    """A copy of ``model``'s module tree that shares its parameters, buffers and caches.
-
-    Hooks registered on the copy and its train/eval flags are its own, so hooking it never changes
-    what a forward of ``model`` in another thread computes; no weight is copied.
-    """
-    from ..models.attention import RelativePositionBias
-
-    memo: dict[int, Any] = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    for module in model.modules():
-        if isinstance(module, RelativePositionBias):
-            # shared, not copied: another thread may add an entry while the copy is made
-            memo[id(module._index_cache)] = module._index_cache
-    return copy.deepcopy(model, memo)
-
-
-# -- geometry -----------------------------------------------------------------------------------
-def mel_frequencies(cfg) -> np.ndarray:
-    """Centre frequency (Hz) of every mel bin of a feature config (HTK mel scale, as both front ends).
-
-    Shapes: returns (n_mels,).
-    """
-    f_max = cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2
-
-    def to_mel(f: float) -> float:
-        return 2595.0 * math.log10(1.0 + f / 700.0)
-
-    mels = np.linspace(to_mel(cfg.f_min), to_mel(f_max), cfg.n_mels + 2)[1:-1]
-    return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
-
-
-def frame_times(cfg, n_frames: int, first: int = 0) -> np.ndarray:
-    """Centre time (s) of STFT frames ``first .. first + n_frames - 1`` of a feature config.
-
-    The torchaudio front end centres frame k on sample ``k * hop``; Kaldi frames start at
-    ``k * hop`` and are centred half a window later.
-
-    Shapes: returns (n_frames,).
-    """
-    k = np.arange(first, first + n_frames, dtype=np.float64)
-    offset = 0.0 if cfg.frontend == "torchaudio" else cfg.win_length / 2
-    return (k * cfg.hop_length + offset) / cfg.sample_rate
-
-
-def total_frames(cfg, n_samples: int) -> int:
-    """Front-end frames of a recording of ``n_samples`` samples."""
-    if cfg.frontend == "torchaudio":
-        return n_samples // cfg.hop_length + 1
-    return max(1, 1 + (n_samples - cfg.win_length) // cfg.hop_length)
-
-
-@dataclass(frozen=True)
-class _Geometry:
-    """How one window's raw front-end frames sit inside the model input."""
-
-    n_mels: int
-    raw_frames: int  # front-end frames of one window
-    model_frames: int  # time axis of the model input
-    offset: int  # model frame i shows raw frame i + offset (crop mode)
-    resize: bool  # resize224: the model input is a bilinear resize of the raw spectrogram
-
-    @property
-    def raw_span(self) -> tuple[int, int]:
-        """Raw frames ``[lo, hi)`` the model sees."""
-        if self.resize:
-            return 0, self.raw_frames
-        return max(0, self.offset), min(self.raw_frames, self.offset + self.model_frames)
-
-    @property
-    def model_span(self) -> tuple[int, int]:
-        lo, hi = self.raw_span
-        return lo - self.offset, hi - self.offset
-
-
-def _geometry(extractor: FeatureExtractor, window_samples: int) -> _Geometry:
-    cfg = extractor.cfg
-    raw = total_frames(cfg, window_samples)
-    if cfg.shape == "resize224":
-        return _Geometry(cfg.n_mels, raw, 224, 0, True)
-    frames = cfg.frames
-    excess = raw - frames
-    # fit_time("center") drops excess // 2 frames at the start, or pads -excess // 2 there.
-    offset = excess // 2 if excess >= 0 else -((-excess) // 2)
-    return _Geometry(cfg.n_mels, raw, frames, offset, False)
-
-
-def _to_raw(values: Tensor, geom: _Geometry) -> Tensor:
-    """Model-input grid to the raw frames the model saw. Shapes: (F', T') -> (n_mels, hi - lo)."""
-    if geom.resize:
-        return F.interpolate(
-            values[None, None], size=(geom.n_mels, geom.raw_frames), mode="bilinear", align_corners=False
-        )[0, 0]
-    lo, hi = geom.model_span
-    return values[: geom.n_mels, lo:hi]
-
-
 # -- baselines ----------------------------------------------------------------------------------
 def _gaussian_blur(x: Tensor, sigma: tuple[float, float]) -> Tensor:
     """Separable Gaussian blur over (freq, time) with reflected edges. Shapes: (B, C, F, T) -> same."""
@@ -289,7 +163,7 @@ def make_baseline(
     spec: Tensor,
     kind: str,
     extractor: FeatureExtractor,
-    geom: _Geometry | None = None,
+    geom: WindowGrid | None = None,
     blur_sigma: tuple[float, float] = _DEFAULTS["blur_sigma"],
 ) -> Tensor:
     """Reference input for IG and Occlusion: ``silence`` (front-end floor) or ``blur``.
@@ -314,78 +188,6 @@ def make_baseline(
     raise AscaError(f"baseline must be silence or blur, got {kind!r}")
 
 
-# -- layers for Grad-CAM ------------------------------------------------------------------------
-def gradcam_layer(model: nn.Module, kind: str, layer: str | None = None) -> tuple[str, nn.Module]:
-    """The module Grad-CAM explains: ``conv`` = last convolution stage, ``attention`` = last
-    attention stage (or the named sub-module ``layer``)."""
-    if layer is not None:
-        try:
-            return layer, model.get_submodule(layer)
-        except AttributeError:
-            raise AscaError(f"model {getattr(model, 'name', type(model).__name__)} has no layer {layer!r}") from None
-    layout = getattr(model, "layout", None)
-    if layout is not None and hasattr(model, "stages"):
-        wanted = "C" if kind == "conv" else "T"
-        names = [f"s{i}" for i, k in enumerate(layout, start=1) if k == wanted]
-        if not names:
-            raise AscaError(
-                f"model layout {layout} has no {'convolution' if kind == 'conv' else 'attention'} "
-                f"stage for gradcam_{kind}"
-            )
-        return names[-1], model.get_submodule(names[-1])
-    if hasattr(model, "blocks") and hasattr(model, "patch_embed"):  # ViT baseline
-        if kind == "conv":
-            return "patch_embed", model.patch_embed
-        return f"blocks.{len(model.blocks) - 1}", model.blocks[-1]
-    raise AscaError(f"cannot find a {kind} stage in {type(model).__name__}: pass layer=<module name>")
-
-
-class _TokenGrid(nn.Identity):
-    """Identity whose input is a token sequence folded back onto its (freq, time) grid.
-
-    Grad-CAM needs channel maps (B, C, h, w); a ViT block returns tokens (B, prefix + h*w, C).
-    A forward hook routes the block output through this module, so Captum hooks a 2-D map.
-    """
-
-
-def _token_grid(model: nn.Module, spec: Tensor) -> tuple[int, int]:
-    cfg = getattr(model, "config", {})
-    size, stride = cfg.get("patch_size"), cfg.get("patch_stride")
-    if not size or not stride:
-        raise AscaError(f"cannot fold the tokens of {type(model).__name__} back onto a grid")
-    return ((spec.shape[-2] - size) // stride + 1, (spec.shape[-1] - size) // stride + 1)
-
-
-@contextmanager
-def _grid_view(model: nn.Module, block: nn.Module, spec: Tensor) -> Iterator[nn.Module]:
-    """Yield the module whose output is the block output as (B, C, h, w).
-
-    NCHW blocks (ASCA stages) are returned as they are. A token block is followed, through a
-    temporary forward hook (removed on exit), by a :class:`_TokenGrid`.
-    """
-    view = _TokenGrid()
-    state: dict[str, Any] = {}
-
-    def fold(module: nn.Module, args: Any, out: Tensor) -> Tensor | None:
-        if out.dim() != 3:
-            return None
-        h, w = _token_grid(model, spec)
-        prefix = out.shape[1] - h * w
-        grid = out[:, prefix:].transpose(1, 2).reshape(out.shape[0], out.shape[2], h, w)  # (B, C, h, w)
-        grid = view(grid)
-        state["folded"] = True
-        tokens = grid.flatten(2).transpose(1, 2)  # (B, h*w, C)
-        return torch.cat([out[:, :prefix], tokens], dim=1)
-
-    handle = block.register_forward_hook(fold)
-    try:
-        with torch.no_grad():
-            model(spec[:1])
-        yield view if state.get("folded") else block
-    finally:
-        handle.remove()
-
-
 # -- one window ---------------------------------------------------------------------------------
 def _forward_fn(classifier, model: nn.Module, output: str) -> Callable[[Tensor], Tensor]:
     if output == "logit":
@@ -402,7 +204,7 @@ def attribute_input(
     target: int,
     baseline: str = "silence",
     extractor: FeatureExtractor | None = None,
-    geom: _Geometry | None = None,
+    geom: WindowGrid | None = None,
     **options: Any,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Attribute one model input (what :meth:`Classifier.spectrogram` returns) to class ``target``.
@@ -461,7 +263,7 @@ def attribute_input(
         elif method in ("gradcam_conv", "gradcam_attention"):
             kind = method.split("_", 1)[1]
             name, block = gradcam_layer(model, kind, opts["layer"])
-            with _grid_view(model, block, spec) as layer:
+            with grid_view(model, block, spec) as layer:
                 cam = LayerGradCam(forward, layer).attribute(spec, target=target, relu_attributions=bool(opts["relu"]))
             meta.update(layer=name, relu=bool(opts["relu"]), layer_grid=list(cam.shape[-2:]))
             attr = LayerAttribution.interpolate(cam, tuple(spec.shape[-2:]), interpolate_mode="bilinear")
@@ -517,7 +319,7 @@ def attribute(
     window = classifier.clip_seconds if window is None else float(window)
     extractor = classifier.extractor_for(window)
     window_samples = int(round(window * classifier.sample_rate))
-    geom = _geometry(extractor, window_samples)
+    geom = window_grid(extractor, window_samples)
     if hop is None:
         lo, hi = geom.raw_span
         hop = (hi - lo) * cfg.hop_length / classifier.sample_rate if not geom.resize else window
@@ -544,8 +346,8 @@ def attribute(
         values, meta = attribute_input(classifier, spec, method, target_index, baseline, extractor, geom, **options)
         metas.append(meta)
         starts.append(start)
-        raw_map = _to_raw(values.cpu(), geom)
-        raw_spec = _to_raw(spec[0, 0].cpu(), geom) if not geom.resize else _normalised_raw(extractor, wave)
+        raw_map = to_raw(values.cpu(), geom)
+        raw_spec = to_raw(spec[0, 0].cpu(), geom) if not geom.resize else _normalised_raw(extractor, wave)
         # Raw frame r of this window is frame r + shift of the recording (a short clip centred
         # in its window starts before 0, so shift < 0 and its padding frames fall off the left).
         shift = int(round(start * classifier.sample_rate / cfg.hop_length))
@@ -621,64 +423,21 @@ def _merge_meta(metas: list[dict[str, Any]]) -> dict[str, Any]:
     return meta
 
 
-# -- listenable explanation ---------------------------------------------------------------------
-def explain_audio(
-    attribution: Attribution, wave: np.ndarray | Tensor, sample_rate: int, keep: float = 0.1
-) -> np.ndarray:
-    """Resynthesise ``wave`` from only its most attributed time-frequency regions.
-
-    The (F, T) mel attribution (positive part) is spread onto linear-frequency STFT bins through
-    the mel filterbank, the top ``keep`` fraction of STFT cells is kept, the rest zeroed, and the
-    result inverted with an ISTFT. STFT settings are the run's (n_fft, win_length, hop_length), so
-    STFT frames line up with the attribution's columns.
-
-    Shapes: wave (T,) at ``sample_rate`` -> (T,) float32 at ``sample_rate``.
-    """
-    from ..audio import resample
-
-    if not 0.0 < float(keep) <= 1.0:
-        raise AscaError(f"keep must be in (0, 1], got {keep}")
-    stft_cfg = attribution.meta.get("stft")
-    if not stft_cfg:
-        raise AscaError("this attribution carries no STFT settings: make it with attribute()")
-    cfg_rate = int(stft_cfg["sample_rate"])
-    wave_np = wave.detach().cpu().numpy() if isinstance(wave, Tensor) else np.asarray(wave, dtype=np.float32)
-    wave_np = wave_np.reshape(-1).astype(np.float32)
-    n_orig = wave_np.size
-    x = torch.from_numpy(resample(wave_np, int(sample_rate), cfg_rate))
-    n_fft, win_length, hop_length = int(stft_cfg["n_fft"]), int(stft_cfg["win_length"]), int(stft_cfg["hop_length"])
-    f_min, f_max = float(stft_cfg["f_min"]), float(stft_cfg["f_max"] or cfg_rate / 2)
-    window = torch.hann_window(win_length)
-    stft = torch.stft(
-        x, n_fft=n_fft, hop_length=hop_length, win_length=win_length, window=window, center=True, return_complex=True
-    )  # (n_fft/2+1, frames)
-    n_frames = stft.shape[-1]
-    import torchaudio
-
-    fb = torchaudio.functional.melscale_fbanks(
-        n_fft // 2 + 1, f_min, float(f_max), attribution.map.shape[0], cfg_rate, norm=None, mel_scale="htk"
-    )  # (freqs, n_mels)
-    weights = fb / fb.sum(dim=1, keepdim=True).clamp(min=1e-12)
-    mel_attr = torch.from_numpy(np.clip(attribution.map, 0.0, None)).float()  # (n_mels, T)
-    linear = weights @ mel_attr  # (freqs, T)
-    # Column j of the map is centred at times[j]; STFT frame k is centred at k * hop.
-    cols = np.round(attribution.times * cfg_rate / hop_length).astype(int)
-    cell_attr = torch.zeros(stft.shape[0], n_frames)
-    ok = (cols >= 0) & (cols < n_frames)
-    cell_attr[:, torch.from_numpy(cols[ok])] = linear[:, torch.from_numpy(np.nonzero(ok)[0])]
-    n_keep = max(1, int(round(float(keep) * cell_attr.numel())))
-    threshold = torch.topk(cell_attr.flatten(), n_keep).values[-1]
-    mask = (cell_attr >= threshold) & (cell_attr > 0)
-    out = torch.istft(
-        stft * mask,
-        n_fft=n_fft,
-        hop_length=hop_length,
-        win_length=win_length,
-        window=window,
-        center=True,
-        length=x.numel(),
-    )
-    out_np = resample(out.numpy().astype(np.float32), cfg_rate, int(sample_rate))
-    if out_np.size < n_orig:
-        out_np = np.pad(out_np, (0, n_orig - out_np.size))
-    return out_np[:n_orig].astype(np.float32)
+__all__ = [
+    "BASELINES",
+    "METHODS",
+    "Attribution",
+    "WindowGrid",
+    "attribute",
+    "attribute_input",
+    "explain_audio",
+    "frame_times",
+    "gradcam_layer",
+    "hooks_removed",
+    "make_baseline",
+    "mel_frequencies",
+    "private_model",
+    "silence_value",
+    "total_frames",
+    "window_grid",
+]

@@ -16,7 +16,6 @@ Plotting lives in ``workbench.figures`` (``attention_map``, ``attention_heads``,
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from torch import Tensor
 from ..audio import load_audio
 from ..errors import AscaError
 from .attention import attention_rollout, capture_attention, query_attention, relative_bias_tables
-from .attribution import frame_times, mel_frequencies
+from .grid import frame_times, mel_frequencies, mel_position_to_hz, window_grid
 
 
 @dataclass
@@ -93,16 +92,6 @@ class AttentionViews:
     probs: np.ndarray | None = None  # (K,) class probabilities of the clip
 
 
-def _mel_position_to_hz(cfg, bins: np.ndarray) -> np.ndarray:
-    """Frequency (Hz) at fractional mel-bin positions, extrapolating the mel scale past the ends."""
-    f_max = cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2
-    lo = 2595.0 * math.log10(1.0 + cfg.f_min / 700.0)
-    hi = 2595.0 * math.log10(1.0 + f_max / 700.0)
-    step = (hi - lo) / (cfg.n_mels + 1)
-    mel = lo + (np.asarray(bins, dtype=np.float64) + 1.0) * step
-    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
-
-
 def _token_centres(model, grid: tuple[int, int], stride: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Model-input (mel bin, frame) centre of every token row and column."""
     patch = getattr(model, "config", {}).get("patch_size") if hasattr(model, "config") else None
@@ -165,9 +154,7 @@ def attention_views(
 
     frame_s = cfg.hop_length / cfg.sample_rate
     # Column i of the model input is raw frame i + offset (centre crop) of the clip.
-    from .attribution import _geometry
-
-    geom = _geometry(classifier.extractor, int(round(classifier.clip_seconds * classifier.sample_rate)))
+    geom = window_grid(classifier.extractor, int(round(classifier.clip_seconds * classifier.sample_rate)))
     offset = 0 if geom.resize else geom.offset
     tpad = spec.shape[-1]
     if geom.resize:
@@ -176,7 +163,7 @@ def attention_views(
     else:
         times = frame_times(cfg, tpad, offset)
     fscale = geom.n_mels / spec.shape[-2] if geom.resize else 1.0
-    freqs = _mel_position_to_hz(cfg, (np.arange(spec.shape[-2]) + 0.5) * fscale - 0.5)
+    freqs = mel_position_to_hz(cfg, (np.arange(spec.shape[-2]) + 0.5) * fscale - 0.5)
 
     step = float(times[1] - times[0]) if tpad > 1 else frame_s
 
@@ -202,7 +189,7 @@ def attention_views(
             heads=(per_head if head is None else per_head[int(head) : int(head) + 1]).cpu().numpy(),
             mean=mean.cpu().numpy(),
             token_times=to_seconds(cols),
-            token_freqs=_mel_position_to_hz(cfg, rows * fscale),
+            token_freqs=mel_position_to_hz(cfg, rows * fscale),
         )
 
     rollout = relevance = None
@@ -251,7 +238,7 @@ def bias_views(
     cfg = classifier.cfg.features
     size = input_size or tuple(cfg.input_size)
     ref = (cfg.n_mels - 1) / 2 if ref_bin is None else float(ref_bin)
-    ref_hz = float(_mel_position_to_hz(cfg, np.array([ref]))[0])
+    ref_hz = float(mel_position_to_hz(cfg, np.array([ref]))[0])
     fscale = cfg.n_mels / size[0] if cfg.shape == "resize224" else 1.0
     tscale = 1.0
     if cfg.shape == "resize224":
@@ -268,7 +255,7 @@ def bias_views(
             time_offsets_s=frames * cfg.hop_length / cfg.sample_rate,
             time_offsets_frames=frames,
             freq_offsets_bins=bins,
-            freq_offsets_hz=_mel_position_to_hz(cfg, ref + bins) - ref_hz,
+            freq_offsets_hz=mel_position_to_hz(cfg, ref + bins) - ref_hz,
             ref_freq_hz=ref_hz,
         )
     return out
