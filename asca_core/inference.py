@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import scores
 from .audio import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
@@ -49,6 +50,7 @@ from .audio import (
 from .config import Config
 from .errors import AscaError, AudioError, ConfigError
 from .features import FeatureExtractor, sliding_windows
+from .geometry import centre_pad, pad_offset
 from .utils import resolve_device, setup_torch
 
 DEFAULT_BATCH_WINDOWS = 16  # windows per forward pass: bounds activation memory
@@ -166,19 +168,6 @@ class Prediction:
         return path
 
 
-def centre_pad(wave: np.ndarray, n: int) -> np.ndarray:
-    """Zero-pad ``wave`` on both sides to ``n`` samples (longer waves are returned as they are).
-
-    Shapes: (T,) -> (max(T, n),).
-    """
-    if wave.size >= n:
-        return wave
-    out = np.zeros(n, dtype=np.float32)
-    first = (n - wave.size) // 2
-    out[first : first + wave.size] = wave
-    return out
-
-
 class Classifier:
     """A trained model with its front end, labels and output activation.
 
@@ -262,7 +251,7 @@ class Classifier:
     @property
     def activation(self) -> str:
         """``sigmoid`` for BCE-trained runs (multi-label), ``softmax`` for CE-trained runs."""
-        return "softmax" if self.cfg.train.loss == "ce" else "sigmoid"
+        return scores.activation(self.cfg.train.loss)
 
     def label_index(self, target: int | str) -> int:
         """Index of a class given by name or index; AscaError for an unknown class."""
@@ -334,7 +323,7 @@ class Classifier:
     # -- scoring ----------------------------------------------------------------------------
     def probabilities(self, logits: Tensor) -> Tensor:
         """Logits to probabilities with the run's activation. Shapes: (B, K) -> (B, K)."""
-        return torch.softmax(logits, dim=-1) if self.activation == "softmax" else torch.sigmoid(logits)
+        return scores.probabilities(logits, self.activation)
 
     @torch.no_grad()
     def predict_windows(self, waves: np.ndarray | Tensor, window: float | None = None) -> np.ndarray:
@@ -410,7 +399,7 @@ class Classifier:
         duration = wave.size / self.sample_rate
         if wave.size < n:
             # Centred in its window, as evaluation pads a short clip; the window starts before 0.
-            return iter([(-((n - wave.size) // 2) / self.sample_rate, centre_pad(wave, n))]), duration
+            return iter([(-pad_offset(wave.size, n) / self.sample_rate, centre_pad(wave, n))]), duration
 
         def generate() -> Iterator[tuple[float, np.ndarray]]:
             for start, end in sliding_windows(wave.size, self.sample_rate, window, hop):

@@ -131,8 +131,9 @@ def log_mel(
 
     from asca_core.config import FeatureConfig
     from asca_core.features import log_mel as _log_mel
+    from asca_core.geometry import n_fft_for
 
-    n_fft = 1 << max(0, int(win_length - 1).bit_length())
+    n_fft = n_fft_for(win_length)
     FeatureConfig(
         sample_rate=sample_rate,
         n_fft=n_fft,
@@ -220,13 +221,15 @@ def explain(
     Returns ``(Attribution, explanation wave, sample rate)``.
     """
     from asca_core.audio import load_audio
+    from asca_core.geometry import centre_pad
     from asca_core.inspect.attribution import attribute, explain_audio
 
     clf = classifier(run_dir, stamp)
-    wave = load_audio(path, clf.sample_rate, offset=start, duration=clf.clip_seconds)
-    # a recording shorter than one window is padded with silence, as the model pads it, so the map
-    # and its listenable explanation cover the whole window the model hears
-    wave = np.pad(wave, (0, max(0, int(round(clf.clip_seconds * clf.sample_rate)) - wave.size)))
+    # a window of a recording shorter than itself starts before 0 s (the recording sits in its middle)
+    wave = load_audio(path, clf.sample_rate, offset=max(0.0, start), duration=clf.clip_seconds)
+    # a recording shorter than one window is centred in silence, as predict and evaluation pad it,
+    # so the map and its listenable explanation cover the very window the model scores
+    wave = centre_pad(wave, int(round(clf.clip_seconds * clf.sample_rate)))
     options: dict[str, Any] = {"n_steps": 16} if method == "integrated_gradients" else {}
     attr = attribute(clf, wave, method=method, target=target, sample_rate=clf.sample_rate, **options)
     audio = explain_audio(attr, wave, clf.sample_rate, keep=keep)

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from .. import audio as _audio
 from ..config import FeatureConfig
 from ..errors import AscaError, DatasetError
+from ..geometry import fit_length
 from .cache import FeatureCache
 from .formats import DatasetIndex
 
@@ -37,25 +38,6 @@ def multi_hot(labels: Sequence[str], class_to_idx: dict[str, int]) -> torch.Tens
     for label in labels:
         target[class_to_idx[label]] = 1.0
     return target
-
-
-def fit_length(wave: np.ndarray, n: int, start: int | None = None) -> np.ndarray:
-    """Crop or zero-pad ``wave`` to ``n`` samples.
-
-    ``start`` is the crop start (longer waves) or the pad offset (shorter waves); ``None`` centres.
-
-    Shapes: (T,) -> (n,).
-    """
-    t = wave.shape[0]
-    if t == n:
-        return wave
-    room = abs(t - n)
-    start = room // 2 if start is None else int(min(max(start, 0), room))
-    if t > n:
-        return wave[start : start + n]
-    out = np.zeros(n, dtype=np.float32)
-    out[start : start + t] = wave
-    return out
 
 
 class ClipDataset(Dataset):

@@ -9,6 +9,7 @@ import torch
 from asca_core.augment import Mixup, SpecAugment, TrainAugment, WaveAugment
 from asca_core.config import AugmentConfig, FeatureConfig
 from asca_core.features import FeatureExtractor, compute_norm_stats
+from asca_core.geometry import fit_length
 from workbench import figures, state
 
 FEATURES = FeatureConfig()  # the training defaults: 16 kHz, 128 mel bins, 10 ms hop, 3 s crops
@@ -17,8 +18,7 @@ OFF = AugmentConfig(mixup=False, time_masks=0, freq_masks=0, noise_prob=0.0, gai
 
 def _clip(table, file: str) -> torch.Tensor:
     wave, _ = state.load_clip(table.loc[table["file"] == file, "path"].iloc[0], FEATURES.sample_rate)
-    n = FEATURES.clip_samples
-    wave = np.pad(wave, (0, max(0, n - len(wave))))[:n]  # the training crop length
+    wave = fit_length(wave, FEATURES.clip_samples)  # the evaluation crop: a short clip centred in silence
     return torch.from_numpy(np.ascontiguousarray(wave)).unsqueeze(0)
 
 

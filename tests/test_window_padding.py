@@ -1,0 +1,48 @@
+"""A clip shorter than the window sits in it the same way wherever it is padded.
+
+Training, evaluation and predict centre a short clip in its window; the Classify page must explain
+that same window and the Augment page must show it, or the map explains an input the model never
+scored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from audio_factory import write_tone
+
+from asca_core.audio import load_audio
+from asca_core.data.dataset import fit_length
+from asca_core.inference import Classifier
+
+SR = 16000
+
+
+def test_the_classify_page_explains_the_window_predict_scores(pico_run, tmp_path):
+    from workbench import state
+
+    clf = Classifier.from_run(pico_run, device="cpu")
+    path = write_tone(tmp_path / "short.wav", 880.0, 0.4, SR)  # under the run's 1 s window
+    # the page offers the windows of the prediction; a short clip's one window starts before 0 s
+    (window,) = state.predict(str(pico_run), 0.0, str(path)).timeline
+    assert window.start < 0
+    attr, explanation, rate = state.explain(str(pico_run), 0.0, str(path), window.start, "saliency", None)
+
+    scored = clf.spectrogram(load_audio(path, clf.sample_rate)).cpu()
+    assert attr.inputs is not None
+    assert torch.equal(attr.inputs, scored)
+    assert rate == clf.sample_rate and explanation.size == int(round(clf.clip_seconds * clf.sample_rate))
+    assert window.start + attr.times[0] < 0  # the page's time axis starts where the window does
+
+
+def test_the_augment_page_shows_the_clip_where_training_puts_it(tmp_path):
+    from workbench.pages import augment
+
+    path = write_tone(tmp_path / "short.wav", 440.0, 0.5, augment.FEATURES.sample_rate)
+    table = pd.DataFrame({"file": ["short.wav"], "path": [str(path)]})
+    shown = augment._clip(table, "short.wav")[0].numpy()
+
+    wave = load_audio(path, augment.FEATURES.sample_rate)
+    np.testing.assert_array_equal(shown, fit_length(wave, augment.FEATURES.clip_samples))
+    assert not shown[:100].any() and not shown[-100:].any()  # silence on both sides, not only at the end
