@@ -21,8 +21,10 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .geometry import INPUT_MULTIPLE, STAGE_STRIDES
 
-LAYOUTS = ("CCCC", "CCCT", "CCTT", "CTTT")
+LAYOUTS = ("CCCT", "CCTT", "CCCC", "CTTT")  # kinds of stages S1-S4: MBConv (C) or transformer (T)
+DATASET_FORMATS = ("folder", "csv", "birdclef", "esc50")  # data.format also takes "auto"
 # Upper bounds: every accepted value must fit in memory and keep the process alive. They do not
 # depend on this machine, so a run's config still loads elsewhere (memory is checked at training).
 MAX_SEED = 2**32 - 1
@@ -35,7 +37,9 @@ MAX_MIXUP_ALPHA = 100.0
 MAX_MASKS = 32
 MAX_SNR_DB = 100.0
 MAX_ATTN_WINDOW = 128  # tokens per side of a local window; its relative-bias table grows with the square
-MIN_ATTN_DIVISION, MAX_ATTN_DIVISION = 4, 512  # input cells per token side of the first transformer stage
+# Input cells per token side of the first transformer stage; below S1's stride, finer tokens would
+# only interpolate the first conv stage.
+MIN_ATTN_DIVISION, MAX_ATTN_DIVISION = STAGE_STRIDES[0], 512
 MAX_CLASSES = 100_000
 LABEL_MODES = ("primary", "primary+secondary")
 MIXUP_DOMAINS = ("logmel", "waveform")
@@ -90,7 +94,7 @@ class DataConfig:
         elif self.classes is not None:
             _check(bool(self.classes.strip()), "data.classes must name a file or list class names, got ''")
         _check(
-            self.format in ("auto", "folder", "csv", "birdclef", "esc50"),
+            self.format == "auto" or self.format in DATASET_FORMATS,
             f"data.format must be auto, folder, csv, birdclef or esc50, got {self.format!r}",
         )
         for name in ("val_fraction", "test_fraction"):
@@ -193,14 +197,15 @@ class FeatureConfig:
         if self.shape == "resize224":
             return 224
         raw = int(round(self.clip_seconds * self.sample_rate / self.hop_length)) + 1
-        return max(32, 32 * int(round(raw / 32)))
+        m = INPUT_MULTIPLE
+        return max(m, m * int(round(raw / m)))
 
     @property
     def input_size(self) -> tuple[int, int]:
         """``(F, T)`` of the model input."""
         if self.shape == "resize224":
             return (224, 224)
-        return (32 * math.ceil(self.n_mels / 32), self.frames)
+        return (INPUT_MULTIPLE * math.ceil(self.n_mels / INPUT_MULTIPLE), self.frames)
 
     @property
     def clip_samples(self) -> int:

@@ -39,6 +39,7 @@ from .config import FeatureConfig
 from .errors import AscaError, CheckpointError
 from .features import LOG_OFFSET, FeatureExtractor, fit_time, normalize, pad_to_multiple, resize_224
 from .fileio import output_folder
+from .geometry import INPUT_MULTIPLE
 from .scores import probabilities
 
 OPSET = 17  # ONNX Runtime has run opset 17 since 1.13; newer opsets add nothing this graph uses
@@ -110,7 +111,7 @@ class WaveModel(nn.Module):
         if cfg.shape == "resize224":
             spec = resize_224(spec)
         else:
-            spec = pad_to_multiple(fit_time(spec, cfg.frames, "center"), 32)
+            spec = pad_to_multiple(fit_time(spec, cfg.frames, "center"), INPUT_MULTIPLE)
         if cfg.norm_mean is not None and cfg.norm_std is not None:
             spec = normalize(spec, cfg.norm_mean, cfg.norm_std)
         return spec

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from .audio import window_starts
 from .config import FeatureConfig
 from .errors import ConfigError
+from .geometry import INPUT_MULTIPLE
 
 LOG_OFFSET = 1e-6  # added before the log: bounds silence at log(1e-6) instead of -inf
 SILENCE = math.log(LOG_OFFSET)  # log-Mel value of digital silence (torchaudio front end)
@@ -253,8 +254,10 @@ def fit_time(
     return F.pad(spec, (first, -excess - first), value=value)
 
 
-def pad_to_multiple(spec: Tensor, multiple: int = 32, value: float = SILENCE) -> Tensor:
-    """Pad frequency (end) and time (end) up to multiples of ``multiple`` with ``value``.
+def pad_to_multiple(spec: Tensor, multiple: int = INPUT_MULTIPLE, value: float = SILENCE) -> Tensor:
+    """Pad frequency (end) and time (end) up to multiples of ``multiple`` with ``value`` (the front
+    end's silence by default, before normalisation; the model itself zero-pads its normalised input
+    with :func:`asca_core.models.blocks.zero_pad_to_multiple`).
 
     Shapes: (..., F, T) -> (..., ceil(F / m) * m, ceil(T / m) * m).
     """
@@ -340,7 +343,7 @@ class FeatureExtractor(nn.Module):
             spec = resize_224(spec)
         else:
             spec = fit_time(spec, self.cfg.frames, "center", value=self.silence)
-            spec = pad_to_multiple(spec, 32, value=self.silence)
+            spec = pad_to_multiple(spec, INPUT_MULTIPLE, value=self.silence)
         if self.cfg.norm_mean is not None and self.cfg.norm_std is not None:
             spec = normalize(spec, self.cfg.norm_mean, self.cfg.norm_std)
         return spec

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from ..audio import SUPPORTED_EXTENSIONS
+from ..config import DATASET_FORMATS
 from ..errors import DatasetError
 
-FORMATS = ("folder", "csv", "birdclef", "esc50")
+FORMATS = DATASET_FORMATS
 FORMAT_NAMES = {
     "folder": "folder-per-class",
     "csv": "CSV manifest",

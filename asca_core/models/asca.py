@@ -22,7 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..config import LAYOUTS, MIN_ATTN_DIVISION
 from ..errors import ModelError
+from ..geometry import INPUT_MULTIPLE, STAGE_STRIDES
 from .blocks import (
     POOLS,
     SE_ACTS,
@@ -34,14 +36,10 @@ from .blocks import (
     TransformerBlock,
     init_weights,
     no_weight_decay_names,
-    pad_to_multiple,
+    zero_pad_to_multiple,
 )
 
-LAYOUTS = ("CCCT", "CCTT", "CCCC", "CTTT")
 DEFAULT_INPUT_SIZE = (128, 320)
-STAGE_STRIDES = (4, 8, 16, 32)  # S1..S4; S0 (stem) has stride 2
-INPUT_MULTIPLE = 32
-MIN_ATTN_DIVISION = 4  # S1's stride: finer tokens would only interpolate the first conv stage
 
 
 class GlobalWindowWarning(UserWarning):
@@ -338,7 +336,7 @@ class ASCA(nn.Module):
             raise ModelError(
                 f"{self.name} expects input (batch, {self.in_chans}, freq, time), got shape {tuple(spec.shape)}"
             )
-        x = self.s0(pad_to_multiple(spec, INPUT_MULTIPLE))
+        x = self.s0(zero_pad_to_multiple(spec, INPUT_MULTIPLE))
         for stage in self.stages:
             x = stage(x)
         return x

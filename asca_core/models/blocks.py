@@ -285,8 +285,11 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+def zero_pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     """Zero-pad the last two axes (freq at the top, time at the end) up to a multiple.
+
+    Inside the model, on its normalised input, where 0 is the dataset mean; the front end pads
+    with silence instead (:func:`asca_core.features.pad_to_multiple`).
 
     Shapes: (B, C, F, T) -> (B, C, ceil(F/m) m, ceil(T/m) m).
     """
@@ -318,6 +321,6 @@ __all__ = [
     "TransformerBlock",
     "init_weights",
     "no_weight_decay_names",
-    "pad_to_multiple",
     "token_norm",
+    "zero_pad_to_multiple",
 ]

@@ -33,6 +33,7 @@ from typing import Any
 
 from ..config import Config, apply_overrides
 from ..errors import ConfigError
+from ..geometry import n_fft_for
 
 STANDARD_RATES = (8000, 11025, 16000, 22050, 32000)
 MAX_RATE = 32000  # beyond this the extra bandwidth rarely carries class information (PANNs use 32 kHz)
@@ -314,7 +315,7 @@ def _front_end(b: _Builder, p: DatasetProfile) -> None:
         f"{hop_ms} ms hop: {'fine time detail for short clips' if hop_ms == 10 else 'half the frames of a 10 ms hop for clips over 2 s'}",
     )
     b.set("features.win_length", win, f"{win * 1000 / rate:.0f} ms analysis window")
-    b.set("features.n_fft", 1 << (win - 1).bit_length(), "the next power of two above the window")
+    b.set("features.n_fft", n_fft_for(win), "the next power of two above the window")
     b.set(
         "features.n_mels", 64, "64 mel bands: enough resolution for speech, birdsong and everyday sounds at a CPU cost"
     )

@@ -4,11 +4,12 @@ import numpy as np
 import streamlit as st
 import torch
 
-from asca_core.config import FeatureConfig
+from asca_core.config import DATASET_FORMATS, LAYOUTS, FeatureConfig
 from asca_core.features import fit_time, pad_to_multiple
+from asca_core.geometry import INPUT_MULTIPLE, n_fft_for
 from workbench import figures, state
 
-FORMATS = ["auto", "folder", "csv", "birdclef", "esc50"]
+FORMATS = ["auto", *DATASET_FORMATS]
 MAX_SECONDS = 30.0  # decoded per view: long field recordings are browsed with an offset
 
 
@@ -78,7 +79,7 @@ def render() -> None:
     hop_ms = s[1].slider("Hop (ms)", 2.0, 40.0, 10.0, 1.0, key="hop_ms")
     win_ms = s[2].slider("Window (ms)", 10.0, 100.0, 25.0, 5.0, key="win_ms")
     window = s[3].selectbox("Window", ["hamming", "hann", "povey"], key="window_fn")
-    layout = s[4].selectbox("Model layout", ["CCCT", "CCTT", "CCCC", "CTTT"], key="grid_layout")
+    layout = s[4].selectbox("Model layout", list(LAYOUTS), key="grid_layout")
     duration = float(clip["duration"] or 0.0)
     offset = 0.0
     if duration > MAX_SECONDS:
@@ -103,14 +104,16 @@ def render() -> None:
     st.subheader("What the model sees")
     cfg = FeatureConfig(
         sample_rate=rate,
-        n_fft=1 << (win - 1).bit_length(),
+        n_fft=n_fft_for(win),
         win_length=win,
         hop_length=hop,
         n_mels=n_mels,
         window=window,
         clip_seconds=3.0,
     )
-    model_input = pad_to_multiple(fit_time(torch.from_numpy(spec), cfg.frames), 32, value=float(np.min(spec)))
+    model_input = pad_to_multiple(
+        fit_time(torch.from_numpy(spec), cfg.frames), INPUT_MULTIPLE, value=float(np.min(spec))
+    )
     st.caption(
         f"A {cfg.clip_seconds:g} s crop is {cfg.frames} frames; with the mel axis padded to "
         f"{cfg.input_size[0]} bins the model input is {cfg.input_size[0]} × {cfg.input_size[1]}. "
