@@ -14,6 +14,7 @@ import pytest
 from fixtures_app import wait_for_run
 
 from asca_core.errors import CheckpointError
+from asca_core.train.runstore import process_start_time, same_process
 from workbench import jobs
 
 
@@ -37,12 +38,12 @@ def test_states_come_from_status_and_live_processes(tmp_path):
     dead = _dead_pid()
     gone = _run(tmp_path, "gone", {"state": "running", "pid": dead, "epoch": 3, "epochs": 10})
     done = _run(tmp_path, "done", {"state": "finished", "pid": dead, "epoch": 10, "epochs": 10})
-    me = jobs._proc_start_time(os.getpid())
+    me = process_start_time(os.getpid())
     live = _run(tmp_path, "live", {"state": "running", "pid": os.getpid(), "pid_start": me, "epoch": 1})
     # fit() called in this very process (a notebook): its pid lives on after the run finished
     notebook = _run(tmp_path, "notebook", {"state": "finished", "pid": os.getpid(), "epoch": 2})
     assert jobs.run_info(notebook).state == "finished"
-    assert jobs.run_info(gone).state == jobs.PROCESS_GONE
+    assert jobs.run_info(gone).state == jobs.CRASHED == "crashed"
     assert jobs.run_info(done).state == "finished"
     assert jobs.run_info(done).progress() == 1.0
     assert jobs.run_info(live).state == "running" and jobs.run_info(live).active
@@ -52,7 +53,7 @@ def test_states_come_from_status_and_live_processes(tmp_path):
 
 
 def test_a_job_that_died_before_any_status_is_failed_with_its_message(tmp_path):
-    path = _run(tmp_path, "crashed", job={"pid": _dead_pid(), "started_ts": time.time()})
+    path = _run(tmp_path, "died", job={"pid": _dead_pid(), "started_ts": time.time()})
     (path / jobs.CONSOLE_FILE).write_text("loading\nasca train: error: data.path 'x.csv' not found\n")
     info = jobs.run_info(path)
     assert info.state == "failed"
@@ -66,7 +67,7 @@ def test_an_old_status_does_not_hide_a_newer_job(tmp_path):
         tmp_path,
         "resumed",
         old,
-        {"pid": os.getpid(), "start_time": jobs._proc_start_time(os.getpid()), "started_ts": time.time()},
+        {"pid": os.getpid(), "start_time": process_start_time(os.getpid()), "started_ts": time.time()},
     )
     assert jobs.run_info(path).state == "starting"
 
@@ -81,20 +82,26 @@ def test_a_resume_right_after_a_stop_is_not_mistaken_for_the_stop(tmp_path):
         tmp_path,
         "quick",
         {"state": "stopped", "pid": _dead_pid(), "updated": stamp},
-        {"pid": os.getpid(), "start_time": jobs._proc_start_time(os.getpid()), "started_ts": now},
+        {"pid": os.getpid(), "start_time": process_start_time(os.getpid()), "started_ts": now},
     )
     assert jobs.run_info(path).state == "starting"
 
 
-def test_finished_children_and_reused_pids_are_not_alive():
+def test_finished_children_and_reused_pids_are_not_alive(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = process_start_time(proc.pid)
     time.sleep(1.0)  # exited but not reaped: a zombie still answers kill(pid, 0)
-    assert not jobs.pid_alive(proc.pid)
-    me = jobs._proc_start_time(os.getpid())
-    assert jobs.pid_alive(os.getpid(), me)
+    assert not same_process(proc.pid, started)
+    # a job whose process is a zombie is not running, and listing the run reaps it
+    path = _run(tmp_path, "zombie", {"state": "running"}, {"pid": proc.pid, "start_time": started, "started_ts": 1.0})
+    assert jobs.run_info(path).state == jobs.CRASHED
+    with pytest.raises(ChildProcessError):
+        os.waitpid(proc.pid, os.WNOHANG)
+    me = process_start_time(os.getpid())
+    assert same_process(os.getpid(), me)
     if me is not None:
-        assert not jobs.pid_alive(os.getpid(), me + 1)
-    assert not jobs.pid_alive(None) and not jobs.pid_alive(-5)
+        assert not same_process(os.getpid(), me + 1)
+    assert not same_process(None, me) and not same_process(-5, me) and not same_process(os.getpid(), None)
 
 
 def test_list_runs_newest_first_and_console_tail(tmp_path):
@@ -103,7 +110,7 @@ def test_list_runs_newest_first_and_console_tail(tmp_path):
     second = jobs.new_run_dir("demo", tmp_path)
     (second / jobs.JOB_FILE).write_text(json.dumps({"pid": _dead_pid(), "started_ts": 200.0}))
     (tmp_path / "not-a-run").mkdir()
-    assert second != first and first.name.endswith("-demo") and second.name.startswith(first.name[:8])
+    assert second != first and first.name.startswith("demo-") and second.name.startswith("demo-")
     assert [r.path for r in jobs.list_runs(tmp_path)] == [second, first]
     (first / jobs.CONSOLE_FILE).write_bytes(b"epoch 1 10%\repoch 1 50%\repoch 1 100%\ndone\n")
     assert jobs.read_console(first).split("\n") == ["epoch 1 100%", "done", ""]
@@ -135,10 +142,11 @@ def test_stop_signals_the_whole_process_group(tmp_path):
     assert jobs.stop_run(run_dir)
     stopped = wait_for_run(run_dir, lambda i: not i.active, 30)
     assert stopped.state == "stopped"  # stop requested, no status written: not a failure
+    child_start = process_start_time(child)
     end = time.monotonic() + 10
-    while jobs.pid_alive(child) and time.monotonic() < end:
+    while same_process(child, child_start) and time.monotonic() < end:
         time.sleep(0.1)
-    assert not jobs.pid_alive(child)
+    assert not same_process(child, child_start)
     assert not jobs.stop_run(run_dir)
 
 

@@ -11,16 +11,17 @@ therefore loses nothing, and runs started from a terminal show up too::
     stop_run(run)                   # SIGTERM: the trainer saves a checkpoint and marks "stopped"
     resume_run(run)                 # asca train --resume --run-dir RUN
 
-Liveness comes from the run's lock (``RUN/.lock``, held by the one process training it) and from
-pid + start time, never from a bare pid, so a reused pid never looks running and Stop never
-signals a stranger. The app's trainings share one training slot per machine (a lock file in the
-cache folder): one trains, the others wait in state ``queued``.
+Listing, folder names and liveness are the run store's (:mod:`asca_core.train.runstore`): the
+run's lock (``RUN/.lock``, held by the one process training it) and pid + start time, never a bare
+pid, so a reused pid never looks running and Stop never signals a stranger. This module adds what
+only a launcher knows: a job that is starting, stopping, or died before the trainer wrote any
+status. The app's trainings share one training slot per machine (a lock file in the cache
+folder): one trains, the others wait in state ``queued``.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -30,24 +31,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asca_core.errors import AscaError, CheckpointError, ConfigError, DatasetError
-from asca_core.fileio import read_json, read_json_lines, read_yaml_mapping
+from asca_core.errors import AscaError, CheckpointError, DatasetError
+from asca_core.fileio import read_json, read_yaml_mapping
+from asca_core.train import runstore
 from asca_core.train.runstore import (
+    CRASHED,
+    JOB_FILE,
     SLOT_ENV,
-    RunLock,
+    RunStore,
     atomic_write_json,
     check_labels,
     checkpoint_labels,
+    is_run_dir,
+    new_run_dir,
     process_start_time,
     same_process,
 )
-from asca_core.utils import cache_dir, runs_dir
+from asca_core.utils import cache_dir
 
-JOB_FILE = "job.json"
 CONSOLE_FILE = "console.txt"
-PROCESS_GONE = "stopped (process gone)"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-_NAME_OK = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def presets_dir() -> Path:
@@ -64,36 +67,20 @@ def list_presets() -> dict[str, Path]:
 
 
 # ----------------------------------------------------------------------------- processes
-_proc_start_time = process_start_time
-
-
 def training_slot_path() -> Path:
     """The lock file the app's trainings take turns on (``$ASCA_TRAINING_SLOT`` or the cache folder's)."""
     return Path(os.environ.get(SLOT_ENV) or cache_dir() / "training.lock")
 
 
-def pid_alive(pid: Any, start_time: int | None = None) -> bool:
-    """True while process ``pid`` runs (and, with ``start_time``, is the same process)."""
+def reap(pid: Any) -> None:
+    """Collect the exit status of ``pid`` if it is a finished training this app started, so it
+    does not linger as a zombie (the app never waits on its trainings)."""
     if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:  # reap our own finished children, otherwise they linger as zombies and look alive
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    except OSError:
-        return False
+        return
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        os.waitpid(pid, os.WNOHANG)
+    except OSError:  # not our child, or already collected
         pass
-    started = _proc_start_time(pid)
-    if started == -1:
-        return False
-    return not (start_time is not None and started is not None and started != start_time)
 
 
 # ----------------------------------------------------------------------------- run info
@@ -102,7 +89,7 @@ class RunInfo:
     """What the app shows about one run directory."""
 
     path: Path
-    # starting | queued | running | stopping | finished | failed | stopped | PROCESS_GONE | damaged
+    # starting | queued | running | stopping | finished | failed | stopped | CRASHED | damaged
     state: str
     status: dict[str, Any] = field(default_factory=dict)
     job: dict[str, Any] = field(default_factory=dict)
@@ -228,17 +215,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return _check_fields(path, read_json(path, dict))
 
 
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / f).exists() for f in ("config.yaml", "status.json", JOB_FILE))
-
-
-def _read_run(path: Path) -> tuple[dict, dict, list, dict, list[str]]:
+def _read_run(store: RunStore) -> tuple[dict, dict, list, dict, list[str]]:
     """status, job, metrics rows, config and the problems of a run's files (each one line)."""
+    path = store.path
     read = _Reader()
-    status = read(_read_json, path / "status.json", default={})
-    job = read(_read_json, path / JOB_FILE, default={})
-    metrics = read(read_json_lines, path / "metrics.jsonl", default=[])
-    config = read(read_yaml_mapping, path / "config.yaml", default={})
+    status = read(lambda: _check_fields(store.status_path, store.status()), default={})
+    job = read(lambda: _check_fields(path / JOB_FILE, store.job()), default={})
+    metrics = read(store.metrics, default=[])
+    config = read(read_yaml_mapping, store.config_path, default={})
     labels = read(read_json, path / "labels.json", list)
     if labels is not None:
         labels = read(check_labels, labels, str(path / "labels.json"))
@@ -258,14 +242,15 @@ def run_info(run_dir: str | Path) -> RunInfo:
     """State of a run from its files and whether its process still exists.
 
     A status still saying ``running`` whose process is gone (killed, machine restarted) is
-    reported as ``stopped (process gone)``; a job whose process ended before writing any status
+    reported as :data:`~asca_core.train.runstore.CRASHED`; a job whose process ended before writing any status
     (a bad config, a missing dataset) as ``failed`` with the last console line as its error; a
     run with a file that cannot be read back as ``damaged``, naming the file.
     """
-    path = Path(run_dir)
+    store = RunStore(run_dir)
+    path = store.path
     if not is_run_dir(path):
         raise CheckpointError(f"not a run directory: {path}")
-    status, job, metrics, config, problems = _read_run(path)
+    status, job, metrics, config, problems = _read_run(store)
     job_pid = job.get("pid") if isinstance(job.get("pid"), int) else None
     status_pid = status.get("pid") if isinstance(status.get("pid"), int) else None
     launched = float(job.get("started_ts") or 0.0)
@@ -276,13 +261,14 @@ def run_info(run_dir: str | Path) -> RunInfo:
     pid, start_time = job_pid, job.get("start_time")
     if status_pid and (job_pid is None or (status_pid != job_pid and _status_time(status) > launched)):
         pid, start_time = status_pid, status.get("pid_start")  # started from a terminal after the app's job
-    holder = RunLock.holder(path)  # the process training the run holds its lock
+    holder = store.lock_holder()  # the process training the run holds its lock
     if holder is not None:
         alive = True
         if isinstance(holder.get("pid"), int):
             pid, start_time = holder["pid"], holder.get("pid_start")
     else:  # never a bare pid: only the process that started at the recorded time counts
-        alive = isinstance(start_time, int) and pid_alive(pid, start_time) and same_process(pid, start_time)
+        reap(job_pid)
+        alive = same_process(pid, start_time)
     recorded = status.get("state")
     stop_asked = float(job.get("stop_requested") or 0.0) >= launched > 0
     if problems:
@@ -301,7 +287,7 @@ def run_info(run_dir: str | Path) -> RunInfo:
         else:
             state = "starting"
     elif recorded in ("running", "queued"):
-        state = PROCESS_GONE
+        state = CRASHED
     elif recorded in ("unknown", None) and job_pid is None:
         state = "unknown"
     elif stop_asked:  # stopped while starting up, before the trainer wrote any status
@@ -347,28 +333,13 @@ def _last_console_error(path: Path) -> str:
 
 def list_runs(root: str | Path | None = None) -> list[RunInfo]:
     """Every run under ``root`` (default :func:`asca_core.utils.runs_dir`), newest first."""
-    folder = Path(root) if root is not None else runs_dir()
-    if not folder.is_dir():
-        return []
     infos = []
-    for path in folder.iterdir():
-        if is_run_dir(path):
-            try:
-                infos.append(run_info(path))
-            except AscaError:
-                continue
-    return sorted(infos, key=_started, reverse=True)
-
-
-def _started(info: RunInfo) -> float:
-    if info.job.get("started_ts"):
-        return float(info.job["started_ts"])
-    for name in ("config.yaml", "status.json"):
+    for store in runstore.list_runs(root):
         try:
-            return (info.path / name).stat().st_mtime
-        except OSError:
+            infos.append(run_info(store.path))
+        except AscaError:
             continue
-    return 0.0
+    return infos
 
 
 def read_console(run_dir: str | Path, max_chars: int = 20000) -> str:
@@ -387,21 +358,6 @@ def read_console(run_dir: str | Path, max_chars: int = 20000) -> str:
 
 
 # ----------------------------------------------------------------------------- control
-def new_run_dir(name: str, root: str | Path | None = None) -> Path:
-    """A fresh, unique ``RUNS/<YYYYmmdd-HHMMSS>-<name>`` folder (created)."""
-    folder = Path(root) if root is not None else runs_dir()
-    slug = _NAME_OK.sub("-", name).strip("-") or "run"
-    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
-    for i in range(1000):
-        path = folder / (base if i == 0 else f"{base}-{i}")
-        try:
-            path.mkdir(parents=True, exist_ok=False)
-            return path
-        except FileExistsError:
-            continue
-    raise ConfigError(f"could not create a new run folder under {folder}")
-
-
 def train_command(
     config: str | Path | None = None,
     overrides: Sequence[str] = (),
@@ -439,7 +395,7 @@ def _launch(cmd: list[str], run_dir: Path, extra: dict[str, Any]) -> RunInfo:
         )
     job = {
         "pid": proc.pid,
-        "start_time": _proc_start_time(proc.pid),
+        "start_time": process_start_time(proc.pid),
         "started_ts": time.time(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": cmd[1:],
@@ -515,7 +471,7 @@ def start_auto_training(
 def resume_run(run_dir: str | Path) -> RunInfo:
     """Continue a stopped or interrupted run from its last checkpoint."""
     info = run_info(run_dir)
-    holder = RunLock.holder(info.path)
+    holder = RunStore(info.path).lock_holder()
     if holder is not None:
         who = f"process {holder['pid']}" if isinstance(holder.get("pid"), int) else "another process"
         raise CheckpointError(f"run {info.name} is being trained by {who}: wait for it to end or stop it first")
@@ -586,16 +542,16 @@ def finished_runs(root: str | Path | None = None) -> list[RunInfo]:
 
 
 __all__ = [
-    "PROCESS_GONE",
+    "CRASHED",
     "RunInfo",
     "finished_runs",
     "is_run_dir",
     "list_presets",
     "list_runs",
     "new_run_dir",
-    "pid_alive",
     "presets_dir",
     "read_console",
+    "reap",
     "resume_run",
     "run_info",
     "start_training",

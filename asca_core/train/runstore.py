@@ -34,10 +34,17 @@ from ..errors import AscaError, CheckpointError
 from ..fileio import read_json, read_json_lines
 
 STATES = ("queued", "running", "finished", "failed", "stopped")
+# What a run recorded as running or queued is when no process trains it any more (killed, the
+# machine restarted): it can be resumed from its last checkpoint.
+CRASHED = "crashed"
 LOCK_FILE = ".lock"  # flock()ed by the one process writing the run, for as long as it trains
 SLOT_ENV = "ASCA_TRAINING_SLOT"  # a lock file: trainings given the same one run one at a time
 # Files a launcher (the app) may put into a run folder before the trainer starts.
-LAUNCHER_FILES = ("job.json", "console.txt", "requested.yaml")
+JOB_FILE = "job.json"  # the launcher's record: pid, start time, when it started the trainer
+LAUNCHER_FILES = (JOB_FILE, "console.txt", "requested.yaml")
+# A folder is a run once the trainer or a launcher has written one of these.
+RUN_MARKERS = ("config.yaml", "status.json", JOB_FILE)
+_NAME_OK = re.compile(r"[^A-Za-z0-9._-]+")
 # The files the program writes into each folder of a run; their temporaries are
 # ``.<name>.<random characters>.tmp`` (see atomic_write_bytes).
 _OWN_FILES = {
@@ -196,12 +203,39 @@ class RunStore:
             return {}
 
     def state(self) -> str:
-        """The recorded state, or ``"crashed"`` for a run marked running whose process is gone."""
+        """The recorded state, or :data:`CRASHED` for a run marked running whose process is gone."""
         status = self.status()
         state = status.get("state", "unknown")
         if state in ("running", "queued") and not trainer_alive(self.path, status):
-            return "crashed"
+            return CRASHED
         return state
+
+    def lock_holder(self) -> dict[str, Any] | None:
+        """``{"pid", "pid_start"}`` of the process training the run (it holds ``RUN/.lock``), None when free."""
+        return RunLock.holder(self.path)
+
+    def job(self) -> dict[str, Any]:
+        """The launcher's record (``job.json``) as a dict; ``{}`` for a run started from a terminal."""
+        try:
+            return read_json(self.path / JOB_FILE, dict)
+        except FileNotFoundError:
+            return {}
+
+    def created(self) -> float:
+        """When the run was started (seconds since the epoch): the launcher's record, else the
+        time config.yaml (or status.json) was written; 0 when unknown."""
+        try:
+            started = self.job().get("started_ts")
+        except AscaError:
+            started = None
+        if isinstance(started, (int, float)) and not isinstance(started, bool) and started > 0:
+            return float(started)
+        for path in (self.config_path, self.status_path):
+            try:
+                return path.stat().st_mtime
+            except OSError:
+                continue
+        return 0.0
 
     def metrics(self) -> list[dict[str, Any]]:
         """One dict per finished epoch, in order."""
@@ -326,7 +360,8 @@ def process_start_time(pid: int) -> int | None:
 
 
 def same_process(pid: Any, start_time: Any) -> bool:
-    """True while ``pid`` runs and started at ``start_time``: a bare pid is never trusted."""
+    """True while ``pid`` runs and started at ``start_time``: a bare pid is never trusted, and a
+    finished process not yet waited for (a zombie) is not running."""
     if not isinstance(pid, int) or pid <= 0 or not isinstance(start_time, int) or start_time < 0:
         return False
     return process_start_time(pid) == start_time
@@ -551,27 +586,58 @@ def foreign_in_sub(folder: Path) -> bool:
     return False
 
 
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a run folder: the trainer or a launcher has written one of :data:`RUN_MARKERS`."""
+    path = Path(path)
+    return path.is_dir() and any((path / name).exists() for name in RUN_MARKERS)
+
+
 def list_runs(root: str | Path | None = None) -> list[RunStore]:
-    """Run directories under ``root`` (default: ``runs_dir()``), newest first."""
+    """Run folders under ``root`` (default: ``runs_dir()``), newest first (:meth:`RunStore.created`)."""
     from ..utils import runs_dir
 
     root = Path(root) if root is not None else runs_dir()
     if not root.is_dir():
         return []
-    runs = [RunStore(p) for p in root.iterdir() if p.is_dir() and (p / "config.yaml").is_file()]
+    runs = [RunStore(p) for p in root.iterdir() if is_run_dir(p)]
+    return sorted(runs, key=RunStore.created, reverse=True)
 
-    def created(run: RunStore) -> float:  # config.yaml is written when the run is created
+
+def run_folder_name(name: str | None, prefix: str = "") -> str:
+    """``<prefix><name>-<YYYYmmdd-HHMMSS>``, with anything but letters, digits, ``.``, ``_`` and ``-``
+    in ``name`` replaced by ``-`` (``run`` when nothing is left)."""
+    slug = _NAME_OK.sub("-", name or "").strip("-") or "run"
+    return f"{prefix}{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def new_run_dir(name: str | None, root: str | Path | None = None, *, prefix: str = "", create: bool = True) -> Path:
+    """A run folder ``ROOT/<prefix><name>-<YYYYmmdd-HHMMSS>`` (default root: ``runs_dir()``) that
+    does not exist yet, made unique with ``-2``, ``-3``, ...; created unless ``create`` is False
+    (the trainer then creates it)."""
+    from ..utils import runs_dir
+
+    folder = Path(root) if root is not None else runs_dir()
+    base = run_folder_name(name, prefix)
+    for n in range(1, 1000):
+        path = folder / (base if n == 1 else f"{base}-{n}")
+        if not create:
+            if not path.exists():
+                return path
+            continue
         try:
-            return run.config_path.stat().st_mtime
-        except OSError:
-            return 0.0
-
-    return sorted(runs, key=created, reverse=True)
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+    raise CheckpointError(f"could not find a free run folder name under {folder}")
 
 
 __all__ = [
+    "CRASHED",
+    "JOB_FILE",
     "LAUNCHER_FILES",
     "LOCK_FILE",
+    "RUN_MARKERS",
     "SLOT_ENV",
     "STATES",
     "RunLock",
@@ -583,9 +649,12 @@ __all__ = [
     "check_labels",
     "checkpoint_labels",
     "foreign_entries",
+    "is_run_dir",
     "json_safe",
     "list_runs",
+    "new_run_dir",
     "process_start_time",
+    "run_folder_name",
     "same_process",
     "sweep_temporaries",
     "trainer_alive",

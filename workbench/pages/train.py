@@ -128,7 +128,7 @@ def _panel(name: str, live: bool) -> None:
             )
         elif info.state == "failed" and info.error:
             st.error(info.error)
-        elif info.state == jobs.PROCESS_GONE:
+        elif info.state == jobs.CRASHED:
             st.warning(
                 "The training process ended without marking the run (killed or the machine restarted). "
                 "Resume continues from the last checkpoint."
