@@ -359,7 +359,7 @@ def _find_run(name: str) -> Path:
 
 def _eval(args: argparse.Namespace) -> int:
     run = _find_run(args.run)
-    from ..train.engine import evaluate
+    from ..train.evaluation import evaluate
 
     result = evaluate(run, data=args.data, split=args.split, checkpoint=args.checkpoint, device=args.device)
     if args.json:

@@ -12,7 +12,7 @@ from typing import Any
 
 _EXPORTS = {
     "fit": "engine",
-    "evaluate": "engine",
+    "evaluate": "evaluation",
     "compute_metrics": "metrics",
     "RunStore": "runstore",
     "list_runs": "runstore",

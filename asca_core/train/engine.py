@@ -19,46 +19,40 @@ Checkpoint order at the end of an epoch (a kill at any point leaves a consistent
 metrics.jsonl row → eval/epoch_XXX.json → best.safetensors (if better) → last.safetensors →
 last.state.safetensors (the resume commit point; its header holds the JSON state) →
 last.state.json (a readable copy) → status.json.
+
+The data bundle and wave cache live in :mod:`.data`, the resume state in :mod:`.resume`, offline
+evaluation in :mod:`.evaluation`, losses in :mod:`.losses` and the optimiser pieces in :mod:`.optim`.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import os
-import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..augment import TrainAugment, step_generator
 from ..config import Config
-from ..errors import AscaError, CheckpointError, ConfigError, DatasetError
+from ..errors import AscaError, CheckpointError, ConfigError
 from ..utils import resolve_device, seed_everything, setup_torch
-from . import ddp
-from .checkpoint import (
-    checkpoint_metadata,
-    load_model_from_run,
-    load_tensors,
-    load_weights,
-    model_from_config,
-    read_metadata,
-    save_model,
-    save_tensors,
-)
+from . import ddp, resume
+from .amp import autocast
+from .checkpoint import checkpoint_metadata, load_tensors, load_weights, model_from_config, save_model
+from .data import _collate, _MemoryCache, make_cache, prepare_data
+from .evaluation import evaluate, predict
+from .losses import loss_per_example, probabilities
 from .metrics import compute_metrics
+from .optim import ModelEma, param_groups
 from .runstore import (
     SLOT_ENV,
     RunLock,
@@ -73,216 +67,12 @@ from .runstore import (
     wait_for_slot,
 )
 from .schedule import cosine_lr, set_lr
+from .signals import StopFlag
 
-STATE_FORMAT = "asca-train-state/1"
 NORM_STATS_CLIPS = 512  # training clips (centre crops, no augmentation) behind the norm statistics
 STATUS_EVERY_SECONDS = 5.0
 # warn_only determinism: ops without a deterministic kernel run anyway; say so once, not per step
 warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
-
-
-# ------------------------------------------------------------------------------------ data
-@dataclass
-class DataBundle:
-    """A dataset, its splits and class names, as a config describes them."""
-
-    index: Any  # asca_core.data.DatasetIndex
-    splits: dict[str, list[int]]
-    labels: list[str]
-    multi_label: bool
-    skipped: list[tuple[str, str]]
-
-
-def prepare_data(cfg: Config, check_files: bool = True) -> DataBundle:
-    """Load ``cfg.data.path``, drop unreadable clips, apply the per-class cap and split.
-
-    A model input, batch and model that could not fit in this machine's memory are refused first.
-    """
-    from ..data import filter_readable, limit_clips_per_class, load_dataset, make_splits, resolve_data_path
-    from ..models.profile import activation_bytes
-
-    need = activation_bytes(
-        cfg.model.name,
-        cfg.features.input_size,
-        cfg.train.batch_size,
-        cfg.model.layout,
-        cfg.model.attn_window,
-        cfg.model.attn_division,
-    )
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
-    if have and need > have:
-        f, t = cfg.features.input_size
-        raise ConfigError(
-            f"train.batch_size={cfg.train.batch_size} with model.name={cfg.model.name} on a {f}x{t} "
-            f"input (features.n_mels={cfg.features.n_mels}, features.clip_seconds="
-            f"{cfg.features.clip_seconds:g}) needs at least {need / 2**30:,.0f} GiB of activation "
-            f"memory, this machine has {have / 2**30:,.0f} GiB: lower the batch size or the input size"
-        )
-    index = load_dataset(
-        resolve_data_path(cfg.data.path), cfg.data.format, labels=cfg.data.labels, classes=cfg.data.classes
-    )
-    skipped: list[tuple[str, str]] = list(index.problems)
-    if check_files:
-        index, unreadable = filter_readable(index, deep=False)
-        skipped += unreadable
-    if cfg.data.max_clips_per_class:
-        index = limit_clips_per_class(index, cfg.data.max_clips_per_class, seed=cfg.data.seed)
-    if len(index.clips) == 0:
-        raise DatasetError(f"{cfg.data.path}: no readable clips")
-    splits = make_splits(
-        index,
-        val_fraction=cfg.data.val_fraction,
-        test_fraction=cfg.data.test_fraction,
-        test_fold=cfg.data.test_fold,
-        group_column=cfg.data.group_column,
-        seed=cfg.data.seed,
-        test_group=cfg.data.test_group,
-    )
-    if not splits["train"]:
-        raise DatasetError(f"{cfg.data.path}: the train split is empty")
-    return DataBundle(index, splits, list(index.classes), bool(index.multi_label), skipped)
-
-
-class _MemoryCache:
-    """Decoded waves kept in memory (up to a byte budget) in front of the on-disk cache.
-
-    Small datasets are then decoded once per run instead of once per epoch.
-    """
-
-    def __init__(self, disk: Any, budget_bytes: int = 1 << 30) -> None:
-        self.disk = disk
-        self.budget = budget_bytes
-        self.used = 0
-        self.waves: dict[tuple[str, int], np.ndarray] = {}
-
-    def get_wave(self, path: Any, sample_rate: int) -> np.ndarray:
-        key = (str(path), int(sample_rate))
-        wave = self.waves.get(key)
-        if wave is None:
-            wave = self.disk.get_wave(path, sample_rate)
-            if self.used + wave.nbytes <= self.budget:
-                self.waves[key] = wave
-                self.used += wave.nbytes
-        return wave
-
-
-def make_cache(cfg: Config) -> _MemoryCache:
-    from ..data import FeatureCache
-    from ..utils import cache_dir
-
-    root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_dir() / "waves"
-    # every DataLoader worker holds its own copy: share one budget between them
-    return _MemoryCache(FeatureCache(root), budget_bytes=(1 << 30) // max(1, cfg.data.num_workers))
-
-
-def _collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    waves, targets = zip(*batch)
-    return torch.stack(waves), torch.stack(targets)
-
-
-# ------------------------------------------------------------------------------------ pieces
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weights; none on norms, biases, bias tables and position embeddings.
-
-    Uses ``model.no_weight_decay()`` (parameter names) when the model defines it, else the
-    ``ndim <= 1`` rule (norm scales and biases).
-    """
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if name in skip or param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
-
-
-class ModelEma:
-    """Exponential moving average of a model's weights (buffers are copied).
-
-    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` so that short runs are not
-    dominated by the random initial weights.
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.decay = decay
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        d = min(self.decay, (1.0 + step) / (10.0 + step))
-        for ema, cur in zip(self.module.parameters(), model.parameters()):
-            ema.lerp_(cur.detach(), 1.0 - d)
-        for ema, cur in zip(self.module.buffers(), model.buffers()):
-            ema.copy_(cur)
-
-
-def loss_per_example(logits: Tensor, target: Tensor, kind: str, label_smoothing: float = 0.0) -> Tensor:
-    """BCE-with-logits (mean over classes) or cross-entropy against soft targets, per example.
-
-    BCE smooths as timm's BinaryCrossEntropy: ``target * (1 - eps) + eps / K``, so an absent class
-    gets eps / K and a present one 1 - eps + eps / K (the mass eps spread over K classes, as softmax
-    smoothing does); cross-entropy normalises multi-hot targets to a distribution and uses torch's
-    label smoothing.
-    Shapes: logits (B, K), target (B, K) -> (B,).
-    """
-    logits = logits.float()
-    target = target.float()
-    if kind == "bce":
-        if label_smoothing:
-            target = target * (1.0 - label_smoothing) + label_smoothing / target.shape[1]
-        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
-    target = target / target.sum(1, keepdim=True).clamp_min(1e-12)
-    return F.cross_entropy(logits, target, reduction="none", label_smoothing=label_smoothing)
-
-
-def probabilities(logits: Tensor, kind: str) -> Tensor:
-    """Scores for metrics: sigmoid for BCE models, softmax for cross-entropy ones. Shapes: (B, K)."""
-    return torch.sigmoid(logits.float()) if kind == "bce" else torch.softmax(logits.float(), dim=1)
-
-
-def _autocast(device: torch.device, amp: str):
-    if amp == "off":
-        return torch.autocast(device_type=device.type, enabled=False)
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM request a clean stop at the next step boundary; a second one interrupts."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal_name = ""
-        self._first = 0.0
-        self._old: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signals reach the main thread only (e.g. fit() called from a worker thread)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        now = time.monotonic()
-        if self.requested:
-            # A signal sent to a whole process group (and forwarded by a launcher) arrives twice
-            # within moments: only a later, deliberate second one interrupts at once.
-            if now - self._first > 2.0:
-                raise KeyboardInterrupt
-            return
-        self.requested = True
-        self._first = now
-        self.signal_name = signal.Signals(signum).name
-
-    def restore(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
 
 
 # ------------------------------------------------------------------------------------ trainer
@@ -306,7 +96,7 @@ class Trainer:
         self.progress = progress
         self.echo = echo
         self.stop_after_epochs = stop_after_epochs
-        self.stop = _StopFlag()
+        self.stop = StopFlag()
         # counters (restored on resume)
         self.epoch = 0  # finished epochs
         self.batch = 0  # finished batches of the current, unfinished epoch
@@ -373,7 +163,7 @@ class Trainer:
             elif not self.resume and run.path.exists():
                 problem = unusable_run_dir(run.path)
             elif self.resume:
-                problem = self._resume_problem()
+                problem = resume.resume_problem(run)
         problem = ddp.broadcast_object(problem)
         if problem:
             raise CheckpointError(problem)
@@ -400,30 +190,6 @@ class Trainer:
                 **status,
             )
         ddp.barrier()
-
-    def _resume_problem(self) -> str | None:
-        """Why the run cannot be continued, found before anything in it is written (None: it can)."""
-        run = self.run
-        try:
-            run.status()
-            trained = len(run.metrics())
-            if run.labels_path.exists():
-                run.labels()
-            state_path = run.checkpoints_dir / "last.state.safetensors"
-            if state_path.exists():
-                meta = read_metadata(state_path)
-                json.loads(meta["state"])
-            elif (trained or run.has_checkpoint("best")) and not self._first_save_interrupted():
-                return (
-                    f"cannot resume {run.path}: its resume state {state_path} is missing, though the run has "
-                    f"trained ({trained} epoch(s) in metrics.jsonl"
-                    f"{', a best checkpoint' if run.has_checkpoint('best') else ''}); its files are left as they are"
-                )
-        except (KeyError, TypeError, json.JSONDecodeError):
-            return f"cannot resume {run.path}: {run.checkpoints_dir / 'last.state.safetensors'} holds no readable training state"
-        except AscaError as exc:
-            return f"cannot resume {run.path}: {exc}"
-        return None
 
     def build(self) -> None:
         cfg = self.cfg
@@ -583,115 +349,16 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------- resume state
-    def _state_tensors(self) -> dict[str, Tensor]:
-        tensors: dict[str, Tensor] = {}
-        opt = self.optimizer.state_dict()
-        for idx, entry in opt["state"].items():
-            for key, value in entry.items():
-                tensors[f"optimizer.{idx}.{key}"] = torch.as_tensor(value)
-        # the raw weights live here too, so this one file restores the whole run
-        tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
-        if self.ema is not None:
-            tensors.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
-        return tensors
-
-    def _state_json(self) -> dict[str, Any]:
-        opt = self.optimizer.state_dict()
-        return json_safe(
-            {
-                "format": STATE_FORMAT,
-                "epoch": self.epoch,
-                "batch": self.batch,
-                "step": self.step,
-                "steps_per_epoch": self.steps_per_epoch,
-                "world_size": self.env.world_size,
-                "loss_sum": self.loss_sum,
-                "loss_count": self.loss_count,
-                "best_val_map": None if self.best_val_map == -math.inf else self.best_val_map,
-                "best_val_loss": None if self.best_val_loss == math.inf else self.best_val_loss,
-                "best_epoch": self.best_epoch,
-                "bad_epochs": self.bad_epochs,
-                "optimizer_param_groups": opt["param_groups"],
-                "optimizer_state_keys": {str(i): sorted(e) for i, e in opt["state"].items()},
-                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            }
-        )
-
     def save_last(self) -> None:
         """last.safetensors (the evaluated weights) and the resume state; rank 0 only."""
-        if not self.env.is_main:
-            return
-        meta = checkpoint_metadata(
-            self.cfg,
-            self.data.labels,
-            self.epoch,
-            step=self.step,
-            batch=self.batch,
-            ema=str(self.ema is not None).lower(),
-        )
-        save_model(self.run.checkpoint_path("last"), self._eval_module(), meta)
-        state = self._state_json()
-        save_tensors(
-            self.run.checkpoints_dir / "last.state.safetensors",
-            self._state_tensors(),
-            {"format": STATE_FORMAT, "state": json.dumps(state)},
-        )
-        atomic_write_json(self.run.checkpoints_dir / "last.state.json", state)
-
-    def _first_save_interrupted(self) -> bool:
-        """Killed while writing the end of epoch 1: its metrics row (and maybe its best checkpoint)
-        are there, the resume state and the status that follow them are not. Starting over redoes
-        exactly that epoch; a run whose status records a finished epoch lost its state otherwise."""
-        return len(self.run.metrics()) <= 1 and not (self.run.status().get("epoch") or 0)
+        resume.save_last(self)
 
     def load_last(self) -> bool:
         """Restore weights, optimizer and counters from the last checkpoint (False if none)."""
-        state_path = self.run.checkpoints_dir / "last.state.safetensors"
-        if not state_path.exists():
-            trained = len(self.run.metrics())
-            if trained or self.run.has_checkpoint("best"):
-                if not self._first_save_interrupted():
-                    raise CheckpointError(
-                        f"cannot resume {self.run.path}: its resume state {state_path} is missing, "
-                        f"though the run has trained ({trained} epoch(s) in metrics.jsonl"
-                        f"{', a best checkpoint' if self.run.has_checkpoint('best') else ''}); "
-                        "its files are left as they are"
-                    )
-                self.log("starting over: the run was stopped while saving its first epoch")
-            return False  # killed before or during its first checkpoint: start from scratch
-        tensors, meta = load_tensors(state_path)
-        try:
-            state = json.loads(meta["state"])
-        except (KeyError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{state_path} has no readable training state") from exc
-        if state.get("format") != STATE_FORMAT:
-            raise CheckpointError(f"{state_path}: unknown training state format {state.get('format')!r}")
-        if state.get("world_size") != self.env.world_size or state.get("steps_per_epoch") != self.steps_per_epoch:
-            raise CheckpointError(
-                f"cannot resume {self.run.path}: it was trained with {state.get('world_size')} process(es) "
-                f"and {state.get('steps_per_epoch')} steps per epoch, now {self.env.world_size} and "
-                f"{self.steps_per_epoch}; resume with the same --nproc and batch size"
-            )
-        load_weights(self.model, _prefixed(tensors, "model."), str(state_path))
-        if self.ema is not None:
-            load_weights(self.ema.module, _prefixed(tensors, "ema."), str(state_path))
-        opt_state: dict[int, dict[str, Any]] = {}
-        for idx, keys in state["optimizer_state_keys"].items():
-            opt_state[int(idx)] = {k: tensors[f"optimizer.{idx}.{k}"].to(self.device) for k in keys}
-            if "step" in opt_state[int(idx)]:  # AdamW keeps its step count on the CPU
-                opt_state[int(idx)]["step"] = opt_state[int(idx)]["step"].cpu()
-        self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer_param_groups"]})
-        if state.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
-        self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
-        self.best_val_map = state["best_val_map"] if state["best_val_map"] is not None else -math.inf
-        self.best_val_loss = state["best_val_loss"] if state["best_val_loss"] is not None else math.inf
-        self.best_epoch, self.bad_epochs = state["best_epoch"], state["bad_epochs"]
-        return True
+        return resume.load_last(self)
 
     # ----------------------------------------------------------------- steps
-    def _eval_module(self) -> nn.Module:
+    def eval_module(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
     def train_epoch(self, epoch: int) -> bool:
@@ -746,7 +413,7 @@ class Trainer:
             spec = spec.contiguous(memory_format=torch.channels_last)
         lr = cosine_lr(self.step, self.total_steps, self.warmup_steps, cfg.train.lr, cfg.train.min_lr)
         set_lr(self.optimizer, lr)
-        with _autocast(self.device, cfg.train.amp):
+        with autocast(self.device, cfg.train.amp):
             logits = self.forward_model(spec)
         loss = loss_per_example(logits, target, cfg.train.loss, cfg.train.label_smoothing).mean()
         if not torch.isfinite(loss):
@@ -800,7 +467,7 @@ class Trainer:
         """Metrics and mean loss of the evaluated weights on ``split`` (sharded across ranks)."""
         from ..data import ClipDataset
 
-        module = self._eval_module()
+        module = self.eval_module()
         ddp.broadcast_buffers(module)
         module.eval()
         items = self.data.splits[split]
@@ -860,7 +527,7 @@ class Trainer:
             if improved:
                 save_model(
                     self.run.checkpoint_path("best"),
-                    self._eval_module(),
+                    self.eval_module(),
                     checkpoint_metadata(self.cfg, self.data.labels, epoch, step=self.step, val_map=row.get("val_map")),
                 )
             self.save_last()
@@ -1053,7 +720,7 @@ class Trainer:
         """Evaluate the best checkpoint on the test split and write RUN/eval.json."""
         ddp.barrier()
         state, _ = load_tensors(self.run.checkpoint_path("best"), device="cpu")
-        load_weights(self._eval_module(), state, "best.safetensors")
+        load_weights(self.eval_module(), state, "best.safetensors")
         metrics, loss = self.evaluate_split("test")
         summary = {
             "split": "test",
@@ -1072,10 +739,6 @@ class Trainer:
         return {k: summary[k] for k in ("acc", "map", "auc", "cmap", "loss", "n")}
 
 
-def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
 def _fmt(value: Any) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.4f}"
 
@@ -1090,34 +753,6 @@ def _format_row(row: dict[str, Any], epochs: int) -> str:
         f"epoch {row['epoch']}/{epochs}  train_loss {_fmt(row['train_loss'])}  val_loss {_fmt(row.get('val_loss'))}"
         f"  val_acc {_fmt(row.get('val_acc'))}  val_map {_fmt(row.get('val_map'))}  lr {row['lr']:.2e}"
         f"  {row['seconds']:.1f}s"
-    )
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module, features: nn.Module, loader: DataLoader, device: torch.device, amp: str = "off", loss: str = "bce"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Scores, targets and per-example losses of ``model`` over ``loader``.
-
-    Shapes: returns (N, K), (N, K), (N,) NumPy arrays.
-    """
-    model.eval()
-    probs, targets, losses = [], [], []
-    for wave, target in loader:
-        spec = features(wave.to(device))
-        with _autocast(device, amp):
-            logits = model(spec)
-        target = target.to(device)
-        losses.append(loss_per_example(logits, target, loss).cpu())
-        probs.append(probabilities(logits, loss).cpu())
-        targets.append(target.cpu())
-    if not probs:
-        k = getattr(model, "num_classes", 0)
-        return np.zeros((0, k)), np.zeros((0, k)), np.zeros(0)
-    return (
-        torch.cat(probs).numpy().astype(np.float64),
-        torch.cat(targets).numpy(),
-        torch.cat(losses).numpy().astype(np.float64),
     )
 
 
@@ -1215,86 +850,16 @@ def _queued_result(trainer: Trainer) -> dict[str, Any]:
     )
 
 
-def evaluate(
-    run_dir: str | Path,
-    data: str | Path | None = None,
-    split: str | None = None,
-    checkpoint: str = "best",
-    device: str = "cpu",
-    batch_size: int | None = None,
-) -> dict[str, Any]:
-    """Evaluate a trained run.
-
-    Without ``data``: the run's own dataset and splits (``split`` default: test if the run has a
-    test split, else val). With ``data``: another dataset whose classes are a subset of the run's;
-    ``split`` picks its official split, default all clips (``"all"``).
-    Returns metrics (``acc, map, auc, cmap, loss, n``), ``per_class``, ``confusion``, ``labels``,
-    ``split``, ``checkpoint``, ``epoch``, ``data``.
-    """
-    from ..data import ClipDataset
-
-    setup_torch()
-    dev = resolve_device(device)
-    model, cfg, labels = load_model_from_run(run_dir, checkpoint, dev)
-    store = RunStore(run_dir) if Path(run_dir).is_dir() else None
-    epoch = None
-    if data is None:
-        bundle = prepare_data(cfg)
-        if split is None:
-            split = "test" if bundle.splits["test"] else "val"
-        if split == "all":
-            items = list(range(len(bundle.index.clips)))
-        elif split in bundle.splits:
-            items = bundle.splits[split]
-        else:
-            raise ConfigError(f"unknown split {split!r}: choose train, val, test or all")
-        source = cfg.data.path
-    else:
-        data_cfg = replace(cfg, data=replace(cfg.data, path=str(data), format="auto", max_clips_per_class=None))
-        bundle = prepare_data(data_cfg)
-        split = split or "all"
-        if split == "all":
-            items = list(range(len(bundle.index.clips)))
-        else:
-            items = [i for i, c in enumerate(bundle.index.clips) if c.split == split]
-            if not items:
-                raise DatasetError(f"{data} has no clips in split {split!r}")
-        source = str(data)
-    if not items:
-        raise DatasetError(f"split {split!r} of {source} is empty")
-    unknown = sorted(set(bundle.labels) - set(labels))
-    if unknown:
-        raise DatasetError(f"{source} has classes the run was not trained on: {', '.join(unknown[:5])}")
-    index = replace(bundle.index, classes=list(labels))  # targets in the model's output order
-    from ..features import FeatureExtractor
-
-    features = FeatureExtractor(cfg.features).to(dev).eval()
-    dataset = ClipDataset(index, items, cfg.features, make_cache(cfg), train=False)
-    loader = DataLoader(dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False, collate_fn=_collate)
-    probs, targets, losses = predict(model, features, loader, dev, "off", cfg.train.loss)
-    metrics = compute_metrics(probs, targets, bundle.multi_label)
-    if store is not None and store.has_checkpoint(checkpoint):
-        epoch = int(read_metadata(store.checkpoint_path(checkpoint)).get("epoch", 0)) or None
-    return json_safe(
-        {
-            "run": str(run_dir),
-            "checkpoint": checkpoint,
-            "epoch": epoch,
-            "data": source,
-            "split": split,
-            "loss": float(losses.mean()),
-            "labels": labels,
-            **metrics,
-        }
-    )
-
-
+# the names callers have imported from here since the data, evaluation and resume code moved out
 __all__ = [
     "ModelEma",
     "Trainer",
+    "_MemoryCache",
+    "_collate",
     "evaluate",
     "fit",
     "loss_per_example",
+    "make_cache",
     "param_groups",
     "predict",
     "prepare_data",

@@ -1,0 +1,49 @@
+"""Optimiser pieces: AdamW parameter groups and the weight EMA."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weights; none on norms, biases, bias tables and position embeddings.
+
+    Uses ``model.no_weight_decay()`` (parameter names) when the model defines it, else the
+    ``ndim <= 1`` rule (norm scales and biases).
+    """
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if name in skip or param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+class ModelEma:
+    """Exponential moving average of a model's weights (buffers are copied).
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` so that short runs are not
+    dominated by the random initial weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        for ema, cur in zip(self.module.parameters(), model.parameters()):
+            ema.lerp_(cur.detach(), 1.0 - d)
+        for ema, cur in zip(self.module.buffers(), model.buffers()):
+            ema.copy_(cur)
