@@ -58,6 +58,9 @@ class DftLogMel(nn.Module):
     Shapes: wave (B, T) -> spec (B, 1, n_mels, T // hop_length + 1).
     """
 
+    bases: Tensor  # (2 bins, 1, win): cosine and sine rows of the windowed DFT
+    fb: Tensor  # (n_mels, bins)
+
     def __init__(self, extractor: FeatureExtractor) -> None:
         super().__init__()
         if extractor.logmel is None:

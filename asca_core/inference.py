@@ -192,6 +192,7 @@ class Classifier:
         self.labels = list(labels)
         self.model = model.to(self.device).eval()
         self.batch_windows = int(batch_windows)
+        self.run_dir: Path | None = None  # the run folder, for a classifier loaded with from_run
         self._extractors: dict[float, FeatureExtractor] = {}
         self.extractor = self.extractor_for(cfg.features.clip_seconds)
 
@@ -492,8 +493,10 @@ class Classifier:
                         except AscaError as exc:  # non-finite numbers: say which recording and where
                             failed = AscaError(f"{name}: windows from {batch_starts[0]:.2f} s: {exc}")
                     continue
-                if kind == "error" or failed is not None:
-                    yield source, (rest[0] if kind == "error" else failed)
+                if kind == "error":
+                    yield source, rest[0]
+                elif failed is not None:
+                    yield source, failed
                 else:
                     yield source, self._prediction(name, rest[0], starts, rows, window, hop, aggregate, top_k)
                 starts, rows, failed = [], [], None
@@ -703,7 +706,7 @@ class ResultsJournal:
         from .train.runstore import json_safe
 
         st = os.stat(path)
-        entry = {
+        entry: dict[str, Any] = {
             "file": self.key(path),
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import plotly.graph_objects as go
@@ -305,7 +305,7 @@ def class_counts(
     Classes are sorted by total count so imbalance is visible at a glance.
     """
     nested = bool(counts) and all(isinstance(v, Mapping) for v in counts.values())
-    groups: Mapping[str, Mapping[str, int]] = counts if nested else {"clips": counts}  # type: ignore[assignment]
+    groups = cast(Mapping[str, Mapping[str, int]], counts if nested else {"clips": counts})
     totals: dict[str, int] = {}
     for per_label in groups.values():
         for label, n in per_label.items():
@@ -608,7 +608,7 @@ def per_class_ap(
     Classes are sorted by the first run's AP, weakest first, so problems stand out.
     """
     nested = bool(ap) and all(isinstance(v, Mapping) for v in ap.values())
-    runs: Mapping[str, Mapping[str, float]] = ap if nested else {"AP": ap}  # type: ignore[assignment]
+    runs = cast(Mapping[str, Mapping[str, float]], ap if nested else {"AP": ap})
     first = next(iter(runs.values()), {})
     order = sorted(first, key=lambda k: (first[k] if first[k] is not None else -1, k))
     fig = go.Figure()
@@ -1073,9 +1073,9 @@ def attribution_overlay(
 
 
 def deletion_insertion(
-    fractions: Sequence[float],
-    deletion: Sequence[float],
-    insertion: Sequence[float],
+    fractions: Sequence[float] | np.ndarray,
+    deletion: Sequence[float] | np.ndarray,
+    insertion: Sequence[float] | np.ndarray,
     *,
     target: str | None = None,
     title: str | None = "Deletion and insertion",

@@ -143,7 +143,7 @@ class ClipDataset(Dataset):
     def _skip(self, j: int, exc: Exception) -> None:
         path = self.index.clips[self.indices[j]].path
         name = self.index.relpath(path)
-        text = str(exc) if isinstance(exc, AscaError) else f"cannot read ({exc.strerror or exc})"
+        text = str(exc) if isinstance(exc, AscaError) else f"cannot read ({getattr(exc, 'strerror', None) or exc})"
         for prefix in (f"{path}: ", f"{path.name}: "):
             text = text[len(prefix) :] if text.startswith(prefix) else text
         self._bad.add(j)

@@ -378,11 +378,12 @@ class _Collector:
         self._seen: dict[Path, tuple[int, int]] = {}  # path -> (clip position, first line)
 
     def add(self, line: int, name: str, clip_path: Path | None, reason: str | None, clip: Clip) -> None:
-        if reason is None:
+        if reason is None and clip_path is not None:
             reason = self._file_problem(clip_path)
         if reason is not None:
             self.problems.append((name, f"{reason} ({self.csv_path.name} line {line})"))
             return
+        assert clip_path is not None, "a row without a file comes with the reason"
         clip.path = clip_path
         if clip_path in self._seen:
             pos, first = self._seen[clip_path]

@@ -14,10 +14,11 @@ A token at grid cell (f, t) of a block with stride (sf, st) covers model-input m
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +56,8 @@ class BiasTable:
 
 def _attention_modules(model: nn.Module) -> list[tuple[str, MultiHeadAttention, tuple[int, int]]]:
     """(block name, attention module, token stride) for every attention layer, in forward order."""
-    strides = model.stage_strides() if hasattr(model, "stage_strides") else {}
+    stage_strides = getattr(model, "stage_strides", None)
+    strides = stage_strides() if callable(stage_strides) else {}
     found = []
     for path, module in model.named_modules():
         if isinstance(module, MultiHeadAttention):
@@ -74,7 +76,7 @@ def _store(
     probs: Tensor,
     grid: tuple[int, int],
 ) -> None:
-    maps[name] = AttentionMap(probs.detach() if detach else probs, tuple(grid), stride, prefix)
+    maps[name] = AttentionMap(probs.detach() if detach else probs, (int(grid[0]), int(grid[1])), stride, prefix)
 
 
 @contextmanager
@@ -95,7 +97,9 @@ def capture_attention(model: nn.Module, detach: bool = True) -> Iterator[dict[st
     if any(attn.capture is not None for _, attn, _ in modules):
         raise ModelError("attention is already being captured on this model; close the other capture first")
     maps: dict[str, AttentionMap] = {}
-    sinks = {attn: partial(_store, maps, name, stride, attn.prefix_tokens, detach) for name, attn, stride in modules}
+    sinks: dict[nn.Module, Callable[[Tensor, tuple[int, int]], None]] = {
+        attn: partial(_store, maps, name, stride, attn.prefix_tokens, detach) for name, attn, stride in modules
+    }
     with capture_sinks(sinks):
         yield maps
 
@@ -110,7 +114,7 @@ def relative_bias_tables(model: nn.Module, input_size: tuple[int, int] | None = 
 
     Shapes: table (heads, 2H-1, 2W-1) for the block's (H, W) token grid or window.
     """
-    size = tuple(input_size or model.input_size)
+    size = tuple(input_size or cast(tuple[int, int], model.input_size))
     tables = {}
     for name, attn, (sf, st) in _attention_modules(model):
         if attn.rel_bias is None:
@@ -143,7 +147,7 @@ def attention_rollout(maps: dict[str, AttentionMap], residual: bool = True) -> T
         )
     blocks = list(maps.values())
     last = blocks[-1]
-    rollout = None
+    rollout = torch.eye(last.probs.shape[-1], device=last.probs.device)  # no block yet: every token itself
     for amap in blocks:
         if amap.grid != last.grid or amap.probs.shape != last.probs.shape:
             continue
@@ -151,7 +155,7 @@ def attention_rollout(maps: dict[str, AttentionMap], residual: bool = True) -> T
         if residual:
             attn = attn + torch.eye(attn.shape[-1], device=attn.device)
             attn = attn / attn.sum(dim=-1, keepdim=True)
-        rollout = attn if rollout is None else attn @ rollout
+        rollout = attn @ rollout
     return rollout
 
 

@@ -91,7 +91,7 @@ class Attribution:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.map.shape)  # type: ignore[return-value]
+        return int(self.map.shape[0]), int(self.map.shape[1])
 
     def time_profile(self, mode: str = "positive") -> np.ndarray:
         """Attribution per frame summed over frequency (``positive``, ``absolute`` or ``signed``).

@@ -88,8 +88,9 @@ def gradcam_layer(model: nn.Module, kind: str, layer: str | None = None) -> tupl
         return names[-1], model.get_submodule(names[-1])
     if hasattr(model, "blocks") and hasattr(model, "patch_embed"):  # ViT baseline
         if kind == "conv":
-            return "patch_embed", model.patch_embed
-        return f"blocks.{len(model.blocks) - 1}", model.blocks[-1]
+            return "patch_embed", model.get_submodule("patch_embed")
+        last = f"blocks.{len(list(model.get_submodule('blocks').children())) - 1}"
+        return last, model.get_submodule(last)
     raise AscaError(f"cannot find a {kind} stage in {type(model).__name__}: pass layer=<module name>")
 
 

@@ -184,7 +184,7 @@ def attention_views(
         blocks[name] = BlockAttention(
             name=name,
             grid=(h, w),
-            stride=tuple(amap.stride),
+            stride=(int(amap.stride[0]), int(amap.stride[1])),
             query=cell,
             heads=(per_head if head is None else per_head[int(head) : int(head) + 1]).cpu().numpy(),
             mean=mean.cpu().numpy(),

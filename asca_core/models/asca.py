@@ -262,7 +262,7 @@ class ASCA(nn.Module):
             grid = (max(1, input_size[0] // stride), max(1, input_size[1] // stride))
             if kind == "T" and attn_window is not None and attn_window >= max(grid):
                 covered.append(f"s{s} ({grid[0]}x{grid[1]})")
-            blocks = []
+            blocks: list[nn.Module] = []
             for i in range(depth):
                 rate = rates.pop(0)
                 if kind == "C":
@@ -322,8 +322,8 @@ class ASCA(nn.Module):
         return tuple(STAGE_STRIDES[i] if i < first else attn_division * 2 ** (i - first) for i in range(4))
 
     @property
-    def stages(self) -> list[nn.Sequential]:
-        return [self.s1, self.s2, self.s3, self.s4]
+    def stages(self) -> list[nn.Module]:
+        return [self.get_submodule(f"s{i}") for i in range(1, 5)]
 
     def stage_strides(self) -> dict[str, int]:
         """Input pixels per token of each stage, keyed by stage name (``"s1"``..``"s4"``)."""

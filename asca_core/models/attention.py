@@ -201,10 +201,10 @@ class MultiHeadAttention(nn.Module):
         sink = self.capture  # read once: the same forward computes and delivers the maps
         if self.window is None:
             out, probs = self._attend(x, grid, None, sink is not None)
-            if probs is not None:
+            if sink is not None and probs is not None:
                 sink(probs, grid)
             return out
-        return self._forward_windows(x, grid, sink)
+        return self._forward_windows(x, grid, self.window, sink)
 
     def _attend(
         self, x: Tensor, grid: tuple[int, int], key_mask: Tensor | None, explicit: bool = False
@@ -233,11 +233,13 @@ class MultiHeadAttention(nn.Module):
         out = out.transpose(1, 2).reshape(B, N, -1)  # (B, N, heads * d)
         return self.proj(out), probs
 
-    def _forward_windows(self, x: Tensor, grid: tuple[int, int], sink: CaptureSink | None = None) -> Tensor:
+    def _forward_windows(
+        self, x: Tensor, grid: tuple[int, int], window: int, sink: CaptureSink | None = None
+    ) -> Tensor:
         B, _, C = x.shape
         h, w = grid
         # A grid smaller than the window attends globally through the window's table sub-range.
-        kh, kw = min(self.window, h), min(self.window, w)
+        kh, kw = min(window, h), min(window, w)
         ph, pw = -h % kh, -w % kw
         hp, wp = h + ph, w + pw
         x = F.pad(x.view(B, h, w, C), (0, 0, 0, pw, 0, ph))  # (B, hp, wp, C)
@@ -252,7 +254,7 @@ class MultiHeadAttention(nn.Module):
             key_mask = key_mask[:, None, None, :].repeat(B, 1, 1, 1)  # (B * nW, 1, 1, n)
         out, probs = self._attend(windows, (kh, kw), key_mask, sink is not None)
         out = window_reverse(out, (kh, kw), (hp, wp))[:, :h, :w]  # (B, h, w, dim_out)
-        if probs is not None:
+        if sink is not None and probs is not None:
             sink(_windows_to_grid(probs, (kh, kw), (h, w), (hp, wp)), grid)
         return out.reshape(B, h * w, -1)
 

@@ -134,7 +134,7 @@ class AST(nn.Module):
             )
         x = self.patch_embed(spec)  # (B, dim, h, w)
         B, _, h, w = x.shape
-        pos = self.pos_embed
+        pos: Tensor = self.pos_embed
         if (h, w) != self.grid:
             pos = F.interpolate(pos, size=(h, w), mode="bilinear", align_corners=False)
         x = (x + pos).flatten(2).transpose(1, 2)  # (B, h * w, dim)

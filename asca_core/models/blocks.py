@@ -105,6 +105,7 @@ class PoolProject(nn.Module):
 
     def __init__(self, dim: int, dim_out: int, pool: str = "avg", resample: Resample | None = None) -> None:
         super().__init__()
+        self.pool: nn.Module
         if resample is not None:
             self.pool = resample
         else:

@@ -67,8 +67,8 @@ def activation_bytes(
                 keys = n if attn_window is None else min(n, attn_window * attn_window)
                 floats += depth * (n * width * 12 + (width // size.head_dim) * n * keys * 3)
     elif name in AST_SIZES:
-        size = AST_SIZES[name]
-        grid = [max(1, (side - size.patch_size) // size.patch_stride + 1) for side in (f, t)]
+        ast = AST_SIZES[name]
+        grid = [max(1, (side - ast.patch_size) // ast.patch_stride + 1) for side in (f, t)]
         n = 1 + grid[0] * grid[1]  # patches and the class token
-        floats += size.depth * (n * size.dim * 12 + size.num_heads * n * n * 3)
+        floats += ast.depth * (n * ast.dim * 12 + ast.num_heads * n * n * 3)
     return 4 * floats * int(batch_size)

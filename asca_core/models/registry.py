@@ -84,8 +84,8 @@ def build_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
     """Build a registered model with fresh weights.
 
     ``overrides`` (``None`` means the model's default): ``layout`` (one of
-    :data:`asca_core.config.LAYOUTS`), ``in_chans``, ``drop_path``, ``stride_mode`` ("paper", "depthwise"), ``attn_window``
-    (k for local k x k attention, in tokens; None = global), ``attn_division`` (input cells per
+    :data:`asca_core.config.LAYOUTS`), ``in_chans``, ``drop_path``, ``stride_mode`` ("paper",
+    "depthwise"), ``attn_window`` (k for local k x k attention, in tokens; None = global), ``attn_division`` (input cells per
     token side of the first transformer stage, the paper's window division; None = its stride),
     ``input_size`` ((F, T) the relative-bias tables are built for, default (128, 320)),
     ``head_hidden`` (pre-logits width, 0 = none), ``downsample_pool`` ("avg", "max"),

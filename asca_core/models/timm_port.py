@@ -78,7 +78,7 @@ def timm_coatnet_state_dict(
             name = "s0." + key[len("stem.") :]
         elif match:
             stage, block, rest = int(match[1]) + 1, match[2], match[3]
-            is_t = model.layout[stage - 1] == "T"
+            is_t = str(model.layout)[stage - 1] == "T"
             for old, new in (_TRANSFORMER_NAMES if is_t else _CONV_NAMES).items():
                 if rest == old or rest.startswith(old + "."):
                     rest = new + rest[len(old) :]

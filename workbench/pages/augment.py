@@ -75,14 +75,15 @@ def render() -> None:
         _show_wave(wave, noisy.train()(wave, gen()), features, "noise")
     with tabs[3]:
         m = st.columns(4)
-        masks = dict(
+        masks = dataclasses.replace(
+            OFF,
             time_masks=m[0].slider("Time masks", 0, 6, 2, key="aug_tm"),
             time_mask_width=m[1].slider("Max width (frames)", 0, 100, 30, key="aug_tw"),
             freq_masks=m[2].slider("Frequency masks", 0, 6, 2, key="aug_fm"),
             freq_mask_width=m[3].slider("Max width (mel bins)", 0, 64, 12, key="aug_fw"),
         )
         spec = features(wave)
-        masked = SpecAugment(dataclasses.replace(OFF, **masks)).train()(spec, gen())
+        masked = SpecAugment(masks).train()(spec, gen())
         st.plotly_chart(
             figures.before_after(
                 spec[0, 0], masked[0, 0], FEATURES.sample_rate, FEATURES.hop_length, f_min=FEATURES.f_min
@@ -113,7 +114,10 @@ def render() -> None:
             snr_db_min=snr[0],
             snr_db_max=snr[1],
             mixup_alpha=alpha,
-            **masks,
+            time_masks=masks.time_masks,
+            time_mask_width=masks.time_mask_width,
+            freq_masks=masks.freq_masks,
+            freq_mask_width=masks.freq_mask_width,
         )
         st.caption(
             "Gain, shift and noise (probability 0.25) on the wave, then masks and mixup "

@@ -168,8 +168,10 @@ def render() -> None:
 
     st.subheader("Why?")
     c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
-    method = c1.selectbox("Attribution method", METHODS, format_func=METHOD_NAMES.get, key="cls_method")
+    method = c1.selectbox("Attribution method", METHODS, format_func=lambda m: METHOD_NAMES[m], key="cls_method")
     target = c2.selectbox("Class to explain", [c for c, _ in pred.top], key="cls_target")
+    if method is None or target is None:  # a select box with options always has a choice
+        return
     k = pred.labels.index(target)
     best = max(pred.timeline, key=lambda w: w.probs[k])
     starts = [w.start for w in pred.timeline]
