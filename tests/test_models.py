@@ -324,3 +324,32 @@ def test_bf16_autocast_runs_global_and_windowed_attention(overrides):
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
     logits.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"name": "asca_pico"},
+        {"name": "asca_pico", "layout": "CCTT", "attn_window": 2, "head_pool": "avgmax", "se_act": "silu"},
+        {"name": "asca_pico", "layout": "CTTT", "attn_division": 8, "downsample_pool": "max", "drop_path": 0.05},
+        {"name": "ast_tiny", "drop_path": 0.0},
+    ],
+)
+def test_a_config_model_section_builds_the_model_its_checkpoint_was_saved_from(model):
+    from asca_core.config import Config
+    from asca_core.models import build_model_for
+    from asca_core.train.checkpoint import model_from_config
+
+    cfg = Config.from_dict({"features": {"n_mels": 64, "clip_seconds": 1.0}, "model": model})
+    built = build_model_for(cfg.model, NUM_CLASSES, cfg.features.input_size)
+    assert built.config == model_from_config(cfg, NUM_CLASSES).config
+    assert tuple(built.input_size) == tuple(cfg.features.input_size)
+
+
+def test_a_config_model_section_with_asca_settings_is_refused_for_a_baseline():
+    from asca_core.config import Config
+    from asca_core.models import build_model_for
+
+    cfg = Config.from_dict({"model": {"name": "ast_tiny", "layout": "CCTT"}})
+    with pytest.raises(ModelError, match="model.layout applies to ASCA models only; ast_tiny got layout='CCTT'"):
+        build_model_for(cfg.model, NUM_CLASSES, cfg.features.input_size)

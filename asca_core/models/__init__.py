@@ -9,7 +9,7 @@ from __future__ import annotations
 from .asca import ASCA, ASCA_SIZES, LAYOUTS
 from .baselines import AST, AST_SIZES
 from .profile import count_params, gmacs
-from .registry import build_model, build_model_from_config, describe_model, list_models
+from .registry import build_model, build_model_for, build_model_from_config, describe_model, list_models
 
 __all__ = [
     "ASCA",
@@ -18,6 +18,7 @@ __all__ = [
     "AST_SIZES",
     "LAYOUTS",
     "build_model",
+    "build_model_for",
     "build_model_from_config",
     "count_params",
     "describe_model",

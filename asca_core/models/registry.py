@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import nn
 
+from ..config import ModelConfig
 from ..errors import ModelError
 from .asca import ASCA_SIZES, asca_from_size
 from .baselines import AST_SIZES, ast_from_size
@@ -27,19 +28,12 @@ ASCA_OVERRIDES = (
     "head_pool",
 )
 AST_OVERRIDES = ("in_chans", "drop_path", "input_size")
-# ASCA-only settings a shared model config always carries; a baseline accepts them at their neutral
-# value so one config section serves every model, and rejects anything else.
-_NEUTRAL = {
-    "layout": "CCCT",
-    "stride_mode": "paper",
-    "attn_window": None,
-    "head_hidden": None,
-    "attn_division": None,
-    "downsample_pool": "avg",
-    "transformer_norm": "layernorm",
-    "se_act": "gelu",
-    "head_pool": "avg",
-}
+# Settings of the config's model section that say how to run a model, not what it is.
+RUN_SETTINGS = ("name", "channels_last", "compile")
+# One model section serves every model: a setting a model does not take must sit at the
+# section's default (``ModelConfig``), which is what every model is without it.
+_ARCHITECTURE = tuple(f.name for f in fields(ModelConfig) if f.name not in RUN_SETTINGS)
+_NEUTRAL = {f.name: f.default for f in fields(ModelConfig) if f.name in _ARCHITECTURE}
 
 
 @dataclass(frozen=True)
@@ -114,6 +108,25 @@ def build_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
         value = accepted["input_size"]
         accepted["input_size"] = tuple(value) if isinstance(value, (list, tuple)) else value
     return entry.builder(name, num_classes, **accepted)
+
+
+def build_model_for(model: ModelConfig, num_classes: int, input_size: Sequence[int], in_chans: int = 1) -> nn.Module:
+    """Build (fresh weights) the model a config's ``model`` section describes, for model inputs
+    of ``input_size`` (F, T): every architecture setting the model takes, ``None`` meaning the
+    model's default; a setting it does not take must be at its default.
+
+    Shapes: model(spec (B, in_chans, F, T)) -> logits (B, num_classes).
+    """
+    entry = _entry(model.name)
+    overrides: dict[str, Any] = {"input_size": tuple(input_size), "in_chans": in_chans}
+    for key in _ARCHITECTURE:
+        value = getattr(model, key)
+        if key in entry.overrides:
+            if value is not None:
+                overrides[key] = value
+        elif value != _NEUTRAL[key]:
+            raise ModelError(f"model.{key} applies to ASCA models only; {model.name} got {key}={value!r}")
+    return build_model(model.name, num_classes, **overrides)
 
 
 def build_model_from_config(config: dict[str, Any]) -> nn.Module:
