@@ -24,15 +24,15 @@ def test_the_classify_page_explains_the_window_predict_scores(pico_run, tmp_path
 
     clf = Classifier.from_run(pico_run, device="cpu")
     path = write_tone(tmp_path / "short.wav", 880.0, 0.4, SR)  # under the run's 1 s window
+    scored = clf.spectrogram(load_audio(path, clf.sample_rate)).cpu()
     # the page offers the windows of the prediction; a short clip's one window starts before 0 s
     (window,) = state.predict(str(pico_run), 0.0, str(path)).timeline
     assert window.start < 0
-    attr, explanation, rate = state.explain(str(pico_run), 0.0, str(path), window.start, "saliency", None)
-
-    scored = clf.spectrogram(load_audio(path, clf.sample_rate)).cpu()
-    assert attr.inputs is not None
-    assert torch.equal(attr.inputs, scored)
-    assert rate == clf.sample_rate and explanation.size == int(round(clf.clip_seconds * clf.sample_rate))
+    for start in (0.0, window.start):
+        attr, explanation, rate = state.explain(str(pico_run), 0.0, str(path), start, "saliency", None)
+        assert attr.inputs is not None
+        assert torch.equal(attr.inputs, scored), f"the window explained from {start} s is not the one predict scores"
+        assert rate == clf.sample_rate and explanation.size == int(round(clf.clip_seconds * clf.sample_rate))
     assert window.start + attr.times[0] < 0  # the page's time axis starts where the window does
 
 
