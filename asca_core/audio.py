@@ -243,7 +243,7 @@ def _fallback_load(
     try:
         with warnings.catch_warnings():  # audioread's backends import modules deprecated in 3.11
             warnings.simplefilter("ignore", DeprecationWarning)
-            import audioread
+            import audioread  # type: ignore[import-untyped]  # ships neither stubs nor py.typed
 
             src = audioread.audio_open(str(path))
         with src:

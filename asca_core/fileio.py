@@ -88,7 +88,8 @@ def read_json(path: str | Path, kind: type = dict, error: type[AscaError] = Chec
     except json.JSONDecodeError as exc:
         raise error(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(value, kind):
-        expected = {dict: "a JSON object", list: "a JSON list"}.get(kind, kind.__name__)
+        names: dict[type, str] = {dict: "a JSON object", list: "a JSON list"}
+        expected = names.get(kind, kind.__name__)
         raise error(f"{path} must hold {expected}, not {_json_type(value)}")
     return value
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from .train_cmd import dataset_name, default_run_dir, load_train_config, resolve_data_path
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def register(subparsers) -> None:
@@ -51,7 +55,7 @@ def register(subparsers) -> None:
     cv.set_defaults(func=_cv)
 
 
-def _config(args: argparse.Namespace, out: Path | None, echo) -> tuple[object, float | None, str | None]:
+def _config(args: argparse.Namespace, out: Path | None, echo) -> tuple[Config, float | None, str | None]:
     """The config every fold shares, the per-fold budget and, for a recipe, its description."""
     from ..train.cv import _read_plan
 

@@ -279,11 +279,11 @@ def _predict(args: argparse.Namespace) -> int:
         if journal is not None and not journaled:
             journal.record(pred.source, settings, pred)
         name = names.get(pred.source, Path(Path(pred.source).name))
-        if raven:
+        if raven and found is not None:
             target = raven / name.parent / f"{name.stem}.selections.txt"
             target.parent.mkdir(parents=True, exist_ok=True)
             tables.write_raven(target, found, low_hz, high_hz)
-        if audacity:
+        if audacity and found is not None:
             target = audacity / name.parent / f"{name.stem}.labels.txt"
             target.parent.mkdir(parents=True, exist_ok=True)
             tables.write_audacity(target, found)

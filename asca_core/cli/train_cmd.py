@@ -183,11 +183,11 @@ def resolve_train_config(
     if not data:
         raise ConfigError("asca train needs a dataset (asca train DATA) or --config FILE (e.g. configs/demo.yaml)")
     started = time.monotonic()
-    budget = seconds or DEFAULT_BUDGET_SECONDS
-    recipe = resolve_recipe(resolve_data_path(data), budget, overrides, echo=echo)
+    budget_seconds = seconds or DEFAULT_BUDGET_SECONDS
+    recipe = resolve_recipe(resolve_data_path(data), budget_seconds, overrides, echo=echo)
     # the budget is the user's wall clock: the profile and the speed probe already spent some of it
-    left = max(30.0, budget - (time.monotonic() - started))
-    if recipe.config.train.budget_seconds == budget:
+    left = max(30.0, budget_seconds - (time.monotonic() - started))
+    if recipe.config.train.budget_seconds == budget_seconds:
         recipe.config = recipe.config.replace("train.budget_seconds", round(left, 1))
     return recipe.config, recipe
 
@@ -406,7 +406,7 @@ def _ablate(args: argparse.Namespace) -> int:
     from ..config import LAYOUTS, MAX_ATTN_DIVISION, MIN_ATTN_DIVISION
     from ..train.ablate import run_ablation
 
-    windows = None
+    windows: list[int | None] | None = None
     if args.windows is not None:
         windows = []
         for part in (x.strip().lower() for x in args.windows.split(",") if x.strip()):

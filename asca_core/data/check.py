@@ -324,10 +324,11 @@ def check_dataset(
             unreadable += 1
             problems[index.relpath(file)] = f"{reason} (and not inside a class folder)"
     keep: list[int] = []
-    infos = []
+    infos: list[_audio.AudioInfo] = []
     for i, clip in enumerate(index.clips):
         info, reason = _probe(clip.path, deep)
         if reason is None:
+            assert info is not None  # _probe reads the header of every file it finds no fault in
             keep.append(i)
             infos.append(info)
         else:

@@ -216,7 +216,7 @@ def _shaped_noise(n: int, sr: int, rng: np.random.Generator, gain: Callable[[np.
 
 def _slow_modulation(n: int, sr: int, rng: np.random.Generator, depth: float) -> np.ndarray:
     t = np.arange(n) / sr
-    m = sum(np.sin(2 * np.pi * rng.uniform(0.1, 0.8) * t + rng.uniform(0, 2 * np.pi)) for _ in range(3))
+    m = sum((np.sin(2 * np.pi * rng.uniform(0.1, 0.8) * t + rng.uniform(0, 2 * np.pi)) for _ in range(3)), np.zeros(n))
     return 1.0 + depth * m / 3
 
 

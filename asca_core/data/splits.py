@@ -258,7 +258,7 @@ def _stratify_keys(index: DatasetIndex) -> list[str]:
 def _groups(index: DatasetIndex, column: str | None) -> list[str] | None:
     if column is None:
         if index.clips and all(c.group for c in index.clips):
-            return [c.group for c in index.clips]  # the format's own grouping (ESC-50 src_file)
+            return [str(c.group) for c in index.clips]  # the format's own grouping (ESC-50 src_file)
         return None
     out: list[str] = []
     for i, clip in enumerate(index.clips):

@@ -29,7 +29,7 @@ def _cost(cfg: Config, num_classes: int) -> tuple[int, float]:
     from .checkpoint import model_from_config
 
     model = model_from_config(cfg, num_classes)
-    return count_params(model), gmacs(model, tuple(cfg.features.input_size))
+    return count_params(model), gmacs(model, cfg.features.input_size)
 
 
 def variant_name(layout: str, window: int | None) -> str:

@@ -15,8 +15,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     Uses ``model.no_weight_decay()`` (parameter names) when the model defines it, else the
     ``ndim <= 1`` rule (norm scales and biases).
     """
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
+    no_weight_decay = getattr(model, "no_weight_decay", None)
+    skip = set(no_weight_decay()) if no_weight_decay is not None else set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -45,5 +47,5 @@ class ModelEma:
         d = min(self.decay, (1.0 + step) / (10.0 + step))
         for ema, cur in zip(self.module.parameters(), model.parameters()):
             ema.lerp_(cur.detach(), 1.0 - d)
-        for ema, cur in zip(self.module.buffers(), model.buffers()):
-            ema.copy_(cur)
+        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
+            ema_buffer.copy_(buffer)
