@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -295,13 +295,13 @@ class Trainer:
         )
         self.ema = ModelEma(model, cfg.train.ema_decay) if cfg.train.ema else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16")
-        forward = model
+        forward: nn.Module = model
         if self.env.distributed:
             forward = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         if cfg.model.compile:
-            forward = torch.compile(forward)
+            forward = cast(nn.Module, torch.compile(forward))  # an OptimizedModule, typed as a callable
         self.forward_model = forward
         self.augment = TrainAugment.from_config(cfg.augment, cfg.features.sample_rate).to(self.device)
         from ..models import count_params
