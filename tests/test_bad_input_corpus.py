@@ -861,6 +861,7 @@ def _params() -> list:
 
 
 @pytest.mark.parametrize("cid", _params())
+@pytest.mark.slow
 def test_corpus_case(sb, cid):
     fn, words = CASES[cid]
     outcome = fn(sb)

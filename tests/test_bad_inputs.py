@@ -476,6 +476,7 @@ def test_cli_train_bad_configs_in_process(sandbox, capsys):
         assert not (sandbox["runs"] / name).exists()
 
 
+@pytest.mark.slow
 def test_cli_predict_names_each_broken_file_on_one_line(sandbox, corpus, pico_clf_run):
     files = sorted(p for p in corpus.iterdir() if p.name != "three_hours.wav")
     before = snapshot(sandbox["root"], corpus, pico_clf_run)
@@ -644,6 +645,7 @@ def test_data_page_shows_one_line_for_bad_dataset_paths(sandbox, manifests, corp
     )
 
 
+@pytest.mark.slow
 def test_classify_page_names_each_bad_upload(sandbox, corpus, pico_clf_run, monkeypatch):
     monkeypatch.setenv("ASCA_RUNS_DIR", str(pico_clf_run.parent))
     before = snapshot(sandbox["root"], corpus, pico_clf_run)

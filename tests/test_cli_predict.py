@@ -40,6 +40,7 @@ def files(tmp_path_factory):
     return {"short": short, "minute": minute, "broken": broken, "missing": root / "missing.ogg"}
 
 
+@pytest.mark.slow
 def test_sixty_second_recording_prints_a_timeline(pico_run, files):
     proc = _asca("predict", str(pico_run), str(files["minute"]), "--top-k", "2")
     assert proc.returncode == 0, proc.stderr
@@ -60,6 +61,7 @@ def test_one_window_file_prints_no_timeline(pico_run, files, capsys):
     assert len([line for line in out.splitlines() if line.strip()[:1].isdigit()]) == len(PICO_LABELS)
 
 
+@pytest.mark.slow
 def test_unreadable_files_give_one_line_each_and_the_rest_is_scored(pico_run, files, tmp_path):
     csv_path = tmp_path / "timeline.csv"
     proc = _asca(
@@ -87,6 +89,7 @@ def test_unreadable_files_give_one_line_each_and_the_rest_is_scored(pico_run, fi
     assert list(rows[0]) == ["source", "start", "end", *PICO_LABELS]
 
 
+@pytest.mark.slow
 def test_only_bad_file_exits_2_with_one_line(pico_run, files):
     proc = _asca("predict", str(pico_run), str(files["broken"]))
     assert proc.returncode == 2 and proc.stdout == ""
@@ -106,6 +109,7 @@ def test_json_output_for_machines(pico_run, files, capsys):
     assert "broken.wav" in captured.err
 
 
+@pytest.mark.slow
 def test_bad_run_directory_is_one_line(tmp_path, files):
     proc = _asca("predict", str(tmp_path / "no_run"), str(files["short"]))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -60,6 +60,7 @@ def test_bad_values_give_one_clear_line(config, tmp_path, override, needles):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_bad_config_file_and_arguments(config, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  batch_size: 0\n")
@@ -75,11 +76,13 @@ def test_bad_config_file_and_arguments(config, tmp_path):
     _one_line_error(run_cli("ablate", "--config", str(config), "--layouts", "CCCT,XYZ"), "--layouts")
 
 
+@pytest.mark.slow
 def test_existing_run_needs_resume(trained, config):
     line = _one_line_error(run_cli("train", "--config", str(config), "--run-dir", str(trained)))
     assert "--resume" in line
 
 
+@pytest.mark.slow
 def test_eval_json_matches_training_evaluation(trained):
     result = run_cli("eval", str(trained), "--json")
     assert result.returncode == 0, result.stderr
@@ -96,6 +99,7 @@ def test_eval_json_matches_training_evaluation(trained):
     assert val["loss"] == pytest.approx(best_row["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_table_and_other_dataset(trained, data):
     result = run_cli("eval", str(trained))
     assert result.returncode == 0, result.stderr
@@ -108,6 +112,7 @@ def test_eval_table_and_other_dataset(trained, data):
     assert test_only["acc"] == pytest.approx(evaluate(trained)["acc"])  # the run's own test split
 
 
+@pytest.mark.slow
 def test_train_prints_run_dir_and_final_metrics(config, tmp_path):
     run_dir = tmp_path / "cli-run"
     result = run_cli("train", "--config", str(config), "--run-dir", str(run_dir), "--set", "train.epochs=1")
@@ -118,6 +123,7 @@ def test_train_prints_run_dir_and_final_metrics(config, tmp_path):
     assert RunStore(run_dir).config().train.epochs == 1
 
 
+@pytest.mark.slow
 def test_default_run_dir_under_runs_dir(config, tmp_path):
     runs = tmp_path / "runs"
     result = run_cli(
@@ -130,6 +136,7 @@ def test_default_run_dir_under_runs_dir(config, tmp_path):
     assert RunStore(made[0]).status()["state"] == "finished"
 
 
+@pytest.mark.slow
 def test_ablate_writes_tables(config, tmp_path):
     out = tmp_path / "ablation"
     result = run_cli(

@@ -152,6 +152,7 @@ def _run_threads(work: Callable[[int], Any], watch: Callable[[], list[str]] | No
     return results
 
 
+@pytest.mark.slow
 def test_threads_sharing_one_model_get_the_serial_results(clf, serial):
     model = clf.model
     hooks, flags = _hooks(model), _flags(model)

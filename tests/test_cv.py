@@ -102,6 +102,7 @@ def test_another_config_is_refused(kfold):
         run_cv(kfold["cfg"], kfold["out"], by="speaker")
 
 
+@pytest.mark.slow
 def test_cli_continues_a_finished_cv_and_reuses_every_fold(kfold, tmp_path):
     config = write_tiny_yaml(tmp_path / "tiny.yaml", Path(kfold["cfg"].data.path), *FAST)
     result = run_cli("cv", "--config", str(config), "--out", str(kfold["out"]))
@@ -132,6 +133,7 @@ def test_cli_bad_folds_and_by_give_one_line(folded, tmp_path):
     assert not (tmp_path / "cv").exists()
 
 
+@pytest.mark.slow
 def test_leave_one_speaker_out_on_fsdd(shared_data, tmp_path):
     data = shared_data / "fsdd" / "labels.csv"
     cfg = tiny_config(data, *FAST, "data.max_clips_per_class=8", "features.sample_rate=8000")

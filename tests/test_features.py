@@ -116,6 +116,7 @@ def test_kaldi_tone_peak_within_one_bin_of_its_centre(freq):
     assert abs(int(spec.mean(dim=1).argmax()) - expected) <= 1
 
 
+@pytest.mark.slow
 def test_agrees_with_librosa(librosa_reference):
     """Same STFT (n_fft 512, win 400 Hamming, hop 160, reflect-centred) and HTK mel filters:
     log-Mel values agree within 1e-3 natural-log units (0.004 dB) on every cell where librosa's

@@ -256,6 +256,7 @@ def test_resume_from_a_malicious_training_state_fails_cleanly(tmp_path, marker):
         fit(None, run, resume=True)
 
 
+@pytest.mark.slow
 def test_cli_rejects_a_malicious_checkpoint_in_one_line(tmp_path, marker):
     run = write_run(tmp_path / "run", Config.from_dict(PICO_CONFIG), PICO_LABELS)
     files = _malicious_files(tmp_path / "files", marker)
@@ -282,6 +283,7 @@ def test_cache_entry_holding_a_pickle_is_ignored(tmp_path, marker):
     assert np.load(entry, allow_pickle=False).shape == (8000,)  # and overwritten with plain floats
 
 
+@pytest.mark.slow
 def test_app_pages_show_one_line_for_a_malicious_checkpoint(tmp_path, monkeypatch, marker):
     from streamlit.testing.v1 import AppTest
 

@@ -292,6 +292,7 @@ def _nan_run(run_dir: Path) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_huge_finite_samples_give_a_clear_error(pico_run, tmp_path):
     from asca_core.inference import Classifier
 
@@ -309,6 +310,7 @@ def test_huge_finite_samples_give_a_clear_error(pico_run, tmp_path):
     assert doc["errors"][0]["file"] == str(path) and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_nan_weights_give_a_clear_error_in_predict_and_eval(tmp_path):
     from asca_core.inference import Classifier
     from asca_core.train import evaluate
@@ -329,6 +331,7 @@ def test_nan_weights_give_a_clear_error_in_predict_and_eval(tmp_path):
     assert result.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_eval_json_is_strict(tmp_path):
     """A metric that is undefined (one class present) is null, never NaN."""
     data = tmp_path / "data"

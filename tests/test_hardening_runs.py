@@ -69,6 +69,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 # ------------------------------------------------------------------------- 1. run folders
+@pytest.mark.slow
 def test_a_run_dir_holding_something_else_is_refused_and_left_alone(tmp_path, tiny_data):
     from asca_core.train.engine import fit
 
@@ -232,6 +233,7 @@ def test_a_reused_pid_never_looks_running_and_is_never_signalled(tmp_path):
         stranger.wait()
 
 
+@pytest.mark.slow
 def test_the_app_trains_one_run_at_a_time_and_shows_the_rest_queued(tmp_path, tiny_demo):
     overrides = [
         f"data.path={tiny_demo}",
@@ -263,6 +265,7 @@ def test_the_app_trains_one_run_at_a_time_and_shows_the_rest_queued(tmp_path, ti
 
 # ------------------------------------------------------------------------- 3. resume integrity
 @pytest.mark.parametrize("damage", ["missing", "garbage", "directory"])
+@pytest.mark.slow
 def test_a_trained_run_without_its_resume_state_is_not_restarted(paused_run, tmp_path, damage):
     from asca_core.train.engine import fit
 
@@ -393,6 +396,7 @@ READERS = {
 
 @pytest.mark.parametrize("kind", DAMAGE)
 @pytest.mark.parametrize("name", FILES)
+@pytest.mark.slow
 def test_a_damaged_run_file_is_one_line_and_one_damaged_run(tmp_path, monkeypatch, name, kind):
     good = _full_run(tmp_path / "good")
     bad = _full_run(tmp_path / "bad")
@@ -476,6 +480,7 @@ def test_run_labels_that_do_not_match_the_checkpoint_are_one_line(tmp_path):
     assert jobs.run_info(run_dir).state == "damaged"
 
 
+@pytest.mark.slow
 def test_every_page_keeps_working_beside_a_damaged_run(runs_root, tiny_run):
     damaged = runs_root / "zz-damaged"
     shutil.copytree(tiny_run, damaged)
@@ -498,6 +503,7 @@ def test_every_page_keeps_working_beside_a_damaged_run(runs_root, tiny_run):
         shutil.rmtree(damaged)
 
 
+@pytest.mark.slow
 def test_asca_eval_of_a_damaged_run_is_one_line(tmp_path):
     run_dir = _full_run(tmp_path / "run")
     (run_dir / "checkpoints" / "best.safetensors").unlink()

@@ -299,6 +299,7 @@ def test_gmacs_counts_attention_and_leaves_the_model_mode_alone():
     assert gmacs(model, (128, 640)) >= 2 * macs
 
 
+@pytest.mark.slow
 def test_torch_compile_traces_one_graph_without_breaks():
     # fullgraph=True fails on any graph break; aot_eager skips inductor's slow C++ code generation
     # (inductor speed is measured in benchmarks/).

@@ -8,6 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +105,7 @@ def test_asca_console_script_lists_every_command():
         assert re.search(rf"\b{command}\b", result.stdout), command
 
 
+@pytest.mark.slow
 def test_readme_model_table_is_current():
     """The README's model table is what scripts/model_table.py computes from the registry now."""
     sys.path.insert(0, str(ROOT / "scripts"))

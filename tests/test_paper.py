@@ -382,6 +382,7 @@ def test_model_options_flow_from_the_config():
 
 
 # ------------------------------------------------------------------------- the study on demo data
+@pytest.mark.slow
 def test_window_ablation_on_demo_data_gives_distinct_models(tmp_path):
     from asca_core.train.checkpoint import load_model_from_run
 

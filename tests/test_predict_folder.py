@@ -73,6 +73,7 @@ def test_predict_many_streams_and_equals_predict(pico_run, folder):
     gen.close()
 
 
+@pytest.mark.slow
 def test_cli_scores_a_folder_names_bad_files_and_resumes(pico_run, folder, tmp_path):
     journal = tmp_path / "journal.jsonl"
     raven = tmp_path / "raven"
@@ -172,6 +173,7 @@ def test_cli_folder_errors_are_one_line(pico_run, tmp_path, capsys):
     assert "would write tables of the same name" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_onnx_engine_without_an_export_is_one_line(pico_run, tmp_path):
     proc = _asca("predict", str(pico_run), str(tmp_path), "--engine", "onnx")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

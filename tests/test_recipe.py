@@ -245,6 +245,7 @@ def test_data_check_states_the_protocol(tmp_path):
 
 
 # ----------------------------------------------------------------------------- budget
+@pytest.mark.slow
 def test_budgeted_cli_run_prints_its_recipe_and_ends_within_budget(tmp_path):
     data = tmp_path / "data"
     manifest = _speech_like(data)
