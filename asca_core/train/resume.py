@@ -98,6 +98,15 @@ def first_save_interrupted(run: RunStore) -> bool:
     return len(run.metrics()) <= 1 and not (run.status().get("epoch") or 0)
 
 
+def _state_missing(run: RunStore, trained: int) -> str:
+    """Why a run that has trained cannot go on: its resume state is gone."""
+    return (
+        f"cannot resume {run.path}: its resume state {state_path(run)} is missing, though the run has "
+        f"trained ({trained} epoch(s) in metrics.jsonl"
+        f"{', a best checkpoint' if run.has_checkpoint('best') else ''}); its files are left as they are"
+    )
+
+
 def resume_problem(run: RunStore) -> str | None:
     """Why the run cannot be continued, found before anything in it is written (None: it can)."""
     try:
@@ -110,11 +119,7 @@ def resume_problem(run: RunStore) -> str | None:
             meta = read_metadata(path)
             json.loads(meta["state"])
         elif (trained or run.has_checkpoint("best")) and not first_save_interrupted(run):
-            return (
-                f"cannot resume {run.path}: its resume state {path} is missing, though the run has "
-                f"trained ({trained} epoch(s) in metrics.jsonl"
-                f"{', a best checkpoint' if run.has_checkpoint('best') else ''}); its files are left as they are"
-            )
+            return _state_missing(run, trained)
     except (KeyError, TypeError, json.JSONDecodeError):
         return f"cannot resume {run.path}: {state_path(run)} holds no readable training state"
     except AscaError as exc:
@@ -129,12 +134,7 @@ def load_last(trainer: Trainer) -> bool:
         trained = len(trainer.run.metrics())
         if trained or trainer.run.has_checkpoint("best"):
             if not first_save_interrupted(trainer.run):
-                raise CheckpointError(
-                    f"cannot resume {trainer.run.path}: its resume state {path} is missing, "
-                    f"though the run has trained ({trained} epoch(s) in metrics.jsonl"
-                    f"{', a best checkpoint' if trainer.run.has_checkpoint('best') else ''}); "
-                    "its files are left as they are"
-                )
+                raise CheckpointError(_state_missing(trainer.run, trained))
             trainer.log("starting over: the run was stopped while saving its first epoch")
         return False  # killed before or during its first checkpoint: start from scratch
     tensors, meta = load_tensors(path)
