@@ -23,17 +23,21 @@ def test_the_classify_page_explains_the_window_predict_scores(pico_run, tmp_path
     from workbench import state
 
     clf = Classifier.from_run(pico_run, device="cpu")
-    path = write_tone(tmp_path / "short.wav", 880.0, 0.4, SR)  # under the run's 1 s window
-    scored = clf.spectrogram(load_audio(path, clf.sample_rate)).cpu()
-    # the page offers the windows of the prediction; a short clip's one window starts before 0 s
-    (window,) = state.predict(str(pico_run), 0.0, str(path)).timeline
-    assert window.start < 0
-    for start in (0.0, window.start):
-        attr, explanation, rate = state.explain(str(pico_run), 0.0, str(path), start, "saliency", None)
-        assert attr.inputs is not None
-        assert torch.equal(attr.inputs, scored), f"the window explained from {start} s is not the one predict scores"
-        assert rate == clf.sample_rate and explanation.size == int(round(clf.clip_seconds * clf.sample_rate))
-    assert window.start + attr.times[0] < 0  # the page's time axis starts where the window does
+    short = write_tone(tmp_path / "short.wav", 880.0, 0.4, SR)  # under the run's 1 s window
+    long = write_tone(tmp_path / "long.wav", 440.0, 2.5, SR)  # its last window runs past the end
+    for path in (short, long):
+        timeline = state.predict(str(pico_run), 0.0, str(path)).timeline  # the windows the page offers
+        stream, _ = clf.windows(str(path))
+        scored = [clf.spectrogram(chunk).cpu() for _, chunk in stream]  # what predict scored, window by window
+        assert len(scored) == len(timeline)
+        for window, expected in ((timeline[0], scored[0]), (timeline[-1], scored[-1])):
+            attr, explanation, rate = state.explain(str(pico_run), 0.0, str(path), window.start, "saliency", None)
+            assert attr.inputs is not None
+            assert torch.equal(attr.inputs, expected), f"{path.name}: the window from {window.start} s differs"
+            assert rate == clf.sample_rate and explanation.ndim == 1
+    # a short clip's map is placed in the recording's own seconds
+    attr, explanation, _ = state.explain(str(pico_run), 0.0, str(short), 0.0, "saliency", None)
+    assert attr.times[0] >= 0.0 and attr.times[-1] <= 0.4 and explanation.size == load_audio(short, SR).size
 
 
 def test_the_augment_page_shows_the_clip_where_training_puts_it(tmp_path):

@@ -221,15 +221,16 @@ def explain(
     Returns ``(Attribution, explanation wave, sample rate)``.
     """
     from asca_core.audio import load_audio
-    from asca_core.geometry import centre_pad
+    from asca_core.geometry import fit_length
     from asca_core.inspect.attribution import attribute, explain_audio
 
     clf = classifier(run_dir, stamp)
-    # a window of a recording shorter than itself starts before 0 s (the recording sits in its middle)
-    wave = load_audio(path, clf.sample_rate, offset=max(0.0, start), duration=clf.clip_seconds)
-    # a recording shorter than one window is centred in silence, as predict and evaluation pad it,
-    # so the map and its listenable explanation cover the very window the model scores
-    wave = centre_pad(wave, int(round(clf.clip_seconds * clf.sample_rate)))
+    wave = load_audio(path, clf.sample_rate, offset=start, duration=clf.clip_seconds)
+    # The window predict scored: a recording shorter than one window goes in whole, and attribute()
+    # centres it in its window as predict and evaluation do (the map stays in the recording's
+    # seconds); a later window that runs past the end of a longer recording is padded at its end.
+    if start > 0:
+        wave = fit_length(wave, int(round(clf.clip_seconds * clf.sample_rate)), start=0)
     options: dict[str, Any] = {"n_steps": 16} if method == "integrated_gradients" else {}
     attr = attribute(clf, wave, method=method, target=target, sample_rate=clf.sample_rate, **options)
     audio = explain_audio(attr, wave, clf.sample_rate, keep=keep)
