@@ -230,6 +230,9 @@ class AugmentConfig:
     gain_db: float = 6.0  # random gain in [-gain_db, +gain_db]
     time_shift: float = 0.2  # random circular shift, as a fraction of the clip
     clean_epochs: float = 0.0  # epochs of clean (unaugmented) clips before augmentation starts
+    # with clean_until_fit, augmentation starts earlier: after the first epoch whose training loss
+    # has reached its floor (the clean clips are fitted); clean_epochs is then the latest start
+    clean_until_fit: bool = False
     # logmel: mix normalised log-Mel inputs | waveform: mix the waves before the front end
     # (between-class learning, Tokozume et al. 2018); targets are mixed with the same lambda
     mixup_domain: str = "logmel"

@@ -50,7 +50,7 @@ from .amp import autocast
 from .checkpoint import checkpoint_metadata, load_tensors, load_weights, model_from_config, save_model
 from .data import _collate, _MemoryCache, make_cache, prepare_data
 from .evaluation import evaluate, predict
-from .losses import loss_per_example, probabilities
+from .losses import fit_threshold, loss_per_example, probabilities
 from .metrics import compute_metrics
 from .optim import ModelEma, param_groups
 from .runstore import (
@@ -334,6 +334,11 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.warmup_steps = int(round(cfg.train.warmup_epochs * self.steps_per_epoch))
         self.clean_steps = int(round(cfg.augment.clean_epochs * self.steps_per_epoch))
+        self.fit_loss: float | None = None  # with augment.clean_until_fit: the loss that ends clean training
+        if cfg.augment.clean_until_fit:
+            counts = d.index.label_counts(train)
+            shares = [counts.get(label, 0) / max(1, len(train)) for label in d.labels]
+            self.fit_loss = fit_threshold(shares, cfg.train.loss, cfg.train.label_smoothing)
 
     def _loader(self, dataset: Any, sampler: Any = None) -> DataLoader:
         cfg = self.cfg
@@ -493,6 +498,7 @@ class Trainer:
         if ddp.active():
             torch.distributed.all_reduce(totals)
         train_loss = float(totals[0] / max(1.0, float(totals[1])))
+        self._start_augmentation_once_fitted(epoch, train_loss)
         row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
         details: dict[str, Any] = {}
         if self.val_split:
@@ -548,6 +554,19 @@ class Trainer:
         self.log(_format_row(row, self.cfg.train.epochs) + left + ("  *best" if improved else ""))
         return row
 
+    def _start_augmentation_once_fitted(self, epoch: int, train_loss: float) -> None:
+        """With ``augment.clean_until_fit``, augmentation starts after the first clean epoch whose
+        training loss has (nearly) reached its floor: the model has learnt what the clean clips can
+        teach, and from then on masks and noise make it generalise instead of memorise."""
+        if self.fit_loss is None or self.step >= self.clean_steps or epoch >= self.cfg.train.epochs:
+            return
+        if train_loss <= self.fit_loss:
+            self.clean_steps = self.step
+            self.log(
+                f"training loss {train_loss:.3f} is at its floor (<= {self.fit_loss:.3f}): the training clips are "
+                f"fitted, augmentation from epoch {epoch + 1}"
+            )
+
     def _is_better(self, row: dict[str, Any]) -> bool:
         val_map, val_loss = row.get("val_map"), row.get("val_loss")
         if val_map is None or not math.isfinite(val_map):  # no validation: judge on loss
@@ -567,7 +586,9 @@ class Trainer:
             where = f"in epoch {self.epoch + 1} after batch {self.batch}" if self.batch else f"after epoch {self.epoch}"
             self.log(f"resumed {where} (step {self.step})")
         augmentation = ""
-        if self.clean_steps >= cfg.train.epochs * self.steps_per_epoch:
+        if self.fit_loss is not None and self.step < self.clean_steps:
+            augmentation = f", clean clips until the training loss reaches {self.fit_loss:.3f}, augmentation after"
+        elif self.clean_steps >= cfg.train.epochs * self.steps_per_epoch:
             augmentation = ", no augmentation"
         elif self.clean_steps:
             augmentation = f", augmentation from step {self.clean_steps}"

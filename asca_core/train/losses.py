@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -29,3 +32,40 @@ def loss_per_example(logits: Tensor, target: Tensor, kind: str, label_smoothing:
 def probabilities(logits: Tensor, kind: str) -> Tensor:
     """Scores for metrics: sigmoid for BCE models, softmax for cross-entropy ones. Shapes: (B, K)."""
     return torch.sigmoid(logits.float()) if kind == "bce" else torch.softmax(logits.float(), dim=1)
+
+
+FIT_MARGIN = 0.05  # "fitted": the training loss has covered 95% of the way from chance to its floor
+
+
+def _entropy(probs: Sequence[float]) -> float:
+    return -sum(q * math.log(q) for q in probs if q > 0)
+
+
+def loss_levels(label_freq: Sequence[float], kind: str, label_smoothing: float = 0.0) -> tuple[float, float]:
+    """``(chance, floor)`` of :func:`loss_per_example` for targets with these class frequencies.
+
+    ``chance`` is the loss of the best constant prediction (the class prior, smoothed as the targets
+    are); ``floor`` is the loss of a perfect model, which label smoothing keeps above zero.
+    ``label_freq[k]`` is the share of clips carrying class k (for ``ce``, one label per clip).
+    """
+    freq = [float(f) for f in label_freq]
+    k = len(freq)
+    if k == 0:
+        raise ValueError("loss levels need at least one class")
+    eps = float(label_smoothing)
+    hit, miss = 1.0 - eps + eps / k, eps / k  # the smoothed target of a present and an absent class
+    if kind == "bce":  # the mean over classes of binary cross-entropies
+        chance = sum(_entropy((q, 1.0 - q)) for q in (f * hit + (1.0 - f) * miss for f in freq)) / k
+        present = sum(freq) / k
+        floor = present * _entropy((hit, 1.0 - hit)) + (1.0 - present) * _entropy((miss, 1.0 - miss))
+        return chance, floor
+    total = sum(freq) or 1.0
+    chance = _entropy([f / total * (1.0 - eps) + eps / k for f in freq])
+    floor = _entropy([hit] + [miss] * (k - 1))
+    return chance, floor
+
+
+def fit_threshold(label_freq: Sequence[float], kind: str, label_smoothing: float = 0.0) -> float:
+    """The training loss below which the training clips count as fitted (:data:`FIT_MARGIN`)."""
+    chance, floor = loss_levels(label_freq, kind, label_smoothing)
+    return floor + FIT_MARGIN * max(0.0, chance - floor)

@@ -62,6 +62,7 @@ def state_json(trainer: Trainer) -> dict[str, Any]:
             "best_val_loss": None if trainer.best_val_loss == math.inf else trainer.best_val_loss,
             "best_epoch": trainer.best_epoch,
             "bad_epochs": trainer.bad_epochs,
+            "clean_steps": trainer.clean_steps,
             "optimizer_param_groups": opt["param_groups"],
             "optimizer_state_keys": {str(i): sorted(e) for i, e in opt["state"].items()},
             "scaler": trainer.scaler.state_dict() if trainer.scaler.is_enabled() else None,
@@ -166,6 +167,7 @@ def load_last(trainer: Trainer) -> bool:
     trainer.best_val_map = state["best_val_map"] if state["best_val_map"] is not None else -math.inf
     trainer.best_val_loss = state["best_val_loss"] if state["best_val_loss"] is not None else math.inf
     trainer.best_epoch, trainer.bad_epochs = state["best_epoch"], state["bad_epochs"]
+    trainer.clean_steps = int(state.get("clean_steps", trainer.clean_steps))  # moved by augment.clean_until_fit
     return True
 
 
