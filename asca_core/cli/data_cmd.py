@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+from ..config import DATASET_FORMATS
+
 
 def register(subparsers) -> None:
     demo = subparsers.add_parser(
@@ -39,7 +41,7 @@ def register(subparsers) -> None:
     check.add_argument(
         "--format",
         default="auto",
-        choices=("auto", "folder", "csv", "birdclef", "esc50"),
+        choices=("auto", *DATASET_FORMATS),
         help="force a format instead of detecting it (default: auto)",
     )
     check.add_argument("--json", action="store_true", help="print a JSON report")

@@ -118,15 +118,9 @@ def register(subparsers) -> None:
 # ----------------------------------------------------------------------------------- train
 def default_run_dir(config: str | None, prefix: str = "") -> Path:
     """``runs_dir()/<prefix><config stem>-<YYYYmmdd-HHMMSS>``, made unique with a suffix."""
-    from ..utils import runs_dir
+    from ..train.runstore import new_run_dir
 
-    stem = Path(config).stem if config else "run"
-    base = runs_dir() / f"{prefix}{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
+    return new_run_dir(Path(config).stem if config else "run", prefix=prefix, create=False)
 
 
 def resolve_data_path(path: str, config_file: str | Path | None = None) -> str:
