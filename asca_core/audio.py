@@ -26,6 +26,7 @@ import soundfile as sf
 import soxr
 
 from .errors import AudioError
+from .geometry import window_starts
 
 SUPPORTED_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 DEFAULT_MAX_DURATION = 3600.0  # seconds of decoded audio per call; guards memory on huge files
@@ -274,19 +275,6 @@ def _fallback_load(
     if start >= pos:
         raise AudioError(f"{path}: offset {offset:g} s is beyond the end of the file ({pos / sr:.3f} s)")
     return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), sr
-
-
-def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
-    """Start indices of fixed windows covering ``n_samples`` (the last one may be partial).
-
-    A signal no longer than one window gives one window; otherwise windows step by ``hop`` until
-    one reaches the end.
-    """
-    if window <= 0 or hop <= 0:
-        raise ValueError(f"window and hop must be positive sample counts, got {window}, {hop}")
-    if n_samples <= window:
-        return [0]
-    return [k * hop for k in range(1 + math.ceil((n_samples - window) / hop))]
 
 
 def iter_windows(path: str | Path, sample_rate: int, window: float, hop: float) -> Iterator[tuple[float, np.ndarray]]:

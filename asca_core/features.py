@@ -25,10 +25,9 @@ import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 
-from .audio import window_starts
 from .config import FeatureConfig
 from .errors import ConfigError
-from .geometry import INPUT_MULTIPLE
+from .geometry import INPUT_MULTIPLE, window_starts
 
 LOG_OFFSET = 1e-6  # added before the log: bounds silence at log(1e-6) instead of -inf
 SILENCE = math.log(LOG_OFFSET)  # log-Mel value of digital silence (torchaudio front end)

@@ -10,6 +10,8 @@ Plain NumPy, no torch, so the library, the app's figures and the notebooks share
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 STEM_STRIDE = 2  # S0, the two-conv stem
@@ -51,6 +53,20 @@ def centre_pad(wave: np.ndarray, n: int) -> np.ndarray:
     Shapes: (T,) -> (max(T, n),).
     """
     return wave if wave.shape[0] >= n else fit_length(wave, n)
+
+
+# -- windows over a signal ---
+def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
+    """Start indices of fixed windows covering ``n_samples`` (the last one may be partial).
+
+    A signal no longer than one window gives one window; otherwise windows step by ``hop`` until
+    one reaches the end.
+    """
+    if window <= 0 or hop <= 0:
+        raise ValueError(f"window and hop must be positive sample counts, got {window}, {hop}")
+    if n_samples <= window:
+        return [0]
+    return [k * hop for k in range(1 + math.ceil((n_samples - window) / hop))]
 
 
 # -- frequency ----------------------------------------------------------------------------------
