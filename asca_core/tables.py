@@ -113,7 +113,8 @@ def validation_scores(run_dir: str | Path, checkpoint: str = "best") -> tuple[np
     from .data import ClipDataset
     from .features import FeatureExtractor
     from .train.checkpoint import load_model_from_run
-    from .train.engine import _collate, make_cache, predict, prepare_data
+    from .train.data import _collate, make_cache, prepare_data
+    from .train.evaluation import predict
 
     model, cfg, labels = load_model_from_run(run_dir, checkpoint, "cpu")
     bundle = prepare_data(cfg)

@@ -127,7 +127,8 @@ def test_recipe_for_one_second_16k_speech(tmp_path):
     assert cfg.train.loss == "ce" and cfg.train.label_smoothing > 0
     assert cfg.data.test_fold == 1 and cfg.data.group_column == "speaker"
     assert cfg.train.budget_seconds == 600 and cfg.train.epochs >= 3
-    assert 0 < cfg.augment.clean_epochs < cfg.train.epochs  # short clips: clean first, augmented after
+    # single-label: clean clips until the training loss reaches its floor, augmentation after
+    assert cfg.augment.clean_until_fit and cfg.augment.clean_epochs >= cfg.train.epochs
     assert set(chosen) >= {"features.sample_rate", "train.loss", "train.epochs", "data.test_fold"}
     text = recipe.describe()
     assert all(c.reason for c in recipe.choices)
@@ -142,7 +143,7 @@ def test_recipe_for_five_second_44k_environmental_sounds(tmp_path):
     assert cfg.features.hop_length == 640  # 20 ms
     assert cfg.features.frames == 256
     assert cfg.augment.time_mask_width == 25  # scaled to the input: 10% of the frames
-    assert cfg.augment.clean_epochs >= cfg.train.epochs  # long single-label clips: no augmentation in a budget
+    assert cfg.augment.clean_until_fit and cfg.augment.clean_epochs >= cfg.train.epochs
     assert cfg.train.loss == "ce"
     assert cfg.data.test_fold == 1 and cfg.data.group_column == "group"  # ESC-50's src_file
 
@@ -154,6 +155,8 @@ def test_recipe_for_multi_label_birdclef_style_set(tmp_path):
     assert cfg.features.clip_seconds == 5.0  # long recordings: random 5 s crops
     assert cfg.train.loss == "bce" and cfg.train.label_smoothing == 0.0
     assert cfg.data.group_column == "author"
+    # multi-label: a fixed number of clean epochs, then augmentation and mixup
+    assert not cfg.augment.clean_until_fit and 0 < cfg.augment.clean_epochs < cfg.train.epochs
     assert "random 5 s crops" in recipe.describe()
 
 

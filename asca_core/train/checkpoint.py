@@ -95,29 +95,9 @@ def checkpoint_metadata(cfg: Config, labels: list[str], epoch: int, **extra: Any
 
 def model_from_config(cfg: Config, num_classes: int) -> nn.Module:
     """Build the model a config describes (architecture only, weights random)."""
-    from ..models import build_model
+    from ..models import build_model_for
 
-    overrides: dict[str, Any] = {
-        "layout": cfg.model.layout,
-        "stride_mode": cfg.model.stride_mode,
-        "input_size": tuple(cfg.features.input_size),
-        "in_chans": 1,
-    }
-    if cfg.model.drop_path is not None:
-        overrides["drop_path"] = cfg.model.drop_path
-    if cfg.model.attn_window is not None:
-        overrides["attn_window"] = cfg.model.attn_window
-    # options away from their defaults only: a baseline accepts an ASCA option at its default alone
-    for key, default in (
-        ("attn_division", None),
-        ("downsample_pool", "avg"),
-        ("transformer_norm", "layernorm"),
-        ("se_act", "gelu"),
-        ("head_pool", "avg"),
-    ):
-        if getattr(cfg.model, key) != default:
-            overrides[key] = getattr(cfg.model, key)
-    return build_model(cfg.model.name, num_classes, **overrides)
+    return build_model_for(cfg.model, num_classes, tuple(cfg.features.input_size))
 
 
 def config_from_metadata(metadata: Mapping[str, str], source: str) -> tuple[Config, list[str]]:

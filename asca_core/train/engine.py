@@ -44,13 +44,14 @@ from torch.utils.data import DataLoader
 from ..augment import TrainAugment, step_generator
 from ..config import Config
 from ..errors import AscaError, CheckpointError, ConfigError
+from ..scores import probabilities
 from ..utils import resolve_device, seed_everything, setup_torch
 from . import ddp, resume
 from .amp import autocast
 from .checkpoint import checkpoint_metadata, load_tensors, load_weights, model_from_config, save_model
 from .data import _collate, _MemoryCache, make_cache, prepare_data
 from .evaluation import evaluate, predict
-from .losses import fit_threshold, loss_per_example, probabilities
+from .losses import fit_threshold, loss_per_example
 from .metrics import compute_metrics
 from .optim import ModelEma, param_groups
 from .runstore import (

@@ -12,11 +12,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, DatasetError
+from ..scores import probabilities
 from ..utils import resolve_device, setup_torch
 from .amp import autocast
 from .checkpoint import load_model_from_run, read_metadata
 from .data import _collate, make_cache, prepare_data
-from .losses import loss_per_example, probabilities
+from .losses import loss_per_example
 from .metrics import compute_metrics
 from .runstore import RunStore, json_safe
 

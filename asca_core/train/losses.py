@@ -1,11 +1,10 @@
-"""Loss and scores of logits by loss kind (``train.loss``: bce or ce)."""
+"""Training losses by loss kind (``train.loss``: bce or ce) and the levels they can reach."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -27,11 +26,6 @@ def loss_per_example(logits: Tensor, target: Tensor, kind: str, label_smoothing:
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
     target = target / target.sum(1, keepdim=True).clamp_min(1e-12)
     return F.cross_entropy(logits, target, reduction="none", label_smoothing=label_smoothing)
-
-
-def probabilities(logits: Tensor, kind: str) -> Tensor:
-    """Scores for metrics: sigmoid for BCE models, softmax for cross-entropy ones. Shapes: (B, K)."""
-    return torch.sigmoid(logits.float()) if kind == "bce" else torch.softmax(logits.float(), dim=1)
 
 
 FIT_MARGIN = 0.05  # "fitted": the training loss has covered 95% of the way from chance to its floor

@@ -426,14 +426,15 @@ def _fit_budget(
     b.set("train.budget_seconds", budget, "training stops in time for the final test, whatever the estimate")
     warmup = round(min(3.0, max(1.0, 0.05 * epochs)), 1)
     b.set("train.warmup_epochs", warmup, "linear warm-up, then cosine decay to the end of the budget")
-    if not p.multi_label and cfg.features.clip_seconds > 2.0:
+    if not p.multi_label:
         b.set(
-            "augment.clean_epochs",
-            float(MAX_EPOCHS),
-            "no augmentation for single-label clips over 2 s within a "
-            "budget: masks and noise can hide a short sound in a long clip (5 s scenes at 15 min: 74% clean, "
-            "18% augmented after 2 clean epochs)",
+            "augment.clean_until_fit",
+            True,
+            "clean clips until the training loss reaches its floor, augmentation after: the model learns the "
+            "sounds first, then masks and noise make it generalise (5 s scenes at 30 min: 89% test accuracy; "
+            "77% with no augmentation, 18% at 15 min with augmentation after 2 clean epochs)",
         )
+        b.set("augment.clean_epochs", float(MAX_EPOCHS), "no fixed start: the training loss decides")
     else:
         clean = round(min(epochs / 3, max(2.0, 0.15 * epochs)), 1)
         b.set(
@@ -481,7 +482,8 @@ def measure_throughput(cfg: Config, num_classes: int, steps: int = 4) -> dict[st
     from ..features import FeatureExtractor
     from ..utils import setup_torch
     from .checkpoint import model_from_config
-    from .engine import loss_per_example, param_groups
+    from .losses import loss_per_example
+    from .optim import param_groups
 
     setup_torch(cfg.train.num_threads)
     started = time.perf_counter()
