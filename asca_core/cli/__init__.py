@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from ..errors import AscaError
 
 # Each module defines ``register(subparsers)``; its sub-parsers set ``func(args) -> int``.
-COMMAND_MODULES = ("data_cmd", "train_cmd", "cv_cmd", "predict_cmd", "export_cmd")
+COMMAND_MODULES = ("data_cmd", "train_cmd", "cv_cmd", "predict_cmd", "export_cmd", "review_cmd", "search_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
