@@ -160,6 +160,39 @@ def test_recipe_for_multi_label_birdclef_style_set(tmp_path):
     assert "random 5 s crops" in recipe.describe()
 
 
+def _probe_measuring(monkeypatch, step: float, bf16_step: float) -> None:
+    import asca_core.train.recipe as recipe_module
+
+    speed = {
+        "step_seconds": step,
+        "bf16_step_seconds": bf16_step,
+        "eval_seconds_per_clip": 1e-3,
+        "decode_seconds_per_clip": 1e-3,
+        "setup_seconds": 1.0,
+    }
+    monkeypatch.setattr(recipe_module, "measure_throughput", lambda cfg, classes: dict(speed))
+
+
+def test_bf16_is_chosen_when_the_probe_measures_it_faster(tmp_path, monkeypatch):
+    _probe_measuring(monkeypatch, step=20.0, bf16_step=10.0)
+    fast = resolve_recipe(str(_speech_like(tmp_path)), 1800, ["train.device=cpu"])
+    assert fast.config.train.amp == "bf16"
+    assert "2.00x" in fast.describe()
+    _probe_measuring(monkeypatch, step=20.0, bf16_step=20.0)
+    same = resolve_recipe(str(_speech_like(tmp_path)), 1800, ["train.device=cpu"])
+    assert same.config.train.amp == "off"
+    # the faster step is planned with: twice the epochs fit the same budget
+    assert fast.config.train.epochs >= 1.8 * same.config.train.epochs
+
+
+def test_bf16_choice_yields_to_an_override_and_to_cuda(tmp_path, monkeypatch):
+    _probe_measuring(monkeypatch, step=0.30, bf16_step=0.10)
+    kept = resolve_recipe(str(_speech_like(tmp_path)), 600, ["train.amp=off", "train.device=cpu"])
+    assert kept.config.train.amp == "off"
+    on_gpu = resolve_recipe(str(_speech_like(tmp_path)), 600, ["train.device=cuda"])
+    assert on_gpu.config.train.amp == "off"  # the probe timed the CPU, not the GPU
+
+
 def test_overrides_win_over_every_choice(tmp_path):
     recipe = resolve_recipe(
         str(_speech_like(tmp_path)), 600, ["train.lr=3e-4", "features.n_mels=128", "train.loss=bce"], probe=False
