@@ -168,6 +168,38 @@ class Prediction:
         return path
 
 
+@dataclass
+class WindowOutputs:
+    """Everything the model says about a batch of windows (see :meth:`Classifier.window_outputs`)."""
+
+    logits: np.ndarray  # (B, K) float32
+    probs: np.ndarray  # (B, K) float32, the run's activation of the logits
+    embeddings: np.ndarray  # (B, D) float32, the input of the model's final linear layer
+
+
+def final_linear(model: torch.nn.Module) -> torch.nn.Linear:
+    """The linear layer that turns a model's pooled features into logits.
+
+    ``model.head`` itself when it is an ``nn.Linear`` (AST), else ``model.head.fc`` (ASCA's
+    :class:`~asca_core.models.asca.ClassifierHead`), else the last ``nn.Linear`` of ``model.head``.
+    A model without such a head raises :class:`AscaError`.
+    """
+    model = getattr(model, "_orig_mod", model)  # a torch.compile'd model keeps the original here
+    head = getattr(model, "head", None)
+    if isinstance(head, torch.nn.Linear):
+        return head
+    if isinstance(head, torch.nn.Module):
+        fc = getattr(head, "fc", None)
+        if isinstance(fc, torch.nn.Linear):
+            return fc
+        linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+        if linears:
+            return linears[-1]
+    raise AscaError(
+        f"the model {type(model).__name__} has no linear classifier head (model.head): it gives no embeddings"
+    )
+
+
 class Classifier:
     """A trained model with its front end, labels and output activation.
 
@@ -193,6 +225,7 @@ class Classifier:
         self.model = model.to(self.device).eval()
         self.batch_windows = int(batch_windows)
         self.run_dir: Path | None = None  # the run folder, for a classifier loaded with from_run
+        self.openset: Any = None  # an asca_core.openset.OpenSet: "none of these" above its threshold
         self._extractors: dict[float, FeatureExtractor] = {}
         self.extractor = self.extractor_for(cfg.features.clip_seconds)
 
@@ -210,7 +243,9 @@ class Classifier:
         """Load ``run_dir/checkpoints/<checkpoint>.safetensors`` with its config and labels.
 
         ``engine="onnx"`` scores with the export in ``onnx_path`` (default ``RUN/export``), which
-        must come from this checkpoint; ``threads`` sets ONNX Runtime's threads.
+        must come from this checkpoint; ``threads`` sets ONNX Runtime's threads. A calibration in
+        ``RUN/openset.json`` for this checkpoint (:mod:`asca_core.openset`) becomes
+        :attr:`openset`, and predictions then say "none of these" above its threshold.
         """
         from .train.checkpoint import load_model_from_run
 
@@ -230,6 +265,10 @@ class Classifier:
         scorer = _onnx_scorer(Path(run_dir), checkpoint, labels, onnx_path, threads) if engine == "onnx" else None
         clf = cls(model, cfg, labels, device=device, onnx=scorer, **kwargs)
         clf.run_dir = Path(run_dir)
+        if clf.run_dir.is_dir():
+            from .openset import load_openset
+
+            clf.openset = load_openset(clf.run_dir, checkpoint, labels)
         return clf
 
     # -- properties -------------------------------------------------------------------------
@@ -353,6 +392,65 @@ class Classifier:
                 raise AscaError("the model gave NaN or infinite probabilities for this audio")
             out.append(probs.cpu())
         return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def window_outputs(self, waves: np.ndarray | Tensor, window: float | None = None) -> WindowOutputs:
+        """Logits, probabilities and embeddings of a batch of equal-length windows.
+
+        The embedding of a window is what the model's final linear layer sees: for ASCA models the
+        pooled, normalised features after the pre-logits layer (the head's input to ``head.fc``),
+        for the AST baseline the normalised class token. Batching and the NaN checks are those of
+        :meth:`predict_windows`. PyTorch engine only.
+
+        Shapes: waves (B, W) -> logits (B, K), probs (B, K), embeddings (B, D).
+        """
+        if self.onnx is not None:
+            raise AscaError(
+                "embeddings and logits need the PyTorch engine: load the run with engine='torch' (--engine torch)"
+            )
+        waves = torch.as_tensor(waves, dtype=torch.float32)
+        if waves.dim() == 1:
+            waves = waves.unsqueeze(0)
+        extractor = self.extractor_for(window)
+        layer = final_linear(self.model)
+        captured: list[Tensor] = []
+
+        def grab(module: torch.nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            captured.append(inputs[0].detach())
+
+        logits_out, probs_out, embeds_out = [], [], []
+        handle = layer.register_forward_pre_hook(grab)
+        try:
+            for i in range(0, waves.shape[0], self.batch_windows):
+                chunk = waves[i : i + self.batch_windows]
+                spec = extractor(chunk.to(self.device))
+                if not bool(torch.isfinite(spec).all()):
+                    peak = float(chunk.abs().max()) if bool(torch.isfinite(chunk).all()) else math.nan
+                    raise AscaError(
+                        f"the spectrogram holds NaN or infinite values: the audio's peak amplitude "
+                        f"{peak:.3g} is far beyond the expected range of about -1 to 1"
+                    )
+                captured.clear()
+                logits = self.model(spec).float()
+                probs = self.probabilities(logits)
+                if not bool(torch.isfinite(probs).all()) or not bool(torch.isfinite(logits).all()):
+                    raise AscaError("the model gave NaN or infinite probabilities for this audio")
+                if len(captured) != 1:
+                    raise AscaError(
+                        f"the model's final linear layer ran {len(captured)} times in one forward pass: "
+                        "its input is not a single pooled feature vector"
+                    )
+                embeds = captured[0].float().reshape(logits.shape[0], -1)  # (B, D)
+                logits_out.append(logits.cpu())
+                probs_out.append(probs.cpu())
+                embeds_out.append(embeds.cpu())
+        finally:
+            handle.remove()
+        return WindowOutputs(
+            logits=torch.cat(logits_out).numpy().astype(np.float32, copy=False),
+            probs=torch.cat(probs_out).numpy().astype(np.float32, copy=False),
+            embeddings=torch.cat(embeds_out).numpy().astype(np.float32, copy=False),
+        )
 
     def _onnx_windows(self, waves: Tensor, extractor: FeatureExtractor, window: float | None) -> np.ndarray:
         n = int(round((self.clip_seconds if window is None else float(window)) * self.sample_rate))
