@@ -18,6 +18,7 @@ navigation = st.navigation(
         "Inspect": [
             st.Page(f"{PAGES}/attention.py", title="Attention", icon=":material/visibility:"),
             st.Page(f"{PAGES}/classify.py", title="Classify", icon=":material/hearing:"),
+            st.Page(f"{PAGES}/review.py", title="Review", icon=":material/fact_check:"),
         ],
     }
 )
