@@ -107,6 +107,40 @@ def _compare(runs: list[jobs.RunInfo]) -> None:
         st.caption("No confusion matrix: multi-label runs have none, and a run shows one after its first epoch.")
 
 
+def _parent(info: jobs.RunInfo) -> str | None:
+    """The run a review retrained this one from (``parent`` in its job.json), if any."""
+    parent = info.job.get("parent")
+    return str(parent) if isinstance(parent, str) and parent else None
+
+
+@st.cache_data(max_entries=8, show_spinner="Scoring both models on the same test set…")
+def _before_after(before: str, after: str, stamps: tuple[float, float]) -> str:
+    from asca_core.review import compare_runs, compare_table
+
+    return compare_table(compare_runs(before, after))
+
+
+def _reviews(runs: list[jobs.RunInfo]) -> None:
+    """Before and after: each run retrained from a review beside the run it was retrained from."""
+    retrained = [(r, parent) for r in runs if (parent := _parent(r))]
+    if not retrained:
+        return
+    st.subheader("Before and after review")
+    names = [r.name for r, _ in retrained]
+    picked = st.selectbox("Retrained run", names, key="review_run")
+    info, parent = retrained[names.index(picked)]
+    before = Path(parent) if Path(parent).is_absolute() else runs_dir() / parent
+    if info.state != "finished":
+        st.info(f"{info.name} is {info.state}; the comparison with {before.name} shows when it has finished.")
+        return
+    if not (before / "checkpoints" / "best.safetensors").is_file():
+        st.warning(f"{info.name} was retrained from {before}, which has no model any more.", icon=":material/warning:")
+        return
+    stamps = (state.checkpoint_stamp(before), state.checkpoint_stamp(info.path))
+    st.caption(f"{before.name} (before) and {info.name} (after), on the same test set.")
+    st.code(_before_after(str(before), str(info.path), stamps), language=None)
+
+
 def _split(evals: dict) -> str:
     splits = {e.get("split", "val") for e in evals.values() if e}
     return " / ".join(sorted(splits)) + " split"
@@ -156,6 +190,7 @@ def render() -> None:
     with compare:
         if runs:
             _compare(runs)
+            state.guarded(lambda: _reviews(runs))
         else:
             st.info("No runs yet: start one on the Train page.")
             state.quick_demo_offer()
