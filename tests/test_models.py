@@ -354,3 +354,72 @@ def test_a_config_model_section_with_asca_settings_is_refused_for_a_baseline():
     cfg = Config.from_dict({"model": {"name": "ast_tiny", "layout": "CCTT"}})
     with pytest.raises(ModelError, match="model.layout applies to ASCA models only; ast_tiny got layout='CCTT'"):
         build_model_for(cfg.model, NUM_CLASSES, cfg.features.input_size)
+
+
+# ----------------------------------------------------------------------------- one architecture type
+def test_stored_config_of_asca_tiny_is_the_one_earlier_checkpoints_hold():
+    # the exact dict earlier checkpoints stored: a new field must not change it at its default
+    assert build_model("asca_tiny", 10).config == {
+        "name": "asca_tiny",
+        "family": "asca",
+        "num_classes": 10,
+        "in_chans": 1,
+        "layout": "CCCT",
+        "stem_width": 32,
+        "widths": [48, 96, 192, 384],
+        "depths": [2, 2, 3, 1],
+        "head_dim": 32,
+        "head_hidden": 384,
+        "drop_path": 0.1,
+        "stride_mode": "paper",
+        "attn_window": None,
+        "input_size": [128, 320],
+    }
+
+
+@pytest.mark.parametrize("name", ["asca_pico", "asca_tiny"])
+def test_architecture_round_trips_through_the_stored_config(name):
+    from asca_core.models.asca import AscaArchitecture
+
+    model = build_model(name, 7, layout="CCTT", head_pool="avgmax", input_size=(64, 96), se_act="silu")
+    config = json.loads(json.dumps(model.config))
+    assert AscaArchitecture.from_dict(config) == model.architecture
+    assert model.architecture.to_dict() == model.config
+    assert config["head_pool"] == "avgmax" and config["se_act"] == "silu"
+
+
+def test_a_stored_architecture_is_rebuilt_as_stored_not_as_its_size():
+    from dataclasses import replace
+
+    from asca_core.models.asca import ASCA_SIZES, asca_from_architecture
+
+    narrow = asca_from_architecture(replace(ASCA_SIZES["asca_pico"], num_classes=3, widths=(8, 16, 32, 64)))
+    rebuilt = build_model_from_config(json.loads(json.dumps(narrow.config)))
+    assert count_params(rebuilt) == count_params(narrow) < count_params(build_model("asca_pico", 3))
+    rebuilt.load_state_dict(narrow.state_dict())  # same tensors, same shapes
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"widths": "wide"}, "positive integers"),
+        ({"depths": [1, 1, 1]}, "positive integers"),
+        ({"stem_width": -4}, "positive integers"),
+        ({"colour": "red"}, "unknown settings: colour"),
+    ],
+)
+def test_a_damaged_stored_architecture_is_one_model_error(change, message):
+    config = {**build_model("asca_pico", 3).config, **change}
+    with pytest.raises(ModelError, match=message):
+        build_model_from_config(config)
+
+
+def test_every_architecture_setting_of_the_config_is_an_architecture_field():
+    from dataclasses import fields
+
+    from asca_core.config import ModelConfig
+    from asca_core.models.asca import OVERRIDABLE
+    from asca_core.models.registry import RUN_SETTINGS
+
+    settings = {f.name for f in fields(ModelConfig)} - set(RUN_SETTINGS)
+    assert settings <= set(OVERRIDABLE)

@@ -16,7 +16,7 @@ the new grid. ``None`` keeps each stage's own stride.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -47,25 +47,106 @@ class GlobalWindowWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class AscaSize:
-    """Widths and depths of one registered size (S1-S4; S0 is the stem)."""
+class AscaArchitecture:
+    """Everything that defines an ASCA network, in one place.
 
+    A registered size (:data:`ASCA_SIZES`) is one of these with its widths and depths (S1-S4; S0 is
+    the stem); a config's ``model`` section overrides the fields in :data:`OVERRIDABLE`; the built
+    model keeps the result as ``model.architecture``, and :meth:`to_dict` is the JSON ``config``
+    every checkpoint stores, read back by :meth:`from_dict`.
+    """
+
+    name: str
     stem_width: int
-    widths: tuple[int, int, int, int]
-    depths: tuple[int, int, int, int]
-    drop_path: float
-    head_hidden: int | None  # CoAtNet's pre-logits width; None = LayerNorm straight into the classifier
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
     head_dim: int = 32
+    num_classes: int = 1
+    layout: str = "CCCT"
+    in_chans: int = 1
+    drop_path: float = 0.0
+    stride_mode: str = "paper"
+    attn_window: int | None = None
+    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE
+    head_hidden: int = 0  # CoAtNet's pre-logits width; 0 = LayerNorm straight into the classifier
+    attn_division: int | None = None
+    downsample_pool: str = "avg"
+    transformer_norm: str = "layernorm"
+    se_act: str = "gelu"
+    head_pool: str = "avg"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: every field, except the later additions while at their defaults (so the
+        configs of models built before them stay equal)."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "family": "asca",
+            "num_classes": self.num_classes,
+            "in_chans": self.in_chans,
+            "layout": self.layout,
+            "stem_width": self.stem_width,
+            "widths": list(self.widths),
+            "depths": list(self.depths),
+            "head_dim": self.head_dim,
+            "head_hidden": self.head_hidden,
+            "drop_path": float(self.drop_path),
+            "stride_mode": self.stride_mode,
+            "attn_window": self.attn_window,
+            "input_size": list(self.input_size),
+        }
+        for key in _ADDED_LATER:
+            value = getattr(self, key)
+            if value != _DEFAULTS[key]:
+                out[key] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> AscaArchitecture:
+        """Read :meth:`to_dict`'s form back; fields it lacks come from the registered size of its
+        name. Raises :class:`ModelError` for a malformed config."""
+        if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+            raise ModelError(f"an ASCA model config needs a 'name', got {config!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(config) - known - {"family"})
+        if unknown:
+            raise ModelError(f"ASCA model config {config['name']!r} has unknown settings: {', '.join(unknown)}")
+        values = {k: v for k, v in config.items() if k in known}
+        for key in ("widths", "depths", "input_size"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        base = ASCA_SIZES.get(values["name"])
+        try:
+            arch = replace(base, **values) if base is not None else cls(**values)
+        except TypeError as exc:
+            raise ModelError(f"ASCA model config {config['name']!r} is incomplete: {exc}") from None
+        shape = (arch.stem_width, arch.head_dim, *arch.widths, *arch.depths)
+        if len(arch.widths) != 4 or len(arch.depths) != 4 or not all(_positive_int(v) for v in shape):
+            raise ModelError(
+                f"ASCA model config {arch.name!r}: stem_width, head_dim and the four widths and depths must be "
+                f"positive integers, got {arch.stem_width!r}, {arch.head_dim!r}, {arch.widths!r}, {arch.depths!r}"
+            )
+        return arch
 
 
-ASCA_SIZES: dict[str, AscaSize] = {
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+_DEFAULTS = {f.name: f.default for f in fields(AscaArchitecture)}
+# settings that entered the stored config after the first models were saved
+_ADDED_LATER = ("attn_division", "downsample_pool", "transformer_norm", "se_act", "head_pool")
+# what a size fixes; a config's model section may override every other field
+_SIZE_FIELDS = ("name", "num_classes", "stem_width", "widths", "depths", "head_dim")
+OVERRIDABLE = tuple(f.name for f in fields(AscaArchitecture) if f.name not in _SIZE_FIELDS)
+
+ASCA_SIZES: dict[str, AscaArchitecture] = {
     # Smallest model with the full C-C-C-T structure, for tests and smoke runs.
-    "asca_pico": AscaSize(16, (16, 32, 64, 128), (1, 1, 1, 1), drop_path=0.0, head_hidden=None),
+    "asca_pico": AscaArchitecture("asca_pico", 16, (16, 32, 64, 128), (1, 1, 1, 1), drop_path=0.0),
     # CPU-friendly: about 3.1M parameters and 0.49 GMACs at 1x128x320.
-    "asca_tiny": AscaSize(32, (48, 96, 192, 384), (2, 2, 3, 1), drop_path=0.1, head_hidden=384),
+    "asca_tiny": AscaArchitecture("asca_tiny", 32, (48, 96, 192, 384), (2, 2, 3, 1), drop_path=0.1, head_hidden=384),
     # CoAtNet-0 and CoAtNet-1 widths and depths (Dai et al. 2021, table 3).
-    "asca_0": AscaSize(64, (96, 192, 384, 768), (2, 3, 5, 2), drop_path=0.2, head_hidden=768),
-    "asca_1": AscaSize(64, (96, 192, 384, 768), (2, 6, 14, 2), drop_path=0.3, head_hidden=768),
+    "asca_0": AscaArchitecture("asca_0", 64, (96, 192, 384, 768), (2, 3, 5, 2), drop_path=0.2, head_hidden=768),
+    "asca_1": AscaArchitecture("asca_1", 64, (96, 192, 384, 768), (2, 6, 14, 2), drop_path=0.3, head_hidden=768),
 }
 
 
@@ -225,32 +306,27 @@ class ASCA(nn.Module):
         self.in_chans = in_chans
         self.input_size = input_size
         self.layout = layout
-        self.config: dict[str, Any] = {
-            "name": name,
-            "family": "asca",
-            "num_classes": num_classes,
-            "in_chans": in_chans,
-            "layout": layout,
-            "stem_width": stem_width,
-            "widths": list(widths),
-            "depths": list(depths),
-            "head_dim": head_dim,
-            "head_hidden": int(head_hidden or 0),
-            "drop_path": float(drop_path),
-            "stride_mode": stride_mode,
-            "attn_window": attn_window,
-            "input_size": list(input_size),
-        }
-        # Only settings away from their defaults enter the config, so older configs stay equal.
-        for key, value, default in (
-            ("attn_division", attn_division, None),
-            ("downsample_pool", downsample_pool, "avg"),
-            ("transformer_norm", transformer_norm, "layernorm"),
-            ("se_act", se_act, "gelu"),
-            ("head_pool", head_pool, "avg"),
-        ):
-            if value != default:
-                self.config[key] = value
+        self.architecture = AscaArchitecture(
+            name=name,
+            stem_width=stem_width,
+            widths=tuple(widths),
+            depths=tuple(depths),
+            drop_path=float(drop_path),
+            head_hidden=int(head_hidden or 0),
+            head_dim=head_dim,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            layout=layout,
+            stride_mode=stride_mode,
+            attn_window=attn_window,
+            input_size=input_size,
+            attn_division=attn_division,
+            downsample_pool=downsample_pool,
+            transformer_norm=transformer_norm,
+            se_act=se_act,
+            head_pool=head_pool,
+        )
+        self.config: dict[str, Any] = self.architecture.to_dict()
         self._strides = self._token_sizes(layout, attn_division)
 
         self.s0 = ConvStem(in_chans, stem_width)
@@ -350,16 +426,12 @@ class ASCA(nn.Module):
 
 
 def asca_from_size(name: str, num_classes: int, **overrides: Any) -> ASCA:
-    """Build the registered ASCA size ``name``; ``overrides`` replace the size's defaults."""
-    size = ASCA_SIZES[name]
-    options: dict[str, Any] = {"drop_path": size.drop_path, "head_hidden": size.head_hidden}
-    options.update({k: v for k, v in overrides.items() if v is not None})
-    return ASCA(
-        num_classes,
-        stem_width=size.stem_width,
-        widths=size.widths,
-        depths=size.depths,
-        head_dim=size.head_dim,
-        name=name,
-        **options,
-    )
+    """Build the registered ASCA size ``name``; ``overrides`` (``None`` = the size's value) replace
+    the fields of :data:`OVERRIDABLE`."""
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return asca_from_architecture(replace(ASCA_SIZES[name], num_classes=num_classes, **changes))
+
+
+def asca_from_architecture(architecture: AscaArchitecture) -> ASCA:
+    """Build (fresh weights) the network ``architecture`` describes."""
+    return ASCA(**asdict(architecture))

@@ -10,23 +10,10 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ModelError
-from .asca import ASCA_SIZES, asca_from_size
+from .asca import ASCA_SIZES, OVERRIDABLE, AscaArchitecture, asca_from_architecture, asca_from_size
 from .baselines import AST_SIZES, ast_from_size
 
-ASCA_OVERRIDES = (
-    "layout",
-    "in_chans",
-    "drop_path",
-    "stride_mode",
-    "attn_window",
-    "input_size",
-    "head_hidden",
-    "attn_division",
-    "downsample_pool",
-    "transformer_norm",
-    "se_act",
-    "head_pool",
-)
+ASCA_OVERRIDES = OVERRIDABLE
 AST_OVERRIDES = ("in_chans", "drop_path", "input_size")
 # Settings of the config's model section that say how to run a model, not what it is.
 RUN_SETTINGS = ("name", "channels_last", "compile")
@@ -136,4 +123,9 @@ def build_model_from_config(config: dict[str, Any]) -> nn.Module:
     except (KeyError, TypeError):
         raise ModelError(f"model config needs 'name' and 'num_classes', got {config!r}") from None
     entry = _entry(name)
+    if config.get("family") == "asca":  # the whole architecture is stored: rebuild exactly that
+        architecture = AscaArchitecture.from_dict(config)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ModelError(f"num_classes must be a positive integer, got {num_classes!r}")
+        return asca_from_architecture(architecture)
     return build_model(name, num_classes, **{k: config[k] for k in entry.overrides if k in config})
