@@ -119,7 +119,7 @@ def _row(cand: Any, label: str, decision: str, folder: Path) -> Any:
     from asca_core.review import ReviewRow
 
     return ReviewRow(
-        file=str(Path(cand.file).relative_to(folder)) if Path(cand.file).is_absolute() else str(cand.file),
+        file=str(cand.file),  # absolute: the manifest stores it relative to its folder
         start=float(cand.start),
         end=float(cand.end),
         label=label,
@@ -143,7 +143,7 @@ def _table(cands: list, saved: dict, current: int) -> None:
                 "end (s)": float(c.end),
                 "predicted": c.label,
                 "score": float(c.score),
-                "unknown": float(c.unknown),
+                "unknown": c.unknown,
                 "decision": row.decision if row else "",
                 "label": row.label if row and row.decision else "",
             }
@@ -222,11 +222,11 @@ def _controls(run: Any, clf: Any, cands: list, current: int, manifest: Path, fol
 
 def _detail(run: Any, stamp: float, clf: Any, cand: Any, saved: dict) -> None:
     row = saved.get(_key(cand.file, cand.start, cand.end))
-    target = cand.label if cand.label in clf.labels else clf.labels[int(cand.probs.argmax())]
+    target = cand.label if cand.label in clf.labels else max(cand.probs, key=cand.probs.get)
     m = st.columns(4)
     m[0].metric("Predicted", cand.label)
     m[1].metric("Score", f"{cand.score:.2f}")
-    m[2].metric("“None of these” score", f"{cand.unknown:.2f}")
+    m[2].metric("“None of these” score", "–" if cand.unknown is None else f"{cand.unknown:.2f}")
     m[3].metric("Decision", f"{row.decision} · {row.label}" if row and row.decision else "pending")
     path = str(cand.file)
     wave, sr = state.load_clip(
@@ -322,7 +322,7 @@ def _similar(
             predicted = found.label if found else ""
             rows.append(
                 ReviewRow(
-                    file=str(Path(h.file).resolve().relative_to(folder)),
+                    file=str(h.file),
                     start=float(h.start),
                     end=float(h.end),
                     label=label,

@@ -108,9 +108,16 @@ def _compare(runs: list[jobs.RunInfo]) -> None:
 
 
 def _parent(info: jobs.RunInfo) -> str | None:
-    """The run a review retrained this one from (``parent`` in its job.json), if any."""
-    parent = info.job.get("parent")
-    return str(parent) if isinstance(parent, str) and parent else None
+    """The run a review retrained this one from, if any."""
+    from asca_core.review import review_origin
+
+    if info.problem:
+        return None
+    try:
+        origin = review_origin(info.path)
+    except AscaError:
+        return None
+    return str(origin["parent_run"]) if origin else None
 
 
 @st.cache_data(max_entries=8, show_spinner="Scoring both models on the same test set…")
@@ -138,7 +145,7 @@ def _reviews(runs: list[jobs.RunInfo]) -> None:
         return
     stamps = (state.checkpoint_stamp(before), state.checkpoint_stamp(info.path))
     st.caption(f"{before.name} (before) and {info.name} (after), on the same test set.")
-    st.code(_before_after(str(before), str(info.path), stamps), language=None)
+    st.markdown(_before_after(str(before), str(info.path), stamps))
 
 
 def _split(evals: dict) -> str:
