@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .geometry import INPUT_MULTIPLE, STAGE_STRIDES
 
 LAYOUTS = ("CCCT", "CCTT", "CCCC", "CTTT")  # kinds of stages S1-S4: MBConv (C) or transformer (T)
-DATASET_FORMATS = ("folder", "csv", "birdclef", "esc50")  # data.format also takes "auto"
+DATASET_FORMATS = ("folder", "csv", "birdclef", "esc50", "review")  # data.format also takes "auto"
 # Upper bounds: every accepted value must fit in memory and keep the process alive. They do not
 # depend on this machine, so a run's config still loads elsewhere (memory is checked at training).
 MAX_SEED = 2**32 - 1
@@ -61,7 +61,7 @@ class DataConfig:
     """Where clips come from and how they are split."""
 
     path: str = "demo"  # dataset folder or manifest; "demo" is the built-in synthetic set
-    format: str = "auto"  # auto | folder | csv | birdclef | esc50
+    format: str = "auto"  # auto | folder | csv | birdclef | esc50 | review
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     test_fold: int | None = None  # ESC-50 style: this fold is the test set
@@ -95,7 +95,7 @@ class DataConfig:
             _check(bool(self.classes.strip()), "data.classes must name a file or list class names, got ''")
         _check(
             self.format == "auto" or self.format in DATASET_FORMATS,
-            f"data.format must be auto, folder, csv, birdclef or esc50, got {self.format!r}",
+            f"data.format must be auto, {', '.join(DATASET_FORMATS)}, got {self.format!r}",
         )
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
@@ -351,6 +351,9 @@ class TrainConfig:
     num_threads: int | None = None
     deterministic: bool = True
     patience: int | None = None  # stop after this many epochs without a better val_map
+    # which weights the run keeps as its model (checkpoints/best): "best" = the epoch with the best
+    # val_map, "last" = the weights at the end of the schedule
+    select: str = "best"
     budget_seconds: float | None = None  # wall-clock budget: epochs re-planned, training ends in time
 
     def __post_init__(self) -> None:
@@ -378,6 +381,11 @@ class TrainConfig:
             f"train.grad_clip must be in (0, {MAX_GRAD_CLIP:g}] (or null to disable), got {self.grad_clip}",
         )
         _check(0.0 < self.ema_decay < 1.0, f"train.ema_decay must be in (0, 1), got {self.ema_decay}")
+        _check(self.select in ("best", "last"), f"train.select must be best or last, got {self.select!r}")
+        _check(
+            self.select == "best" or self.patience is None,
+            "train.patience stops when val_map stops improving; it needs train.select=best",
+        )
         _check(self.amp in ("off", "bf16", "fp16"), f"train.amp must be off, bf16 or fp16, got {self.amp!r}")
         _check(
             self.num_threads is None or 1 <= self.num_threads <= MAX_THREADS,

@@ -14,7 +14,7 @@ import statistics
 import struct
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,14 @@ def _probe(path: Path, deep: bool = True) -> tuple[_audio.AudioInfo | None, str 
     except OSError as exc:
         return info, f"cannot read ({exc.strerror})"
     return info, None
+
+
+def _span_problem(start: float, end: float | None, duration: float) -> str | None:
+    """Why the span ``start``-``end`` of a file lasting ``duration`` seconds is unusable, or None."""
+    limit = duration + 0.01  # a span may round past the last sample by a few milliseconds
+    if start >= duration or (end is not None and end > limit):
+        return f"span {start:g}-{end if end is not None else 'end'} s lies beyond the file's {duration:.2f} s"
+    return None
 
 
 def probe_file(path: str | Path, deep: bool = True) -> str | None:
@@ -327,6 +335,10 @@ def check_dataset(
     infos: list[_audio.AudioInfo] = []
     for i, clip in enumerate(index.clips):
         info, reason = _probe(clip.path, deep)
+        if reason is None and info is not None and clip.start is not None:
+            reason = _span_problem(clip.start, clip.end, info.duration)
+            if reason is None:  # a span counts for its own length
+                info = replace(info, duration=(clip.end or info.duration) - clip.start)
         if reason is None:
             assert info is not None  # _probe reads the header of every file it finds no fault in
             keep.append(i)

@@ -3,7 +3,8 @@
 Training crops a random window per item, drawn from a generator seeded by (seed, epoch, clip), so
 a run is reproducible and every epoch sees different windows (call :meth:`ClipDataset.set_epoch`).
 Evaluation takes the centre window; clips shorter than the window are zero-padded (symmetrically
-in evaluation, at a random offset in training).
+in evaluation, at a random offset in training). A clip with a span (``Clip.start``/``Clip.end``,
+from a review manifest) is that span of its file only.
 
 Filter the index with :func:`asca_core.data.check.filter_readable` before training, so a broken
 file is reported up front. A clip that still fails when read (NaN or infinite samples found only
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -105,7 +107,11 @@ class ClipDataset(Dataset):
     def load_wave(self, i: int) -> np.ndarray:
         """Shapes: returns (S,) float32 for item ``i``."""
         clip_index = self.indices[i]
-        path = self.index.clips[clip_index].path
+        clip = self.index.clips[clip_index]
+        path = clip.path
+        if clip.start is not None or clip.end is not None:
+            span = self.load_span(clip.path, clip.start or 0.0, clip.end)
+            return fit_length(span, self.clip_samples, self._offset(clip_index, span.shape[0]))
         if self.cache is not None:
             wave = self.cache.get_wave(path, self.sample_rate)
             return fit_length(wave, self.clip_samples, self._offset(clip_index, wave.shape[0]))
@@ -124,6 +130,29 @@ class ClipDataset(Dataset):
             duration=self.clip_samples / self.sample_rate,
         )
         return fit_length(wave, self.clip_samples, 0)
+
+    def load_span(self, path: Path | str, start: float, end: float | None) -> np.ndarray:
+        """Samples ``start``-``end`` seconds of ``path`` (to its end for ``None``) at the dataset's
+        rate: sliced from the cached whole file, or decoded alone without a cache.
+
+        Shapes: returns (round(end * rate) - round(start * rate),) float32, shorter where the
+        file ends first.
+        """
+        first = int(round(start * self.sample_rate))
+        if self.cache is not None:
+            wave = self.cache.get_wave(path, self.sample_rate)
+            last = wave.shape[0] if end is None else int(round(end * self.sample_rate))
+            span = wave[first:last]
+        else:
+            duration = None if end is None else end - start
+            span = _audio.load_audio(path, sample_rate=self.sample_rate, offset=start, duration=duration)
+            if end is not None:
+                span = span[: int(round(end * self.sample_rate)) - first]
+        if span.shape[0] == 0:
+            raise DatasetError(
+                f"{path}: the span {start:g}-{end if end is not None else 'end'} s lies past the end of the file"
+            )
+        return span
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.indices)

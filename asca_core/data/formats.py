@@ -13,6 +13,8 @@ Four layouts are recognised (``detect_format``) and turned into one :class:`Data
   ``Clip.meta["secondary_labels"]``).
 - ``esc50``: ESC-50, ``meta/esc50.csv`` + ``audio/``; label = ``category``, ``fold``, group =
   ``src_file`` (the recording a clip was cut from).
+- ``review``: a review manifest (``file,start,end,label,decision``, see :mod:`asca_core.review`):
+  each accepted or relabelled row is a clip of the span ``Clip.start``-``Clip.end`` of its file.
 
 Rows that point at missing files, files outside the dataset root (by ``../``, an absolute path or
 a symlink leading out), unsupported file types or, with a fixed class list (``classes``), a primary
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import importlib
 import io
 import json
 import os
@@ -44,6 +47,7 @@ FORMAT_NAMES = {
     "csv": "CSV manifest",
     "birdclef": "BirdCLEF 2023",
     "esc50": "ESC-50",
+    "review": "review manifest",
 }
 # A folder holding one of these is read as a CSV manifest (in this order of preference).
 MANIFEST_NAMES = ("labels.csv", "manifest.csv", "metadata.csv")
@@ -72,6 +76,8 @@ class Clip:
     fold: int | None = None
     group: str | None = None  # clips of one group stay on one side of a split
     meta: dict[str, Any] = field(default_factory=dict)
+    start: float | None = None  # seconds: the clip is the span start-end of the file (review manifests)
+    end: float | None = None
 
     @property
     def label(self) -> str:
@@ -146,14 +152,15 @@ def detect_format(path: str | Path) -> str:
         if path.name == "esc50.csv":
             return "esc50"
         if path.suffix.lower() == ".csv":
-            return "csv"
+            return "review" if _is_review_csv(path) else "csv"
         raise DatasetError(f"{path}: not a dataset (give a folder or a .csv manifest)")
     if (path / "train_metadata.csv").is_file():
         return "birdclef"
     if (path / "meta" / "esc50.csv").is_file():
         return "esc50"
-    if any((path / name).is_file() for name in MANIFEST_NAMES):
-        return "csv"
+    for name in MANIFEST_NAMES:
+        if (path / name).is_file():
+            return "review" if _is_review_csv(path / name) else "csv"
     try:
         entries = list(path.iterdir())
     except OSError as exc:
@@ -165,6 +172,21 @@ def detect_format(path: str | Path) -> str:
         f"{path}: no audio files, class folders or manifest found "
         f"(expected ROOT/<label>/*.wav, a CSV manifest, BirdCLEF or ESC-50 layout)"
     )
+
+
+def _is_review_csv(path: Path) -> bool:
+    """Whether the CSV's header is a review manifest's (file,start,end,label,decision)."""
+    review = importlib.import_module("asca_core.review")  # no import cycle for the type checker
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            first = f.readline(65536)
+    except (OSError, UnicodeDecodeError):
+        return False  # the CSV loader reports what is wrong with it
+    try:
+        header = next(csv.reader([first]), [])
+    except csv.Error:
+        return False
+    return bool(review.is_review_header([h.strip() for h in header]))
 
 
 def _has_audio(folder: Path) -> bool:
@@ -202,6 +224,9 @@ def load_dataset(
         raise DatasetError(f"{path}: no such file or folder")
     if format == "birdclef":
         index = _load_birdclef(path, primary_only=labels == "primary")
+    elif format == "review":
+        review = importlib.import_module("asca_core.review")  # it reads manifests with this module
+        index = review.load_review_index(_manifest_in(path, MANIFEST_NAMES, "review manifest"))
     else:
         index = {"folder": _load_folder, "csv": _load_csv, "esc50": _load_esc50}[format](path)
     if labels == "primary" and index.multi_label:
@@ -414,6 +439,11 @@ class _Collector:
         if not path.is_file():
             return "file not found"
         return None
+
+
+def _file_problem_review(path: Path) -> str | None:
+    """Why a review manifest's file cannot be a clip (type, missing), or None."""
+    return _Collector._file_problem(path)
 
 
 def _split_labels(value: str) -> tuple[str, ...]:
