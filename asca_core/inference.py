@@ -65,6 +65,8 @@ class TimelineWindow:
     start: float  # seconds
     end: float  # seconds, clipped to the end of the recording
     probs: np.ndarray  # (K,)
+    unknown_score: float | None = None  # open-set score (higher: less like any class), with an OpenSet
+    unknown: bool = False  # "none of these": unknown_score above the OpenSet's threshold
 
 
 @dataclass
@@ -74,6 +76,12 @@ class Prediction:
     ``probs`` is the clip-level aggregate named by ``aggregate`` (``max`` or ``mean`` over
     windows); both aggregates are kept. ``top`` lists the ``top_k`` best (label, probability)
     pairs of ``probs``.
+
+    With an open-set calibration (:attr:`Classifier.openset`), every window and the clip carry an
+    ``unknown_score`` (higher: less like any trained class). The clip's is the minimum over its
+    windows for ``aggregate="max"`` (a class heard anywhere makes the clip known) and the mean for
+    ``"mean"``; above ``openset_threshold`` the clip is ``unknown`` and :attr:`label` is
+    :data:`~asca_core.openset.NONE_LABEL` ("none of these"), ``top`` still ranking the classes.
     """
 
     source: str
@@ -89,10 +97,23 @@ class Prediction:
     aggregate: str = "max"
     activation: str = "sigmoid"  # sigmoid (BCE run) | softmax (CE run)
     meta: dict[str, Any] = field(default_factory=dict)
+    unknown_score: float | None = None  # clip-level open-set score; None without an OpenSet
+    unknown: bool = False  # "none of these"
+    openset_score: str | None = None  # which open-set score (energy, max_logit, max_prob)
+    openset_threshold: float | None = None
 
     @property
     def label(self) -> str:
-        """The best label of the clip."""
+        """The best label of the clip, or "none of these" when the clip is unknown."""
+        if self.unknown:
+            from .openset import NONE_LABEL
+
+            return NONE_LABEL
+        return self.top[0][0]
+
+    @property
+    def best_class(self) -> str:
+        """The best of the trained classes, "none of these" or not."""
         return self.top[0][0]
 
     def class_probs(self) -> dict[str, float]:
@@ -109,21 +130,32 @@ class Prediction:
         def rounded(values: np.ndarray) -> dict[str, float]:
             return {name: round(float(p), 6) for name, p in zip(self.labels, values)}
 
-        return {
+        def window(w: TimelineWindow) -> dict[str, Any]:
+            item: dict[str, Any] = {"start": round(w.start, 6), "end": round(w.end, 6), "probs": rounded(w.probs)}
+            if w.unknown_score is not None:
+                item["unknown_score"] = round(float(w.unknown_score), 6)
+                item["unknown"] = bool(w.unknown)
+            return item
+
+        out: dict[str, Any] = {
             "source": self.source,
             "duration": round(self.duration, 6),
             "window": self.window,
             "hop": self.hop,
             "activation": self.activation,
             "aggregate": self.aggregate,
+            "label": self.label,
             "top": [{"label": name, "prob": round(float(p), 6)} for name, p in self.top],
             "probs": rounded(self.probs),
             "probs_max": rounded(self.probs_max),
             "probs_mean": rounded(self.probs_mean),
-            "timeline": [
-                {"start": round(w.start, 6), "end": round(w.end, 6), "probs": rounded(w.probs)} for w in self.timeline
-            ],
+            "timeline": [window(w) for w in self.timeline],
         }
+        if self.unknown_score is not None:
+            out["unknown"] = bool(self.unknown)
+            out["unknown_score"] = round(float(self.unknown_score), 6)
+            out["openset"] = {"score": self.openset_score, "threshold": self.openset_threshold}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], top_k: int = 5) -> Prediction:
@@ -133,8 +165,12 @@ class Prediction:
         def vector(values: dict[str, float]) -> np.ndarray:
             return np.array([values[name] for name in labels], dtype=np.float32)
 
+        def optional(value: Any) -> float | None:
+            return None if value is None else float(value)
+
         probs = vector(data["probs"])
         order = np.argsort(-probs, kind="stable")[: int(top_k)]
+        openset = data.get("openset") or {}
         return cls(
             source=data["source"],
             duration=float(data["duration"]),
@@ -143,11 +179,24 @@ class Prediction:
             probs=probs,
             probs_max=vector(data["probs_max"]),
             probs_mean=vector(data["probs_mean"]),
-            timeline=[TimelineWindow(float(w["start"]), float(w["end"]), vector(w["probs"])) for w in data["timeline"]],
+            timeline=[
+                TimelineWindow(
+                    float(w["start"]),
+                    float(w["end"]),
+                    vector(w["probs"]),
+                    optional(w.get("unknown_score")),
+                    bool(w.get("unknown", False)),
+                )
+                for w in data["timeline"]
+            ],
             window=float(data["window"]),
             hop=float(data["hop"]),
             aggregate=data["aggregate"],
             activation=data["activation"],
+            unknown_score=optional(data.get("unknown_score")),
+            unknown=bool(data.get("unknown", False)),
+            openset_score=openset.get("score"),
+            openset_threshold=optional(openset.get("threshold")),
         )
 
     def write_timeline_csv(self, path: str | Path, append: bool = False) -> Path:
@@ -265,7 +314,7 @@ class Classifier:
         scorer = _onnx_scorer(Path(run_dir), checkpoint, labels, onnx_path, threads) if engine == "onnx" else None
         clf = cls(model, cfg, labels, device=device, onnx=scorer, **kwargs)
         clf.run_dir = Path(run_dir)
-        if clf.run_dir.is_dir():
+        if clf.run_dir.is_dir() and engine == "torch":  # open-set scores need logits: PyTorch only
             from .openset import load_openset
 
             clf.openset = load_openset(clf.run_dir, checkpoint, labels)
@@ -574,6 +623,7 @@ class Classifier:
         producer.start()
         starts: list[float] = []
         rows: list[np.ndarray] = []
+        ood: list[np.ndarray] = []
         failed: AscaError | None = None
         try:
             while True:
@@ -586,7 +636,10 @@ class Classifier:
                     batch_starts, batch = rest
                     if failed is None:
                         try:
-                            rows.append(self.predict_windows(batch, window))
+                            probs, unknown = self._score_batch(batch, window)
+                            rows.append(probs)
+                            if unknown is not None:
+                                ood.append(unknown)
                             starts.extend(batch_starts)
                         except AscaError as exc:  # non-finite numbers: say which recording and where
                             failed = AscaError(f"{name}: windows from {batch_starts[0]:.2f} s: {exc}")
@@ -596,8 +649,11 @@ class Classifier:
                 elif failed is not None:
                     yield source, failed
                 else:
-                    yield source, self._prediction(name, rest[0], starts, rows, window, hop, aggregate, top_k)
-                starts, rows, failed = [], [], None
+                    yield (
+                        source,
+                        self._prediction(name, rest[0], starts, rows, window, hop, aggregate, top_k, ood or None),
+                    )
+                starts, rows, ood, failed = [], [], [], None
         finally:
             stop.set()
             while producer.is_alive():
@@ -661,6 +717,7 @@ class Classifier:
         hop: float,
         aggregate: str,
         top_k: int,
+        ood: list[np.ndarray] | None = None,
     ) -> Prediction:
         probs = np.concatenate(rows).astype(np.float32)  # (N, K)
         timeline = [
@@ -669,6 +726,19 @@ class Classifier:
         probs_max, probs_mean = probs.max(axis=0), probs.mean(axis=0)
         chosen = probs_max if aggregate == "max" else probs_mean
         order = np.argsort(-chosen, kind="stable")[: int(top_k)]
+        extra: dict[str, Any] = {}
+        if ood is not None and self.openset is not None:
+            values = np.concatenate(ood)  # (N,)
+            threshold = float(self.openset.threshold)
+            for w, v in zip(timeline, values):
+                w.unknown_score, w.unknown = float(v), bool(v > threshold)
+            clip = float(values.min() if aggregate == "max" else values.mean())
+            extra = {
+                "unknown_score": clip,
+                "unknown": clip > threshold,
+                "openset_score": self.openset.score,
+                "openset_threshold": threshold,
+            }
         return Prediction(
             source=source,
             duration=duration,
@@ -682,7 +752,18 @@ class Classifier:
             hop=hop,
             aggregate=aggregate,
             activation=self.activation,
+            **extra,
         )
+
+    def _score_batch(self, batch: np.ndarray, window: float) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities of a batch of windows and, with an open-set calibration, their unknown scores.
+
+        Shapes: batch (B, W) -> (B, K), (B,) or None.
+        """
+        if self.openset is None or self.onnx is not None:
+            return self.predict_windows(batch, window), None
+        outputs = self.window_outputs(batch, window)
+        return outputs.probs, self.openset.scores(outputs.logits)
 
 
 def _onnx_scorer(

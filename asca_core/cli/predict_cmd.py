@@ -141,12 +141,22 @@ def _format_prediction(pred, top_k: int) -> str:
     )
     rows = [["rank", "label", "prob"]]
     rows += [[str(i), label, f"{p:.3f}"] for i, (label, p) in enumerate(pred.top, start=1)]
-    out = [head, _table(rows)]
+    out = [head]
+    if pred.unknown_score is not None:
+        out.append(f"  {_openset_verdict(pred)}")
+    out.append(_table(rows))
     if n > 1:
         order = pred.timeline_array().argsort(axis=1)[:, ::-1]
         rows = [["start", "end", "top label", "prob", "second", "prob"]]
         for w, idx in zip(pred.timeline, order):
             second = idx[1] if len(idx) > 1 else None
+            if w.unknown:  # the best class moves to the second column, "none of these" leads
+                from ..openset import NONE_LABEL
+
+                rows.append(
+                    [f"{w.start:.2f}", f"{w.end:.2f}", NONE_LABEL, "-", pred.labels[idx[0]], f"{w.probs[idx[0]]:.3f}"]
+                )
+                continue
             rows.append(
                 [
                     f"{w.start:.2f}",
@@ -159,6 +169,15 @@ def _format_prediction(pred, top_k: int) -> str:
             )
         out += [f"  timeline (window {pred.window:g} s, hop {pred.hop:g} s):", _table(rows, "    ")]
     return "\n".join(out)
+
+
+def _openset_verdict(pred) -> str:
+    """'none of these (energy score -3.100 > threshold -5.200)', or 'known (...)' with <=."""
+    from ..openset import NONE_LABEL
+
+    sign = ">" if pred.unknown else "<="
+    detail = f"{pred.openset_score} score {pred.unknown_score:.3f} {sign} threshold {pred.openset_threshold:.3f}"
+    return f"{NONE_LABEL} ({detail})" if pred.unknown else f"known ({detail})"
 
 
 def _out_dir(flag: str, value: str | None) -> Path | None:
@@ -197,6 +216,8 @@ def _inputs(items: list[str], recursive: bool) -> tuple[list[tuple[str, Path]], 
 def _summary_line(pred, found: list | None) -> str:
     label, prob = pred.top[0]
     extra = "" if found is None else f"  {len(found)} detection{'s' if len(found) != 1 else ''}"
+    if pred.unknown:
+        return f"{pred.source}  {pred.duration:.2f} s  {pred.label} (best {label} {prob:.3f}){extra}"
     return f"{pred.source}  {pred.duration:.2f} s  {label} {prob:.3f}{extra}"
 
 
@@ -268,6 +289,14 @@ def _predict(args: argparse.Namespace) -> int:
         Path(args.run) / "checkpoints" / f"{args.checkpoint}.safetensors" if Path(args.run).is_dir() else Path(args.run)
     )
     settings = {"checkpoint_sha256": file_digest(ckpt), "window": window, "hop": hop, "aggregate": args.aggregate}
+    if clf.openset is not None:  # a new calibration scores the files again
+        settings["openset"] = {"score": clf.openset.score, "threshold": clf.openset.threshold}
+    elif clf.engine == "onnx" and Path(args.run, "openset.json").is_file():
+        print(
+            'asca predict: note: "none of these" needs --engine torch; the ONNX engine scores the classes only',
+            file=sys.stderr,
+            flush=True,
+        )
     predictions: list = []
     every: list = []
     first_csv = True
