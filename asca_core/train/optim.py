@@ -29,6 +29,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return groups
 
 
+def build_adamw(
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`, as the trainer builds it."""
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+
+
 class ModelEma:
     """Exponential moving average of a model's weights (buffers are copied).
 
