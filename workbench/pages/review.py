@@ -402,8 +402,11 @@ def render() -> None:
     goto = st.session_state.pop(K["goto"], None)
     if goto is not None:
         st.session_state[K["pick"]] = int(goto)
-    if st.session_state.get(K["pick"], 0) >= n:
-        st.session_state[K["pick"]] = 0
+    try:  # the widget's state may come back from the browser in another type
+        pick = int(st.session_state.get(K["pick"], 0))
+    except (TypeError, ValueError):
+        pick = 0
+    st.session_state[K["pick"]] = pick if 0 <= pick < n else 0
     current = st.selectbox(
         "Detection",
         list(range(n)),
