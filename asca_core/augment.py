@@ -3,8 +3,10 @@
 Every transform is an ``nn.Module`` that acts on a whole batch on the batch's device and is a
 strict no-op in eval mode (``module.eval()``), the way torchaudio's masking transforms should be.
 Randomness comes only from the ``torch.Generator`` passed to ``forward`` (a CPU generator; the
-small parameter tensors are drawn on CPU and moved), so a training run derives one generator per
-step from ``(seed, epoch, step)`` and the stream is identical after a resume or for another model::
+small parameter tensors are drawn on CPU and moved; generated noise is drawn on the batch's device
+from a generator seeded by that stream, for the noisy rows only), so a training run derives one
+generator per step from ``(seed, epoch, step)`` and the stream is identical after a resume or for
+another model on the same kind of device::
 
     aug = TrainAugment(cfg.augment, sample_rate=16000).to(device)
     gen = step_generator(seed, epoch, step)
@@ -84,14 +86,24 @@ def add_noise_at_snr(wave: Tensor, noise: Tensor, snr_db: Tensor) -> Tensor:
     return wave + noise * scale.unsqueeze(-1)
 
 
-def colored_noise(batch: int, length: int, exponent: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def colored_noise(
+    batch: int,
+    length: int,
+    exponent: Tensor,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """Gaussian noise with a ``1/f**exponent`` power spectrum (0 white, 1 pink, 2 brown).
 
+    Drawn on ``device`` (default: the generator's device, else the CPU) with ``generator``.
     Shapes: exponent (B,) -> (B, length), unit variance per row.
     """
-    white = torch.randn(batch, length, generator=generator)
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    white = torch.randn(batch, length, generator=generator, device=device)
+    exponent = exponent.to(device)
     spectrum = torch.fft.rfft(white, dim=-1)
-    freqs = torch.fft.rfftfreq(length).clamp_min(1.0 / length)  # avoid the DC singularity
+    freqs = torch.fft.rfftfreq(length, device=device).clamp_min(1.0 / length)  # avoid the DC singularity
     spectrum = spectrum * freqs.unsqueeze(0).pow(-exponent.unsqueeze(1) / 2.0)
     noise = torch.fft.irfft(spectrum, n=length, dim=-1)
     noise = noise - noise.mean(-1, keepdim=True)
@@ -135,7 +147,8 @@ class WaveAugment(nn.Module):
     """Random gain, circular time shift and background noise at a random SNR.
 
     Noise comes from ``noise_bank`` (1-D recordings at the training rate, random crops, tiled when
-    short) or, without a bank, from generated coloured noise (white to brown).
+    short) or, without a bank, from generated coloured noise (white to brown), and is made only for
+    the ``noise_prob`` share of rows that receive it, on the wave's device.
     Shapes: wave (B, T) -> (B, T).
     """
 
@@ -156,29 +169,41 @@ class WaveAugment(nn.Module):
             shift = torch.randint(-limit, limit + 1, (batch,), generator=generator)
             wave = circular_shift(wave, shift)
         if cfg.noise_prob > 0:
+            # every per-row parameter is drawn for the whole batch and the noise itself from a
+            # generator seeded by this stream, so the stream never depends on how the coins fell
             chosen = torch.rand(batch, generator=generator) < cfg.noise_prob
             snr = _uniform(batch, cfg.snr_db_min, cfg.snr_db_max, generator)
-            noise = self._noise(batch, length, generator)
+            source = self._noise_sources(batch, generator)
+            noise_seed = int(torch.randint(0, 1 << 62, (1,), generator=generator))
             if chosen.any():
-                rows = chosen.nonzero().squeeze(1).to(wave.device)
-                noisy = add_noise_at_snr(wave[rows], noise[chosen].to(wave), snr[chosen])
+                rows = chosen.nonzero().squeeze(1)
+                noise = self._noise(source, rows, length, noise_seed, wave.device).to(wave.dtype)
+                rows = rows.to(wave.device)
+                noisy = add_noise_at_snr(wave.index_select(0, rows), noise, snr[chosen])
                 wave = wave.index_copy(0, rows, noisy)
         return wave
 
-    def _noise(self, batch: int, length: int, generator: torch.Generator | None) -> Tensor:
-        # drawn for every row, even rows without noise, so the stream does not depend on the coin
+    def _noise_sources(self, batch: int, generator: torch.Generator | None) -> tuple[Tensor, ...]:
+        """Per-row noise parameters for the whole batch: the colour exponent, or bank pick and offset."""
         if not self.noise_bank:
-            return colored_noise(batch, length, _uniform(batch, 0.0, 2.0, generator), generator)
+            return (_uniform(batch, 0.0, 2.0, generator),)
         picks = torch.randint(0, len(self.noise_bank), (batch,), generator=generator)
-        offsets = torch.rand(batch, generator=generator)
-        rows = []
-        for pick, offset in zip(picks.tolist(), offsets.tolist()):
-            source = self.noise_bank[pick]
-            if source.numel() < length:
-                source = source.repeat(math.ceil(length / source.numel()) + 1)
-            start = int(offset * (source.numel() - length))
-            rows.append(source[start : start + length])
-        return torch.stack(rows)
+        return picks, torch.rand(batch, generator=generator)
+
+    def _noise(self, source: tuple[Tensor, ...], rows: Tensor, length: int, seed: int, device: torch.device) -> Tensor:
+        """Noise for the chosen ``rows`` only, (len(rows), length) on ``device``."""
+        if not self.noise_bank:
+            noise_gen = torch.Generator(device=device).manual_seed(seed)
+            return colored_noise(len(rows), length, source[0][rows].to(device), noise_gen, device=device)
+        picks, offsets = source
+        crops = []
+        for pick, offset in zip(picks[rows].tolist(), offsets[rows].tolist()):
+            recording = self.noise_bank[pick]
+            if recording.numel() < length:
+                recording = recording.repeat(math.ceil(length / recording.numel()) + 1)
+            start = int(offset * (recording.numel() - length))
+            crops.append(recording[start : start + length])
+        return torch.stack(crops).to(device, non_blocking=True)
 
 
 class SpecAugment(nn.Module):

@@ -7,6 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from asca_core import augment
 from asca_core.augment import (
     Mixup,
     SpecAugment,
@@ -175,3 +176,63 @@ def test_batched_on_device_dtype_preserved():
     aug = TrainAugment(AugmentConfig(noise_prob=1.0, mixup_prob=1.0)).train()
     wave = _wave().double()
     assert aug.wave(wave, step_generator(0)).dtype == torch.float64
+
+
+def test_noise_is_generated_only_for_the_rows_that_get_it(monkeypatch):
+    made = []
+    real = augment.colored_noise
+
+    def spy(batch, length, exponent, generator=None, device=None):
+        made.append(batch)
+        return real(batch, length, exponent, generator, device=device)
+
+    monkeypatch.setattr(augment, "colored_noise", spy)
+    aug = WaveAugment(AugmentConfig(noise_prob=0.25, gain_db=0.0, time_shift=0.0)).train()
+    wave = _wave(batch=32, length=4000)
+    out = aug(wave, step_generator(4))
+    changed = (out != wave).any(dim=1)
+    assert 0 < int(changed.sum()) < 32
+    assert made == [int(changed.sum())]  # one draw, as many rows as were changed
+    assert torch.equal(out[~changed], wave[~changed])
+
+
+def test_same_seed_same_augmented_batch_across_fresh_augmenters():
+    cfg = AugmentConfig(noise_prob=0.5, mixup_prob=0.5, gain_db=6.0, time_shift=0.2)
+    wave, target = _wave(batch=16, length=4000), torch.eye(16)
+
+    def features(w):
+        return w.view(w.shape[0], 1, 40, 100)
+
+    runs = []
+    for run in range(2):  # fresh modules and generators, as two runs with the same seed build them
+        torch.manual_seed(100 + run)  # the global stream (dropout's) plays no part
+        aug = TrainAugment(cfg).train()
+        runs.append([aug(wave, target, features, step_generator(0, 1, step)) for step in range(3)])
+    for (spec_a, target_a), (spec_b, target_b) in zip(*runs):
+        assert torch.equal(spec_a, spec_b) and torch.equal(target_a, target_b)
+    assert not torch.equal(runs[0][0][0], runs[0][1][0])  # another step, another draw
+
+
+def test_the_stream_after_the_noise_does_not_depend_on_the_coins():
+    """The draws that follow the wave augment (mixup, masks) stay in step whatever the coins chose."""
+    wave = _wave(batch=8, length=4000)
+    after = []
+    for prob in (0.01, 0.99):
+        gen = step_generator(3)
+        WaveAugment(AugmentConfig(noise_prob=prob)).train()(wave, gen)
+        after.append(torch.rand(4, generator=gen))
+    assert torch.equal(after[0], after[1])
+
+
+def test_bank_noise_only_for_chosen_rows():
+    bank = [torch.randn(3000), torch.randn(9000)]
+    cfg = AugmentConfig(noise_prob=0.5, gain_db=0.0, time_shift=0.0, snr_db_min=10.0, snr_db_max=10.0)
+    aug = WaveAugment(cfg, bank).train()
+    wave = _wave(batch=16, length=4000)
+    out = aug(wave, step_generator(1))
+    changed = (out != wave).any(dim=1)
+    assert 0 < int(changed.sum()) < 16
+    added = (out - wave)[changed]
+    measured = 10 * torch.log10(wave[changed].pow(2).mean(-1) / added.pow(2).mean(-1))
+    assert torch.allclose(measured, torch.full_like(measured, 10.0), atol=1e-3)
+    assert torch.equal(out, WaveAugment(cfg, bank).train()(wave, step_generator(1)))
