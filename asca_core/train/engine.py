@@ -53,7 +53,7 @@ from .data import _collate, _MemoryCache, make_cache, prepare_data
 from .evaluation import evaluate, predict
 from .losses import fit_threshold, loss_per_example
 from .metrics import compute_metrics
-from .optim import ModelEma, param_groups
+from .optim import ModelEma, build_adamw, param_groups, set_adamw_implementation
 from .runstore import (
     SLOT_ENV,
     RunLock,
@@ -102,6 +102,11 @@ class Trainer:
         self.epoch = 0  # finished epochs
         self.batch = 0  # finished batches of the current, unfinished epoch
         self.step = 0  # optimizer steps
+        # the epoch's loss sum stays on the device (no host sync per step): (3,) = sum, first step
+        # whose loss was not finite (-1: none), that loss; read through the loss_sum property
+        self._loss_stats: Tensor | None = None
+        self._loss_start = 0.0
+        self._shown_loss: float | None = None
         self.loss_sum = 0.0
         self.loss_count = 0
         self.best_val_map = -math.inf
@@ -291,9 +296,8 @@ class Trainer:
         if cfg.model.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model  # the plain module: weights are saved from here
-        self.optimizer = torch.optim.AdamW(
-            param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr, betas=(0.9, 0.999), eps=1e-8
-        )
+        # fused AdamW on CUDA, multi-tensor (foreach) on the CPU: see optim.build_adamw
+        self.optimizer = build_adamw(model, cfg.train.lr, cfg.train.weight_decay, device=self.device)
         self.ema = ModelEma(model, cfg.train.ema_decay) if cfg.train.ema else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16")
         forward: nn.Module = model
@@ -357,11 +361,50 @@ class Trainer:
     # ----------------------------------------------------------------- resume state
     def save_last(self) -> None:
         """last.safetensors (the evaluated weights) and the resume state; rank 0 only."""
+        _ = self.loss_sum  # a non-finite loss since the last read fails here, before weights are written
         resume.save_last(self)
 
     def load_last(self) -> bool:
         """Restore weights, optimizer and counters from the last checkpoint (False if none)."""
-        return resume.load_last(self)
+        loaded = resume.load_last(self)
+        if loaded:  # the saved groups carry the kernel flags of the machine that wrote them
+            set_adamw_implementation(self.optimizer, self.device)
+        return loaded
+
+    # ----------------------------------------------------------------- loss on the device
+    @property
+    def loss_sum(self) -> float:
+        """Sum of this epoch's per-example training losses, read back from the device.
+
+        A host sync: the loop reads it once per status interval and at the end of an epoch, never
+        per step. Raises :class:`AscaError` when a step's loss was not finite since the epoch began.
+        """
+        if self._loss_stats is None:
+            return self._loss_start
+        total, bad_step, bad_loss = self._loss_stats.tolist()
+        if bad_step >= 0:
+            raise AscaError(
+                f"training loss became {bad_loss} at epoch {self.epoch + 1}, step {int(bad_step)}; "
+                "lower train.lr or check the data"
+            )
+        return float(total)
+
+    @loss_sum.setter
+    def loss_sum(self, value: float) -> None:
+        self._loss_start = float(value)
+        self._loss_stats = None
+
+    def _add_loss(self, loss: Tensor, count: int) -> None:
+        """Accumulate a step's mean loss on the device and remember the first non-finite one."""
+        if self._loss_stats is None:
+            dtype = torch.float32 if self.device.type == "mps" else torch.float64
+            self._loss_stats = torch.tensor([self._loss_start, -1.0, 0.0], dtype=dtype, device=self.device)
+        stats = self._loss_stats
+        value = loss.detach().to(stats.dtype)
+        stats[0].add_(value * count)
+        first = torch.logical_not(torch.isfinite(value)) & (stats[1] < 0)
+        seen = torch.stack((torch.full_like(value, float(self.step)), value))
+        stats[1:].copy_(torch.where(first, seen, stats[1:]))
 
     # ----------------------------------------------------------------- steps
     def eval_module(self) -> nn.Module:
@@ -381,19 +424,22 @@ class Trainer:
             for wave, target in loader:
                 self._train_step(epoch, wave, target)
                 self.batch += 1
+                if time.monotonic() - last_status > STATUS_EVERY_SECONDS:
+                    # the interval's one host sync: the loss so far (raises if one was not finite)
+                    self._shown_loss = self.loss_sum / max(1, self.loss_count)
+                    if self.env.is_main:
+                        self.run.write_status(
+                            epoch=self.epoch, steps=self.step, batch=self.batch, batches=self.steps_per_epoch
+                        )
+                    last_status = time.monotonic()
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(
-                        loss=f"{self.loss_sum / max(1, self.loss_count):.4f}",
+                        loss="?" if self._shown_loss is None else f"{self._shown_loss:.4f}",
                         lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                         run_left=self._time_left(),
                         refresh=False,
                     )
-                if self.env.is_main and time.monotonic() - last_status > STATUS_EVERY_SECONDS:
-                    self.run.write_status(
-                        epoch=self.epoch, steps=self.step, batch=self.batch, batches=self.steps_per_epoch
-                    )
-                    last_status = time.monotonic()
                 if ddp.any_rank(self.stop.requested, self.device) and self.batch < self.steps_per_epoch:
                     self.stop.requested = True
                     return False
@@ -422,11 +468,9 @@ class Trainer:
         with autocast(self.device, cfg.train.amp):
             logits = self.forward_model(spec)
         loss = loss_per_example(logits, target, cfg.train.loss, cfg.train.label_smoothing).mean()
-        if not torch.isfinite(loss):
-            raise AscaError(
-                f"training loss became {loss.item()} at epoch {epoch}, step {self.step}; "
-                "lower train.lr or check the data"
-            )
+        # no host sync here: the sum and a non-finite loss are read once per status interval
+        self._add_loss(loss, wave.shape[0])
+        self.loss_count += wave.shape[0]
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.train.grad_clip:
@@ -437,8 +481,6 @@ class Trainer:
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.model, self.step)
-        self.loss_sum += float(loss.item()) * wave.shape[0]
-        self.loss_count += wave.shape[0]
 
     def _time_left(self) -> str:
         done = self.step - self._session_first_step
@@ -519,6 +561,7 @@ class Trainer:
         row.update(lr=self.optimizer.param_groups[0]["lr"], seconds=round(seconds, 3), steps=self.step)
         self.epoch, self.batch = epoch, 0
         self.loss_sum, self.loss_count = 0.0, 0
+        self._shown_loss = None
         improved = self._is_better(row)
         if improved:
             self.best_epoch = epoch

@@ -1,0 +1,134 @@
+"""The training step's lean parts give the results of the plain ones: the loss kept on the device,
+multi-tensor EMA, multi-tensor and fused AdamW."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from asca_core.errors import AscaError
+from asca_core.train.engine import Trainer
+from asca_core.train.optim import (
+    ModelEma,
+    adamw_implementation,
+    build_adamw,
+    param_groups,
+    set_adamw_implementation,
+)
+
+
+# ------------------------------------------------------------------------------ EMA and AdamW
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    # no conv bias before the norm: its gradient is rounding noise, which Adam scales to full steps
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, bias=False), nn.BatchNorm2d(4), nn.GELU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    )
+
+
+def _reference_ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    d = min(decay, (1.0 + step) / (10.0 + step))
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1.0 - d)
+        for e, b in zip(ema.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+def _train_steps(model, optimizer, steps=5, ema=None, reference=None):
+    gen = torch.Generator().manual_seed(1)
+    for step in range(1, steps + 1):
+        x = torch.randn(6, 1, 8, 8, generator=gen)
+        y = torch.randint(0, 3, (6,), generator=gen)
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if ema is not None:
+            ema.update(model, step)
+        if reference is not None:
+            _reference_ema_update(reference, model, 0.99, step)
+
+
+def test_multi_tensor_ema_matches_the_per_tensor_update():
+    model = _net().train()
+    ema = ModelEma(model, 0.99)
+    reference = copy.deepcopy(model).eval()
+    _train_steps(model, torch.optim.SGD(model.parameters(), lr=0.1), ema=ema, reference=reference)
+    for a, b in zip(ema.module.state_dict().values(), reference.state_dict().values()):
+        assert torch.allclose(a.double(), b.double(), atol=1e-6, rtol=0)
+    assert int(ema.module[1].num_batches_tracked) == 5  # buffers copied, integer ones too
+    assert torch.equal(ema.module[1].running_mean, model[1].running_mean)
+
+
+def test_ema_fallback_without_lerp_matches(monkeypatch):
+    model = _net().train()
+    ema = ModelEma(model, 0.99)
+    reference = copy.deepcopy(model).eval()
+    monkeypatch.delattr(torch, "_foreach_lerp_")
+    _train_steps(model, torch.optim.SGD(model.parameters(), lr=0.1), ema=ema, reference=reference)
+    for a, b in zip(ema.module.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("flags", [{"foreach": True}, {"fused": True}])
+def test_multi_tensor_and_fused_adamw_match_the_loop(flags):
+    plain_model, fast_model = _net().train(), _net().train()
+    plain = torch.optim.AdamW(param_groups(plain_model, 0.05), lr=1e-2, foreach=False)
+    try:
+        fast = torch.optim.AdamW(param_groups(fast_model, 0.05), lr=1e-2, **flags)
+        _train_steps(fast_model, fast)
+    except RuntimeError as exc:  # a torch without this kernel on the CPU
+        pytest.skip(f"AdamW {flags} not available here: {exc}")
+    _train_steps(plain_model, plain)
+    for a, b in zip(plain_model.state_dict().values(), fast_model.state_dict().values()):
+        assert torch.allclose(a.double(), b.double(), atol=1e-6, rtol=1e-5)
+
+
+def test_build_adamw_picks_the_kernel_per_device():
+    assert adamw_implementation("cpu") == {"fused": False, "foreach": True}
+    assert adamw_implementation(torch.device("cuda", 0)) == {"fused": True, "foreach": False}
+    optimizer = build_adamw(_net(), lr=1e-3, weight_decay=0.05)
+    assert all(g["foreach"] and not g["fused"] for g in optimizer.param_groups)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
+    for group in optimizer.param_groups:  # as a state dict written on a CUDA machine leaves them
+        group.update(fused=True, foreach=False)
+    set_adamw_implementation(optimizer, "cpu")
+    assert all(g["foreach"] and not g["fused"] for g in optimizer.param_groups)
+
+
+# ------------------------------------------------------------------------------ loss on the device
+def _loss_keeper() -> Trainer:
+    trainer = Trainer.__new__(Trainer)  # only the loss bookkeeping is exercised
+    trainer.device = torch.device("cpu")
+    trainer.epoch, trainer.step = 2, 0
+    trainer._loss_stats, trainer._loss_start = None, 0.0
+    return trainer
+
+
+def test_loss_sum_accumulates_on_the_device_and_reads_as_a_float():
+    trainer = _loss_keeper()
+    trainer.loss_sum = 1.5  # as a resume restores it
+    losses = [0.7, 0.6, 0.25]
+    for value in losses:
+        trainer._add_loss(torch.tensor(value), 8)
+        trainer.step += 1
+    assert trainer._loss_stats is not None and trainer._loss_stats.device.type == "cpu"
+    expected = 1.5 + sum(float(torch.tensor(v)) * 8 for v in losses)
+    assert isinstance(trainer.loss_sum, float) and trainer.loss_sum == pytest.approx(expected, abs=1e-12)
+    trainer.loss_sum = 0.0
+    assert trainer.loss_sum == 0.0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_loss_is_reported_with_its_step_when_read(bad):
+    trainer = _loss_keeper()
+    for value in (0.5, bad, 0.4, math.nan):
+        trainer._add_loss(torch.tensor(value), 4)
+        trainer.step += 1
+    with pytest.raises(AscaError) as info:
+        _ = trainer.loss_sum
+    assert f"training loss became {bad} at epoch 3, step 1;" in str(info.value)
