@@ -331,12 +331,23 @@ class TrainAugment(nn.Module):
 
     @classmethod
     def from_config(
-        cls, cfg: AugmentConfig, sample_rate: int, max_noise_files: int = 200, max_noise_seconds: float = 30.0
+        cls,
+        cfg: AugmentConfig,
+        sample_rate: int,
+        max_noise_files: int = 200,
+        max_noise_seconds: float = 30.0,
+        noise_files: Sequence[Path] = (),
     ) -> TrainAugment:
-        """Build the augmenter, loading ``cfg.noise_dir`` (if set) at ``sample_rate``."""
+        """Build the augmenter, loading ``cfg.noise_dir`` (if set) and ``noise_files`` at ``sample_rate``.
+
+        ``noise_files`` are the training clips of ``cfg.noise_class``, chosen by the trainer.
+        """
         bank: list[Tensor] = []
-        if cfg.noise_dir and cfg.noise_prob > 0:
-            bank = load_noise_bank(cfg.noise_dir, sample_rate, max_noise_files, max_noise_seconds)
+        if cfg.noise_prob > 0:
+            if cfg.noise_dir:
+                bank = load_noise_bank(cfg.noise_dir, sample_rate, max_noise_files, max_noise_seconds)
+            if noise_files:
+                bank += decode_noise_files(noise_files, sample_rate, max_noise_files, max_noise_seconds)
         return cls(cfg, bank)
 
 
@@ -344,8 +355,6 @@ def load_noise_bank(
     folder: str | Path, sample_rate: int, max_files: int = 200, max_seconds: float = 30.0
 ) -> list[Tensor]:
     """Decode up to ``max_files`` recordings of ``folder`` (first ``max_seconds`` each)."""
-    from .audio import load_audio  # decoding lives in one place
-
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise ConfigError(f"augment.noise_dir is not a folder: {root}")
@@ -356,11 +365,24 @@ def load_noise_bank(
             raise ConfigError(f"augment.noise_dir: {p} leads outside {root} (symlink to {p.resolve()})")
     if not files:
         raise ConfigError(f"augment.noise_dir holds no audio files: {root}")
-    bank = [torch.from_numpy(load_audio(p, sample_rate, duration=max_seconds).copy()) for p in files]
-    bank = [b for b in bank if b.numel() > 0 and float(b.abs().max()) > 0]
+    bank = decode_noise_files(files, sample_rate, max_files, max_seconds)
     if not bank:
         raise ConfigError(f"augment.noise_dir holds only silent or empty recordings: {root}")
     return bank
+
+
+def decode_noise_files(
+    files: Sequence[Path], sample_rate: int, max_files: int = 200, max_seconds: float = 30.0
+) -> list[Tensor]:
+    """Up to ``max_files`` of ``files`` (spread over the list) decoded at ``sample_rate``; silent ones dropped."""
+    from .audio import load_audio  # decoding lives in one place
+
+    files = list(files)
+    if len(files) > max_files:
+        step = len(files) / max_files
+        files = [files[int(i * step)] for i in range(max_files)]
+    bank = [torch.from_numpy(load_audio(p, sample_rate, duration=max_seconds).copy()) for p in files]
+    return [b for b in bank if b.numel() > 0 and float(b.abs().max()) > 0]
 
 
 __all__ = [
@@ -372,6 +394,7 @@ __all__ = [
     "band_mask",
     "circular_shift",
     "colored_noise",
+    "decode_noise_files",
     "load_noise_bank",
     "mixup",
     "random_gain",

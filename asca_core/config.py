@@ -225,6 +225,9 @@ class AugmentConfig:
     freq_mask_width: int = 12  # mel bins
     noise_prob: float = 0.25
     noise_dir: str | None = None  # folder of background recordings; None = generated noise
+    # a class of the dataset whose training clips are background recordings (e.g. Speech
+    # Commands' _silence_): they become the noise bank, beside noise_dir's recordings if both are set
+    noise_class: str | None = None
     snr_db_min: float = 5.0
     snr_db_max: float = 20.0
     gain_db: float = 6.0  # random gain in [-gain_db, +gain_db]

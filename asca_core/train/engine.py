@@ -289,6 +289,23 @@ class Trainer:
         mean, std = compute_norm_stats(specs())
         return float(mean), float(std)
 
+    def _noise_class_files(self) -> list[Path]:
+        """The training clips of ``augment.noise_class`` (whole files only): the real noise bank."""
+        name = self.cfg.augment.noise_class
+        if not name or self.cfg.augment.noise_prob <= 0:
+            return []
+        if name not in self.data.labels:
+            raise ConfigError(
+                f"augment.noise_class={name!r} is not a class of {self.cfg.data.path} "
+                f"(classes: {', '.join(self.data.labels)})"
+            )
+        clips = self.data.index.clips
+        files = [clips[i].path for i in self.data.splits["train"] if name in clips[i].labels and clips[i].start is None]
+        if not files:
+            raise ConfigError(f"augment.noise_class={name!r}: the training split holds no clips of that class")
+        self.log(f"background noise: {len(files)} training clips of class {name!r}")
+        return files
+
     def _build_model(self) -> None:
         cfg = self.cfg
         seed_everything(cfg.train.seed)
@@ -308,7 +325,9 @@ class Trainer:
         if cfg.model.compile:
             forward = cast(nn.Module, torch.compile(forward))  # an OptimizedModule, typed as a callable
         self.forward_model = forward
-        self.augment = TrainAugment.from_config(cfg.augment, cfg.features.sample_rate).to(self.device)
+        self.augment = TrainAugment.from_config(
+            cfg.augment, cfg.features.sample_rate, noise_files=self._noise_class_files()
+        ).to(self.device)
         from ..models import count_params
 
         self.n_params = count_params(model)
