@@ -84,7 +84,7 @@ def unknown_score(logits: np.ndarray, kind: str = DEFAULT_SCORE, activation: str
     elif activation == "softmax":
         score = -np.exp(x - _logsumexp(x)[:, None]).max(axis=1)
     else:
-        score = -(1.0 / (1.0 + np.exp(-x.max(axis=1))))
+        score = -np.exp(-_softplus(-x.max(axis=1)))  # -sigmoid(max), without overflow for large |logits|
     return score[0] if single else score
 
 
@@ -138,7 +138,7 @@ class OpenSet:
 
 
 def _check_known_rate(value: float) -> None:
-    if not (isinstance(value, (int, float)) and 0.0 < float(value) <= 1.0):
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0.0 < float(value) <= 1.0):
         raise AscaError(f"--known-rate must be in (0, 1], got {value}")
 
 
