@@ -9,13 +9,22 @@ and a 5 s scene at 22.05 kHz (64 mel bins, hop 441 -> 1 x 64 x 256); each in fp3
 Each case warms up, then profiles one step; the tables list the top operators by self CPU time
 and the step's stages (``record_function`` regions). Markdown goes to
 ``benchmarks/out/profile/<label>.md``; ``--label before`` / ``--label after`` keep two runs apart.
+``--channels-last`` / ``--compile`` profile the step with the model in channels_last memory
+format / under ``torch.compile`` (``model.channels_last`` / ``model.compile`` in the config).
 
-    python benchmarks/profile_step.py [--label NAME] [--threads N] [--top 15]
+``--variants eager,channels_last,compile`` instead times those variants of the same step against
+each other, alternating one step of each per round so that load from other processes hits all of
+them alike, and writes ``benchmarks/out/profile/<label>-variants.md`` (medians and ratios to the
+first variant; the compile variant's warm-up, which includes compilation, is reported apart).
+
+    python benchmarks/profile_step.py [--label NAME] [--threads N] [--top 15] [--channels-last] [--compile]
+    python benchmarks/profile_step.py --label variants --variants eager,channels_last,compile [--rounds 7]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -37,7 +46,7 @@ SHAPES = {
 STAGES = ("augment+features", "forward", "loss", "backward", "optimizer", "ema")
 
 
-def build_case(shape: dict, amp: str):
+def build_case(shape: dict, amp: str, channels_last: bool = False, compile: bool = False):
     """A step closure over fresh model, optimiser, EMA, augmenter and front end for one shape."""
     from asca_core.augment import TrainAugment, step_generator
     from asca_core.config import AugmentConfig, FeatureConfig
@@ -52,8 +61,11 @@ def build_case(shape: dict, amp: str):
     augment = TrainAugment(AugmentConfig()).train()
     torch.manual_seed(0)
     model = build_model("asca_tiny", NUM_CLASSES, input_size=fcfg.input_size).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_adamw(model, lr=1e-3, weight_decay=0.05)
     ema = ModelEma(model, 0.999)
+    forward = torch.compile(model) if compile else model
     g = torch.Generator().manual_seed(0)
     wave = 0.1 * torch.randn(BATCH, fcfg.clip_samples, generator=g)
     target = torch.nn.functional.one_hot(torch.randint(0, NUM_CLASSES, (BATCH,), generator=g), NUM_CLASSES).float()
@@ -65,8 +77,10 @@ def build_case(shape: dict, amp: str):
         nonlocal loss_sum
         with record_function("augment+features"), torch.no_grad():
             spec, tgt = augment(wave, target, features, step_generator(0, 1, state["step"]))
+            if channels_last:
+                spec = spec.contiguous(memory_format=torch.channels_last)
         with record_function("forward"), autocast(device, amp):
-            logits = model(spec)
+            logits = forward(spec)
         with record_function("loss"):
             loss = loss_per_example(logits, tgt, "ce").mean()
         with record_function("backward"):
@@ -113,12 +127,72 @@ def profile_case(step, warmup: int, top: int) -> tuple[float, str, str]:
     )
 
 
+def compare_variants(names: list[str], rounds: int, warmup: int, shapes: dict, amps: list[str]) -> list[str]:
+    """Alternate one step of each variant per round; medians, ratios and warm-up times as Markdown."""
+    flags = {
+        "eager": {},
+        "channels_last": {"channels_last": True},
+        "compile": {"compile": True},
+        "channels_last+compile": {"channels_last": True, "compile": True},
+    }
+    parts: list[str] = []
+    for name, shape in shapes.items():
+        for amp in amps:
+            label = "fp32" if amp == "off" else "bf16 autocast"
+            steps, warm_s, failed = {}, {}, {}
+            for variant in names:
+                step, input_size = build_case(shape, amp, **flags[variant])
+                start = time.perf_counter()
+                try:
+                    for _ in range(warmup):
+                        step()
+                except Exception as exc:  # e.g. torch.compile without a working C++ toolchain
+                    failed[variant] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+                    continue
+                warm_s[variant] = time.perf_counter() - start
+                steps[variant] = step
+            times: dict[str, list[float]] = {v: [] for v in steps}
+            for _ in range(rounds):
+                for variant in steps:
+                    start = time.perf_counter()
+                    steps[variant]()
+                    times[variant].append(time.perf_counter() - start)
+            base = statistics.median(times[names[0]])
+            rows = [
+                [
+                    v,
+                    f"{statistics.median(times[v]) * 1e3:.0f}",
+                    f"{base / statistics.median(times[v]):.2f}x",
+                    f"{warm_s[v]:.1f}",
+                ]
+                if v in steps
+                else [v, "-", "-", f"failed ({failed[v]})"]
+                for v in names
+            ]
+            parts += [
+                f"## {name}, {label}: input 1 x {input_size[0]} x {input_size[1]}",
+                "",
+                f"Median of {rounds} alternating rounds; speed-up against {names[0]}; warm-up of {warmup} steps.",
+                "",
+                md_table(["variant", "step ms", "speed-up", "warm-up s"], rows),
+                "",
+            ]
+            print(f"{name} {label}: " + ", ".join(f"{r[0]} {r[1]} ms ({r[2]})" for r in rows), flush=True)
+    return parts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", default="current", help="name of the output file (before, after, ...)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--channels-last", action="store_true", help="model and input in channels_last")
+    parser.add_argument("--compile", action="store_true", help="the model under torch.compile")
+    parser.add_argument("--variants", default="", help="comma list of eager, channels_last, compile, ...")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds with --variants")
+    parser.add_argument("--shapes", default="speech,scene", help="which shapes: speech, scene")
+    parser.add_argument("--amp", default="off,bf16", help="which precisions: off, bf16")
     args = parser.parse_args()
     from asca_core.utils import setup_torch
 
@@ -133,9 +207,22 @@ def main() -> None:
         ),
         "",
     ]
-    for name, shape in SHAPES.items():
-        for amp in ("off", "bf16"):
-            step, input_size = build_case(shape, amp)
+    wanted = [w.strip() for w in args.shapes.split(",")]
+    shapes = {name: shape for name, shape in SHAPES.items() if any(name.startswith(w) for w in wanted)}
+    amps = [a.strip() for a in args.amp.split(",")]
+    folder = OUT / "profile"
+    folder.mkdir(parents=True, exist_ok=True)
+    if args.variants:
+        parts += compare_variants([v.strip() for v in args.variants.split(",")], args.rounds, args.warmup, shapes, amps)
+        path = Path(folder / f"{args.label}-variants.md")
+        path.write_text("\n".join(parts))
+        print(f"wrote {path}")
+        return
+    if args.channels_last or args.compile:
+        parts += [f"Model: channels_last {args.channels_last}, torch.compile {args.compile}.", ""]
+    for name, shape in shapes.items():
+        for amp in amps:
+            step, input_size = build_case(shape, amp, args.channels_last, args.compile)
             median, ops, stages = profile_case(step, args.warmup, args.top)
             label = "fp32" if amp == "off" else "bf16 autocast"
             parts += [
@@ -149,8 +236,6 @@ def main() -> None:
                 "",
             ]
             print(f"{name} {label}: {median * 1e3:.0f} ms", flush=True)
-    folder = OUT / "profile"
-    folder.mkdir(parents=True, exist_ok=True)
     path = Path(folder / f"{args.label}.md")
     path.write_text("\n".join(parts))
     print(f"wrote {path}")
