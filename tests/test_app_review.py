@@ -84,12 +84,15 @@ def test_review_ranks_decides_and_keeps_every_decision_across_a_reload(runs_root
     first = table.iloc[0]
     at.button(key="rv_accept").click().run()
     assert decided(recordings) == {(first["file"], first["start (s)"]): (first["predicted"], "accept")}
-    assert ok(at).selectbox(key="rv_pick").value == 1  # on to the next pending detection
+    assert ok(at).selectbox(key="rv_pick").index == 1  # on to the next pending detection
 
     second = at.dataframe[0].value.iloc[1]
     at.text_input(key="rv_new_label").input("frog")
     at.button(key="rv_relabel").click().run()
-    third = ok(at).dataframe[0].value.iloc[2]
+    assert decided(recordings)[(second["file"], second["start (s)"])] == ("frog", "relabel")  # saved at once
+    assert ok(at).text_input(key="rv_new_label").value == ""  # a typed label is for one window
+    assert "frog" in at.selectbox(key="rv_relabel_class").options  # and is offered from then on
+    third = at.dataframe[0].value.iloc[2]
     at.selectbox(key="rv_relabel_class").set_value(
         next(c for c in at.selectbox(key="rv_relabel_class").options if c != third["predicted"])
     )
@@ -112,13 +115,26 @@ def test_review_ranks_decides_and_keeps_every_decision_across_a_reload(runs_root
     table = again.dataframe[0].value
     assert list(table["decision"][:4]) == ["accept", "relabel", "relabel", "reject"]
     assert list(table["label"][:4]) == [first["predicted"], "frog", relabel_to, fourth["predicted"]]
-    assert again.selectbox(key="rv_pick").value == 0
+    assert again.selectbox(key="rv_pick").index == 0
     assert "4 of" in again.get("progress")[0].proto.text
     again.button(key="rv_next").click().run()
-    assert ok(again).selectbox(key="rv_pick").value == 1
+    assert ok(again).selectbox(key="rv_pick").index == 1
     again.button(key="rv_prev").click().run()
-    assert ok(again).selectbox(key="rv_pick").value == 0
+    assert ok(again).selectbox(key="rv_pick").index == 0
     assert decided(recordings) == expected  # moving around changes nothing saved
+
+
+def test_a_decision_goes_to_the_detection_on_screen(runs_root, tiny_run, recordings):
+    at = opened(recordings)
+    at.segmented_control(key="rv_rank").set_value("uncertainty").run()
+    at.selectbox(key="rv_pick").select_index(2).run()
+    chosen = ok(at).dataframe[0].value.iloc[2]
+    assert chosen[""] == "▶"  # the selected detection is marked in the table
+    at.button(key="rv_reject").click().run()
+    assert decided(recordings) == {(chosen["file"], chosen["start (s)"]): (chosen["predicted"], "reject")}
+    assert ok(at).selectbox(key="rv_pick").index == 3  # on to the next pending detection
+    at.segmented_control(key="rv_rank").set_value("unknown").run()
+    assert ok(at).selectbox(key="rv_pick").index == 0  # a new ranking starts at its top
 
 
 def test_review_explains_the_selected_detection(runs_root, tiny_run, recordings):

@@ -31,7 +31,9 @@ K = {  # session-state keys of this page
     "rank": "rv_rank",
     "limit": "rv_limit",
     "pick": "rv_pick",
-    "goto": "rv_goto",
+    "relabel": "rv_relabel_class",
+    "error": "rv_error",
+    "listing": "rv_listing",
     "similar": "rv_similar",
     "retrained": "rv_retrained",
 }
@@ -186,37 +188,91 @@ def _next_pending(cands: list, saved: dict, after: int) -> int:
     return min(after + 1, n - 1)
 
 
-def _decide(manifest: Path, row: Any, cands: list, current: int, what: str) -> None:
-    _save(manifest, [row])
+def _cid(cand: Any) -> str:
+    """A detection's identity across reruns and rankings: its recording's name and start."""
+    name, start = _key(cand.file, cand.start, cand.end)
+    return f"{name}@{start:.3f}"
+
+
+def _go(cid: str) -> None:
+    st.session_state[K["pick"]] = cid
+
+
+def _decide(manifest: Path, cands: list, current: int, decision: str) -> None:
+    """Save ``decision`` on the detection the buttons were shown for, then move on to the next
+    pending one. A button callback: it runs before the page, with the values of this very click."""
+    cand = cands[current]
+    label = cand.label
+    if decision == "relabel":
+        label = str(st.session_state.get(NEW_LABEL) or "").strip() or str(st.session_state.get(K["relabel"]) or "")
+        if not label:
+            st.session_state[K["error"]] = "choose a class or type a new label to relabel with"
+            return
+    try:
+        _save(manifest, [_row(cand, label, decision, manifest.parent)])
+    except AscaError as exc:
+        st.session_state[K["error"]] = str(exc)
+        return
+    if decision == "relabel":
+        st.session_state[NEW_LABEL] = ""  # a typed label is for one window: the next relabel starts afresh
     saved = _decisions(manifest, manifest.parent)
-    st.session_state[K["goto"]] = _next_pending(cands, saved, current)
-    st.toast(f"Saved: {what}", icon=":material/check:")
-    st.rerun()
+    _go(_cid(cands[_next_pending(cands, saved, current)]))
+    what = {"accept": f"{label} accepted", "reject": f"{label} rejected", "relabel": f"relabelled as {label}"}
+    st.toast(f"Saved: {what[decision]}", icon=":material/check:")
 
 
-def _controls(run: Any, clf: Any, cands: list, current: int, manifest: Path, folder: Path) -> None:
+def _controls(clf: Any, cands: list, current: int, manifest: Path, saved: dict) -> None:
     cand = cands[current]
     c1, c2, c3, c4, c5, c6 = st.columns([1.1, 1.1, 2.2, 2.2, 1.1, 1.1], vertical_alignment="bottom")
-    if c1.button("Accept", key="rv_accept", shortcut="A", icon=":material/check:", type="primary"):
-        _decide(manifest, _row(cand, cand.label, "accept", folder), cands, current, f"{cand.label} accepted")
-    if c2.button("Reject", key="rv_reject", shortcut="X", icon=":material/close:"):
-        _decide(manifest, _row(cand, cand.label, "reject", folder), cands, current, f"{cand.label} rejected")
-    known = [label for label in clf.labels if label != cand.label] or list(clf.labels)
-    chosen = c3.selectbox("Relabel as", known, key="rv_relabel_class")
-    typed = c4.text_input("or a new label", key=NEW_LABEL, placeholder="e.g. frog")
-    if c5.button("Relabel", key="rv_relabel", shortcut="L", icon=":material/edit:"):
-        label = typed.strip() or chosen
-        if not label:
-            raise AscaError("choose a class or type a new label to relabel with")
-        _decide(manifest, _row(cand, label, "relabel", folder), cands, current, f"relabelled as {label}")
+    c1.button(
+        "Accept",
+        key="rv_accept",
+        shortcut="A",
+        icon=":material/check:",
+        type="primary",
+        on_click=_decide,
+        args=(manifest, cands, current, "accept"),
+    )
+    c2.button(
+        "Reject",
+        key="rv_reject",
+        shortcut="X",
+        icon=":material/close:",
+        on_click=_decide,
+        args=(manifest, cands, current, "reject"),
+    )
+    used = sorted({*clf.labels, *(r.label for r in saved.values() if r.label and r.decision)})
+    known = [label for label in used if label != cand.label] or used
+    c3.selectbox("Relabel as", known, key=K["relabel"])
+    c4.text_input("or a new label", key=NEW_LABEL, placeholder="e.g. frog")
+    c5.button(
+        "Relabel",
+        key="rv_relabel",
+        shortcut="L",
+        icon=":material/edit:",
+        on_click=_decide,
+        args=(manifest, cands, current, "relabel"),
+    )
     with c6:
         left, right = st.columns(2)
-        if left.button("", key="rv_prev", shortcut="P", icon=":material/arrow_back:", help="Previous"):
-            st.session_state[K["goto"]] = max(current - 1, 0)
-            st.rerun()
-        if right.button("", key="rv_next", shortcut="N", icon=":material/arrow_forward:", help="Next"):
-            st.session_state[K["goto"]] = min(current + 1, len(cands) - 1)
-            st.rerun()
+        left.button(
+            "",
+            key="rv_prev",
+            shortcut="P",
+            icon=":material/arrow_back:",
+            help="Previous",
+            on_click=_go,
+            args=(_cid(cands[max(current - 1, 0)]),),
+        )
+        right.button(
+            "",
+            key="rv_next",
+            shortcut="N",
+            icon=":material/arrow_forward:",
+            help="Next",
+            on_click=_go,
+            args=(_cid(cands[min(current + 1, len(cands) - 1)]),),
+        )
     st.caption("Keys: **A** accept · **X** reject · **L** relabel · **N** next · **P** previous · **S** find similar")
 
 
@@ -385,9 +441,9 @@ def render() -> None:
         "Rank by", list(RANKS), format_func=lambda r: RANKS[r], default="confidence", key=K["rank"]
     )
     limit = c2.slider("Detections", 5, 500, 100, 5, key=K["limit"])
-    cands = _candidates(
-        str(run.path), stamp, tuple(str(f) for f in files), _signature(files), rank or "confidence", limit
-    )
+    rank = rank or "confidence"
+    signature = _signature(files)
+    cands = _candidates(str(run.path), stamp, tuple(str(f) for f in files), signature, rank, limit)
     if not cands:
         st.info(f"The model found nothing to review in the {len(files)} recording(s).")
         return
@@ -398,26 +454,30 @@ def render() -> None:
         saved = _decisions(manifest, folder)
     done = _progress(cands, saved)
 
-    n = len(cands)
-    goto = st.session_state.pop(K["goto"], None)
-    if goto is not None:
-        st.session_state[K["pick"]] = int(goto)
-    try:  # the widget's state may come back from the browser in another type
-        pick = int(st.session_state.get(K["pick"], 0))
-    except (TypeError, ValueError):
-        pick = 0
-    st.session_state[K["pick"]] = pick if 0 <= pick < n else 0
-    current = st.selectbox(
+    error = st.session_state.pop(K["error"], None)
+    if error:
+        st.error(error, icon=":material/error:")
+    ids = [_cid(c) for c in cands]
+    index = {cid: i for i, cid in enumerate(ids)}
+    listing = (str(folder), signature, rank, limit)
+    if st.session_state.get(K["listing"]) != listing or st.session_state.get(K["pick"]) not in index:
+        st.session_state[K["listing"]] = listing  # a new list of detections starts at its top
+        st.session_state[K["pick"]] = ids[0]
+    picked = st.selectbox(
         "Detection",
-        list(range(n)),
+        ids,
         key=K["pick"],
-        format_func=lambda i: (
-            f"#{i + 1} · {Path(cands[i].file).name} {cands[i].start:.1f}–{cands[i].end:.1f} s · "
-            f"{cands[i].label} {cands[i].score:.2f}"
+        format_func=lambda cid: (
+            f"#{index[cid] + 1} · {Path(cands[index[cid]].file).name} "
+            f"{cands[index[cid]].start:.1f}–{cands[index[cid]].end:.1f} s · "
+            f"{cands[index[cid]].label} {cands[index[cid]].score:.2f}"
+            if cid in index
+            else str(cid)
         ),
     )
+    current = index.get(picked, 0)
     _table(cands, saved, current)
-    _controls(run, clf, cands, current, manifest, folder)
+    _controls(clf, cands, current, manifest, saved)
     _detail(run, stamp, clf, cands[current], saved)
     _similar(run, stamp, clf, cands, cands[current], files, manifest, folder)
     _retrain(run, manifest, done)
