@@ -388,7 +388,18 @@ class Trainer:
         loaded = resume.load_last(self)
         if loaded:  # the saved groups carry the kernel flags of the machine that wrote them
             set_adamw_implementation(self.optimizer, self.device)
+            self._match_state_layout()
         return loaded
+
+    def _match_state_layout(self) -> None:
+        """Give restored optimizer moments their parameter's memory layout (channels_last weights
+        were saved contiguous); multi-tensor and fused kernels then see one layout per parameter."""
+        for group in self.optimizer.param_groups:
+            for param in group["params"]:
+                state = self.optimizer.state.get(param, {})
+                for key, value in state.items():
+                    if isinstance(value, Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                        state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
     # ----------------------------------------------------------------- loss on the device
     @property
