@@ -13,7 +13,7 @@ from asca_core.features import FeatureExtractor
 from asca_core.train.checkpoint import model_from_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-PRESETS = ["demo", "fsdd", "paper_birdclef", "paper_birdclef_scratch"]
+PRESETS = ["demo", "fsdd", "gpu", "paper_birdclef", "paper_birdclef_scratch"]
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -51,3 +51,38 @@ def test_fsdd_path_resolves_from_the_project_root(shared_data, monkeypatch, tmp_
     cfg = load_train_config(str(CONFIGS / "fsdd.yaml"), [], None, False)
     assert Path(cfg.data.path) == (shared_data / "fsdd" / "labels.csv").resolve()
     assert cfg.features.sample_rate == 8000
+
+
+def test_gpu_preset_turns_on_the_gpu_path():
+    cfg = load_config(CONFIGS / "gpu.yaml")
+    assert cfg.train.device == "cuda" and cfg.train.amp == "bf16" and not cfg.train.deterministic
+    assert cfg.model.channels_last and cfg.model.compile and cfg.data.num_workers > 0
+    assert cfg.features.input_size == (64, 256)  # the recipe's front end for 5 s clips
+
+
+@pytest.mark.slow
+def test_gpu_preset_trains_on_a_cpu_with_the_device_switched(tmp_path):
+    """Everything of the GPU path a CPU can run: bf16 autocast, channels_last, no determinism, workers."""
+    from train_factory import TINY_OVERRIDES, make_tiny_data, run_cli
+
+    data = make_tiny_data(tmp_path / "data")
+    sets = [f"data.path={data}", *TINY_OVERRIDES, "train.epochs=1", "train.device=cpu", "model.compile=false"]
+    sets += ["features.sample_rate=16000", "features.win_length=400", "features.hop_length=160", "features.f_max=8000"]
+    sets += ["data.num_workers=1"]
+    args = [a for s in sets for a in ("--set", s)]
+    result = run_cli("train", "--config", str(CONFIGS / "gpu.yaml"), *args, "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert saved.train.amp == "bf16" and saved.model.channels_last and not saved.train.deterministic
+    assert (tmp_path / "run" / "checkpoints" / "last.safetensors").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_preset_without_a_gpu_is_one_clear_error(tmp_path):
+    from train_factory import make_tiny_data, run_cli
+
+    data = make_tiny_data(tmp_path / "data")
+    result = run_cli("train", "--config", str(CONFIGS / "gpu.yaml"), "--set", f"data.path={data}")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "CUDA is not available" in result.stderr
