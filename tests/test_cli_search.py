@@ -22,8 +22,10 @@ SR = 16000
 
 
 def _tone(path: Path, freq: float, seconds: float, phase: float) -> Path:
+    """A sine in faint noise (a pure sine leaves most mel bands at the log floor, where rounding rules)."""
     t = np.arange(int(seconds * SR)) / SR
-    sf.write(path, (0.5 * np.sin(2 * np.pi * freq * t + phase)).astype(np.float32), SR)
+    hiss = 0.005 * np.random.default_rng(int(freq + 10 * phase)).standard_normal(t.size)
+    sf.write(path, (0.5 * np.sin(2 * np.pi * freq * t + phase) + hiss).astype(np.float32), SR)
     return path
 
 
@@ -113,6 +115,10 @@ def test_search_prints_the_nearest_windows(folder, index, capsys):
         assert Path(file).name in ("tone_a.wav", "tone_b.wav"), rows  # the same tone
         if Path(file).name == "tone_a.wav":  # never a window sharing time with the query
             assert float(end) <= 1.0 or float(start) >= 2.0
+    # other recordings only, a recording named as in the index
+    assert main(["search", str(index), "tone_a.wav", "--start", "1", "-k", "5", "--other-files"]) == 0
+    rows = _table(capsys.readouterr().out)
+    assert [Path(r[4]).name for r in rows] == ["tone_b.wav"] * 5
 
 
 def test_search_span_and_csv(folder, index, tmp_path, capsys):
