@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AscaError
+from ..openset import DEFAULT_SCORE, OOD_SCORES
 
 
 def register(subparsers) -> None:
@@ -58,12 +59,15 @@ def register(subparsers) -> None:
         description="Score the run's validation clips with an out-of-distribution score and store the "
         "threshold that keeps --known-rate of them as known in RUN/openset.json. From then on "
         'asca predict, asca review and the app call a window or clip scoring above it "none of '
-        'these". energy (the default) and max_logit see how strongly any class is present, '
-        "max_prob only the top probability.",
+        'these". energy and max_logit see how strongly any class is present, max_prob (the '
+        "default) only the top probability.",
     )
     openset.add_argument("run", metavar="RUN", help="run directory (or a run name under the runs folder)")
     openset.add_argument(
-        "--score", default="energy", choices=("energy", "max_logit", "max_prob"), help="OOD score (default: energy)"
+        "--score",
+        default=DEFAULT_SCORE,
+        choices=OOD_SCORES,
+        help=f"OOD score (default: {DEFAULT_SCORE}, which separated unknown classes best where measured)",
     )
     openset.add_argument(
         "--known-rate",
