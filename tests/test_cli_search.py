@@ -181,14 +181,14 @@ def test_openset_calibrates_and_says_what_the_threshold_means(calibratable_run, 
     assert main(["openset", str(calibratable_run)]) == 0
     out = capsys.readouterr().out.splitlines()
     record = json.loads((calibratable_run / "openset.json").read_text())
-    assert record["score"] == "energy" and record["known_rate"] == 0.95 and record["clips"] == 8
-    assert out[0].startswith(f"energy threshold {record['threshold']:.4g}, calibrated on 8 validation clip(s)")
+    assert record["score"] == "max_prob" and record["known_rate"] == 0.95 and record["clips"] == 8
+    assert out[0].startswith(f"max_prob threshold {record['threshold']:.4g}, calibrated on 8 validation clip(s)")
     assert "'none of these'" in out[1] and "95% of the validation clips" in out[1]
     assert out[-1].startswith(f"written: {calibratable_run / 'openset.json'}")
-    assert main(["openset", str(calibratable_run), "--score", "max_prob", "--known-rate", "0.5"]) == 0
+    assert main(["openset", str(calibratable_run), "--score", "energy", "--known-rate", "0.5"]) == 0
     record = json.loads((calibratable_run / "openset.json").read_text())
-    assert record["score"] == "max_prob" and record["known_rate"] == 0.5
-    assert "max_prob threshold" in capsys.readouterr().out
+    assert record["score"] == "energy" and record["known_rate"] == 0.5
+    assert "energy threshold" in capsys.readouterr().out
 
 
 def test_openset_bad_inputs_are_one_line(calibratable_run, pico_run, tmp_path, capsys):

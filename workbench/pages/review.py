@@ -30,6 +30,7 @@ K = {  # session-state keys of this page
     "folder": "rv_folder",
     "rank": "rv_rank",
     "limit": "rv_limit",
+    "threshold": "rv_threshold",
     "pick": "rv_pick",
     "relabel": "rv_relabel_class",
     "error": "rv_error",
@@ -41,11 +42,22 @@ K = {  # session-state keys of this page
 
 # ----------------------------------------------------------------------------- cached work
 @st.cache_data(max_entries=8, show_spinner="Scoring every window of the folder…")
-def _candidates(run_dir: str, stamp: float, files: tuple[str, ...], signature: str, rank: str, limit: int) -> list:
-    """Ranked detections (``asca_core.review.Candidate``) of ``files``; ``signature`` keys their contents."""
+def _candidates(
+    run_dir: str,
+    stamp: float,
+    files: tuple[str, ...],
+    signature: str,
+    rank: str,
+    limit: int,
+    threshold: float | None = None,
+) -> list:
+    """Ranked detections (``asca_core.review.Candidate``) of ``files``; ``signature`` keys their
+    contents; ``threshold`` (one for every class) replaces the run's per-class thresholds."""
     from asca_core.review import find_candidates
 
-    return find_candidates(state.classifier(run_dir, stamp), [Path(f) for f in files], rank=rank, limit=limit)
+    return find_candidates(
+        state.classifier(run_dir, stamp), [Path(f) for f in files], rank=rank, limit=limit, threshold=threshold
+    )
 
 
 @st.cache_resource(max_entries=4, show_spinner="Embedding every window of the folder (once; kept on disk)…")
@@ -223,7 +235,8 @@ def _decide(manifest: Path, cands: list, current: int, decision: str) -> None:
 
 def _controls(clf: Any, cands: list, current: int, manifest: Path, saved: dict) -> None:
     cand = cands[current]
-    c1, c2, c3, c4, c5, c6 = st.columns([1.1, 1.1, 2.2, 2.2, 1.1, 1.1], vertical_alignment="bottom")
+    # two rows, so every button keeps its label and key hint at a laptop's width
+    c1, c2, c6, _ = st.columns([1.4, 1.4, 1.4, 2.8], vertical_alignment="bottom")
     c1.button(
         "Accept",
         key="rv_accept",
@@ -240,18 +253,6 @@ def _controls(clf: Any, cands: list, current: int, manifest: Path, saved: dict) 
         icon=":material/close:",
         on_click=_decide,
         args=(manifest, cands, current, "reject"),
-    )
-    used = sorted({*clf.labels, *(r.label for r in saved.values() if r.label and r.decision)})
-    known = [label for label in used if label != cand.label] or used
-    c3.selectbox("Relabel as", known, key=K["relabel"])
-    c4.text_input("or a new label", key=NEW_LABEL, placeholder="e.g. frog")
-    c5.button(
-        "Relabel",
-        key="rv_relabel",
-        shortcut="L",
-        icon=":material/edit:",
-        on_click=_decide,
-        args=(manifest, cands, current, "relabel"),
     )
     with c6:
         left, right = st.columns(2)
@@ -273,6 +274,19 @@ def _controls(clf: Any, cands: list, current: int, manifest: Path, saved: dict) 
             on_click=_go,
             args=(_cid(cands[min(current + 1, len(cands) - 1)]),),
         )
+    used = sorted({*clf.labels, *(r.label for r in saved.values() if r.label and r.decision)})
+    known = [label for label in used if label != cand.label] or used
+    c3, c4, c5 = st.columns([2.2, 2.2, 1.4], vertical_alignment="bottom")
+    c3.selectbox("Relabel as", known, key=K["relabel"])
+    c4.text_input("or a new label", key=NEW_LABEL, placeholder="e.g. frog")
+    c5.button(
+        "Relabel",
+        key="rv_relabel",
+        shortcut="L",
+        icon=":material/edit:",
+        on_click=_decide,
+        args=(manifest, cands, current, "relabel"),
+    )
     st.caption("Keys: **A** accept · **X** reject · **L** relabel · **N** next · **P** previous · **S** find similar")
 
 
@@ -436,14 +450,25 @@ def render() -> None:
         st.info("Give a folder of recordings to review the model's detections in it.")
         return
     folder, files = chosen
-    c1, c2 = st.columns([2, 1])
+    c1, c2, c3 = st.columns([5, 2, 2])
     rank = c1.segmented_control(
         "Rank by", list(RANKS), format_func=lambda r: RANKS[r], default="confidence", key=K["rank"]
     )
-    limit = c2.slider("Detections", 5, 500, 100, 5, key=K["limit"])
+    threshold = c2.number_input(
+        "Detection threshold",
+        min_value=0.0,
+        max_value=1.0,
+        value=None,
+        step=0.05,
+        placeholder="the run's, per class",
+        key=K["threshold"],
+        help="A window is a detection when its best class reaches this probability; adjacent detections of one "
+        "label merge into one span. Empty: the run's per-class thresholds. 1 reviews every window on its own.",
+    )
+    limit = c3.slider("Detections", 5, 500, 100, 5, key=K["limit"])
     rank = rank or "confidence"
     signature = _signature(files)
-    cands = _candidates(str(run.path), stamp, tuple(str(f) for f in files), signature, rank, limit)
+    cands = _candidates(str(run.path), stamp, tuple(str(f) for f in files), signature, rank, limit, threshold)
     if not cands:
         st.info(f"The model found nothing to review in the {len(files)} recording(s).")
         return
@@ -459,7 +484,7 @@ def render() -> None:
         st.error(error, icon=":material/error:")
     ids = [_cid(c) for c in cands]
     index = {cid: i for i, cid in enumerate(ids)}
-    listing = (str(folder), signature, rank, limit)
+    listing = (str(folder), signature, rank, limit, threshold)
     if st.session_state.get(K["listing"]) != listing or st.session_state.get(K["pick"]) not in index:
         st.session_state[K["listing"]] = listing  # a new list of detections starts at its top
         st.session_state[K["pick"]] = ids[0]
