@@ -5,7 +5,8 @@ Two front ends produce ``spec`` (B, 1, n_mels, frames) in natural-log units:
 - :class:`LogMel` / :func:`log_mel`: torchaudio ``MelSpectrogram`` (power 2) then
   ``log(mel + 1e-6)``; batched, on any device. The default for training.
 - :func:`kaldi_fbank`: the AST / paper front end (Kaldi-compatible fbank, 25 ms Hamming window,
-  10 ms hop, HTK mel scale, no dither), one clip at a time.
+  10 ms hop, HTK mel scale, no dither); batched, the same numbers as
+  ``torchaudio.compliance.kaldi.fbank`` clip by clip.
 
 :class:`FeatureExtractor` turns a config into the exact model input: front end, time fit
 (crop/pad to a multiple of 32 frames, or the paper's 224x224 resize) and AST normalisation
@@ -17,6 +18,7 @@ Two front ends produce ``spec`` (B, 1, n_mels, frames) in natural-log units:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 
@@ -27,11 +29,12 @@ from torch import Tensor, nn
 
 from .config import FeatureConfig
 from .errors import ConfigError
-from .geometry import INPUT_MULTIPLE, window_starts
+from .geometry import INPUT_MULTIPLE, n_fft_for, window_starts
 
 LOG_OFFSET = 1e-6  # added before the log: bounds silence at log(1e-6) instead of -inf
 SILENCE = math.log(LOG_OFFSET)  # log-Mel value of digital silence (torchaudio front end)
 KALDI_SILENCE = math.log(torch.finfo(torch.float32).eps)  # Kaldi floors energies at float eps
+CHUNK_SAMPLES = 1 << 19  # samples per STFT call: batches split so that the spectra stay in cache
 
 
 def _window_fn(name: str):
@@ -112,7 +115,34 @@ class LogMel(nn.Module):
         wave = _pad_short(_as_batch(wave), self.n_fft).to(self.mel.spectrogram.window.dtype)
         # Features stay float32 under mixed precision: log(x + 1e-6) needs the dynamic range.
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            return torch.log(self.mel(wave) + LOG_OFFSET).unsqueeze(1)  # (B, 1, n_mels, frames)
+            rows = max(1, CHUNK_SAMPLES // wave.shape[-1]) if wave.device.type == "cpu" else wave.shape[0]
+            if rows >= wave.shape[0]:
+                return self._log_mel(wave)
+            return torch.cat([self._log_mel(part) for part in wave.split(rows)])
+
+    def _log_mel(self, wave: Tensor) -> Tensor:
+        """The numbers of ``torchaudio.transforms.MelSpectrogram`` then ``log(x + 1e-6)``, with the
+        power taken as re² + im² (no square root) and the log in place when nothing needs a gradient.
+
+        Shapes: wave (B, T) -> spec (B, 1, n_mels, frames).
+        """
+        stft, mel = self.mel.spectrogram, self.mel.mel_scale
+        spec = torch.stft(
+            wave,
+            n_fft=stft.n_fft,
+            hop_length=stft.hop_length,
+            win_length=stft.win_length,
+            window=stft.window,
+            center=True,
+            pad_mode="reflect",
+            onesided=True,
+            return_complex=True,
+        )
+        power = torch.view_as_real(spec).square().sum(-1)  # (B, freqs, frames)
+        energies = torch.matmul(mel.fb.transpose(0, 1), power)  # (B, n_mels, frames)
+        if torch.is_grad_enabled() and wave.requires_grad:
+            return torch.log(energies + LOG_OFFSET).unsqueeze(1)
+        return energies.add_(LOG_OFFSET).log_().unsqueeze(1)
 
 
 def log_mel(
@@ -159,6 +189,23 @@ def log_mel(
     return torch.log(mel + LOG_OFFSET).unsqueeze(1)
 
 
+@functools.lru_cache(maxsize=16)
+def _kaldi_mel_banks(n_mels: int, padded: int, sample_rate: float, f_min: float, f_max: float) -> Tensor:
+    """Kaldi's triangular mel filters, zero at Nyquist. Shapes: (padded // 2 + 1, n_mels)."""
+    banks, _ = torchaudio.compliance.kaldi.get_mel_banks(n_mels, padded, sample_rate, f_min, f_max, 100.0, -500.0, 1.0)
+    return F.pad(banks, (0, 1)).transpose(0, 1).contiguous()
+
+
+def _kaldi_window(name: str, size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    if name == "hamming":
+        return torch.hamming_window(size, periodic=False, alpha=0.54, beta=0.46, dtype=dtype, device=device)
+    if name == "hann":
+        return torch.hann_window(size, periodic=False, dtype=dtype, device=device)
+    if name == "povey":
+        return torch.hann_window(size, periodic=False, dtype=dtype, device=device).pow(0.85)
+    raise ConfigError(f"window must be hamming, hann or povey, got {name!r}")
+
+
 def kaldi_fbank(
     wave: Tensor,
     sample_rate: int,
@@ -171,34 +218,35 @@ def kaldi_fbank(
 ) -> Tensor:
     """The AST front end: Kaldi fbank with HTK-compatible output, no dither, no energy term.
 
-    Frames do not run past the ends (``snip_edges``): 1 s at 16 kHz gives 98 frames. Natural-log
-    energies, floored at float32 eps.
+    Frames do not run past the ends (``snip_edges``): 1 s at 16 kHz gives 98 frames. Each frame
+    loses its mean, is pre-emphasised (0.97), windowed and zero-padded to a power of two; natural-log
+    mel energies, floored at float32 eps. A batch is computed at once, with the numbers
+    ``torchaudio.compliance.kaldi.fbank`` gives for each clip.
 
-    Shapes: wave (T,) -> (n_mels, frames).
+    Shapes: wave (T,) -> (n_mels, frames); wave (B, T) -> (B, n_mels, frames).
     """
     wave = torch.as_tensor(wave)
-    if wave.dim() != 1:
-        raise ValueError(f"kaldi_fbank takes one clip (T,), got shape {tuple(wave.shape)}")
-    frame = int(round(sample_rate * frame_length_ms / 1000))
-    if wave.shape[0] < frame:  # at least one frame, padded with silence
-        wave = F.pad(wave, (0, frame - wave.shape[0]))
-    kaldi_window = {"hamming": "hamming", "hann": "hanning", "povey": "povey"}.get(window)
-    if kaldi_window is None:
-        raise ConfigError(f"window must be hamming, hann or povey, got {window!r}")
-    fbank = torchaudio.compliance.kaldi.fbank(
-        wave.unsqueeze(0).float(),
-        sample_frequency=float(sample_rate),
-        num_mel_bins=n_mels,
-        frame_length=frame_length_ms,
-        frame_shift=frame_shift_ms,
-        low_freq=f_min,
-        high_freq=0.0 if f_max is None else float(f_max),
-        htk_compat=True,
-        use_energy=False,
-        window_type=kaldi_window,
-        dither=0.0,
-    )  # (frames, n_mels)
-    return fbank.transpose(0, 1)
+    if wave.dim() not in (1, 2):
+        raise ValueError(f"kaldi_fbank takes (T,) or (B, T), got shape {tuple(wave.shape)}")
+    wave = wave if wave.is_floating_point() else wave.float()
+    batch = wave if wave.dim() == 2 else wave.unsqueeze(0)
+    size = int(sample_rate * frame_length_ms * 0.001)  # Kaldi's own rounding, as torchaudio's
+    shift = int(sample_rate * frame_shift_ms * 0.001)
+    if size < 2 or shift < 1:
+        raise ConfigError(f"a Kaldi frame of {frame_length_ms:g} ms every {frame_shift_ms:g} ms is under two samples")
+    if batch.shape[-1] < size:  # at least one frame, padded with silence
+        batch = F.pad(batch, (0, size - batch.shape[-1]))
+    frames = batch.unfold(-1, size, shift)  # (B, m, size), a view
+    frames = frames - frames.mean(dim=-1, keepdim=True)
+    emphasised = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
+    frames = (frames - 0.97 * emphasised) * _kaldi_window(window, size, frames.dtype, frames.device)
+    padded = n_fft_for(size)
+    power = torch.view_as_real(torch.fft.rfft(frames, n=padded)).square().sum(-1)  # (B, m, padded // 2 + 1)
+    high = 0.0 if f_max is None else float(f_max)
+    banks = _kaldi_mel_banks(int(n_mels), padded, float(sample_rate), float(f_min), high)
+    energies = torch.matmul(power, banks.to(power))  # (B, m, n_mels)
+    out = energies.clamp_min(torch.finfo(energies.dtype).eps).log().transpose(-1, -2)
+    return out if wave.dim() == 2 else out[0]
 
 
 def compute_norm_stats(specs: Iterable[Tensor]) -> tuple[float, float]:
@@ -319,21 +367,17 @@ class FeatureExtractor(nn.Module):
         if self.logmel is not None:
             return self.logmel(wave)
         cfg = self.cfg
-        wave = _as_batch(wave)
-        specs = [
-            kaldi_fbank(
-                w,
-                cfg.sample_rate,
-                cfg.n_mels,
-                1000.0 * cfg.win_length / cfg.sample_rate,
-                1000.0 * cfg.hop_length / cfg.sample_rate,
-                cfg.f_min,
-                cfg.f_max,
-                cfg.window,
-            )
-            for w in wave
-        ]
-        return torch.stack(specs).unsqueeze(1)
+        spec = kaldi_fbank(
+            _as_batch(wave),
+            cfg.sample_rate,
+            cfg.n_mels,
+            1000.0 * cfg.win_length / cfg.sample_rate,
+            1000.0 * cfg.hop_length / cfg.sample_rate,
+            cfg.f_min,
+            cfg.f_max,
+            cfg.window,
+        )
+        return spec.unsqueeze(1)
 
     def forward(self, wave: Tensor) -> Tensor:
         with torch.autocast(device_type=torch.as_tensor(wave).device.type, enabled=False):

@@ -153,6 +153,54 @@ def test_kaldi_fbank_shape_and_floor():
     assert kaldi_fbank(torch.zeros(100), SR).shape == (128, 1)  # shorter than a frame: one frame
 
 
+@pytest.mark.parametrize(
+    ("sample_rate", "window", "seconds"),
+    [(16000, "hamming", 1.0), (22050, "hann", 1.3), (44100, "povey", 0.6), (8000, "hamming", 2.0)],
+)
+def test_batched_kaldi_fbank_is_torchaudio_kaldi_clip_by_clip(sample_rate, window, seconds):
+    import torchaudio
+
+    waves = torch.from_numpy(np.stack([chirp(seconds, sample_rate, seed=s) for s in range(3)]))
+    waves[1] *= 0.01  # a quiet clip, near the eps floor in its silent quarter second
+    ours = kaldi_fbank(waves, sample_rate, n_mels=64, f_min=20.0, f_max=sample_rate / 2 - 100.0, window=window)
+    kaldi_name = {"hann": "hanning"}.get(window, window)
+    for i in range(3):
+        theirs = torchaudio.compliance.kaldi.fbank(
+            waves[i : i + 1],
+            sample_frequency=float(sample_rate),
+            num_mel_bins=64,
+            low_freq=20.0,
+            high_freq=sample_rate / 2 - 100.0,
+            htk_compat=True,
+            use_energy=False,
+            window_type=kaldi_name,
+            dither=0.0,
+        ).T
+        assert ours[i].shape == theirs.shape
+        assert torch.allclose(ours[i], theirs, atol=1e-4), float((ours[i] - theirs).abs().max())
+        assert torch.equal(
+            kaldi_fbank(waves[i], sample_rate, 64, f_min=20.0, f_max=sample_rate / 2 - 100.0, window=window), ours[i]
+        )
+
+
+def test_log_mel_of_a_large_batch_is_the_torchaudio_transform():
+    """Batches are computed in cache-sized parts; the numbers are those of one MelSpectrogram call."""
+    from asca_core.features import CHUNK_SAMPLES
+
+    seconds = 2.0
+    n = CHUNK_SAMPLES // int(seconds * SR) * 2 + 3  # more than two parts, the last one short
+    waves = torch.from_numpy(np.stack([chirp(seconds, seed=s % 5) * (1 + s % 3) for s in range(n)]))
+    module = LogMel(SR, n_fft=1024, win_length=400, hop_length=160, n_mels=128, f_min=50.0)
+    with torch.no_grad():
+        ours = module(waves)
+        theirs = torch.log(module.mel(waves) + 1e-6).unsqueeze(1)
+    assert ours.shape == (n, 1, 128, frames_for(seconds, SR, 160))
+    assert torch.allclose(ours, theirs, atol=1e-4)
+    wave = waves[:2].clone().requires_grad_()  # and gradients still reach the wave
+    module(wave).sum().backward()
+    assert wave.grad is not None and torch.isfinite(wave.grad).all() and wave.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("frontend", ["torchaudio", "kaldi"])
 @pytest.mark.parametrize("shape", ["crop", "resize224"])
 def test_extractor_output_is_the_model_input_size(frontend, shape):
