@@ -51,7 +51,7 @@ from .config import Config
 from .errors import AscaError, AudioError, ConfigError
 from .features import FeatureExtractor, sliding_windows
 from .geometry import centre_pad, pad_offset
-from .utils import resolve_device, setup_torch
+from .utils import resolve_device, rows_per_pass, setup_torch
 
 DEFAULT_BATCH_WINDOWS = 16  # windows per forward pass: bounds activation memory
 PREFETCH_BATCHES = 4  # decoded batches waiting for the scorer: bounds the decoder's lead
@@ -436,7 +436,7 @@ class Classifier:
                     f"the spectrogram holds NaN or infinite values: the audio's peak amplitude "
                     f"{peak:.3g} is far beyond the expected range of about -1 to 1"
                 )
-            probs = self.probabilities(self.model(spec).float())
+            probs = self.probabilities(self._forward(spec).float())
             if not bool(torch.isfinite(probs).all()):
                 raise AscaError("the model gave NaN or infinite probabilities for this audio")
             out.append(probs.cpu())
@@ -480,16 +480,17 @@ class Classifier:
                         f"{peak:.3g} is far beyond the expected range of about -1 to 1"
                     )
                 captured.clear()
-                logits = self.model(spec).float()
+                logits = self._forward(spec).float()
                 probs = self.probabilities(logits)
                 if not bool(torch.isfinite(probs).all()) or not bool(torch.isfinite(logits).all()):
                     raise AscaError("the model gave NaN or infinite probabilities for this audio")
-                if len(captured) != 1:
+                parts = len(range(0, spec.shape[0], self._rows_per_pass(spec)))
+                if len(captured) != parts:
                     raise AscaError(
-                        f"the model's final linear layer ran {len(captured)} times in one forward pass: "
+                        f"the model's final linear layer ran {len(captured)} times in {parts} forward pass(es): "
                         "its input is not a single pooled feature vector"
                     )
-                embeds = captured[0].float().reshape(logits.shape[0], -1)  # (B, D)
+                embeds = torch.cat(captured).float().reshape(logits.shape[0], -1)  # (B, D)
                 logits_out.append(logits.cpu())
                 probs_out.append(probs.cpu())
                 embeds_out.append(embeds.cpu())
@@ -500,6 +501,19 @@ class Classifier:
             probs=torch.cat(probs_out).numpy().astype(np.float32, copy=False),
             embeddings=torch.cat(embeds_out).numpy().astype(np.float32, copy=False),
         )
+
+    def _rows_per_pass(self, spec: Tensor) -> int:
+        return rows_per_pass(spec[0].numel(), spec.device, spec.shape[0])
+
+    def _forward(self, spec: Tensor) -> Tensor:
+        """The model on a batch of inputs, in passes of :func:`~asca_core.utils.rows_per_pass` inputs.
+
+        Shapes: spec (B, 1, F', T') -> logits (B, K).
+        """
+        rows = self._rows_per_pass(spec)
+        if rows >= spec.shape[0]:
+            return self.model(spec)
+        return torch.cat([self.model(part) for part in spec.split(rows)])
 
     def _onnx_windows(self, waves: Tensor, extractor: FeatureExtractor, window: float | None) -> np.ndarray:
         n = int(round((self.clip_seconds if window is None else float(window)) * self.sample_rate))

@@ -113,6 +113,27 @@ def test_internal_batching_does_not_change_results(clf):
     assert occ8.meta["perturbations_per_eval"] == 8 and occ8.meta["patch"] == [16, 16]
 
 
+def test_default_batches_hold_a_bounded_number_of_cells(clf):
+    from asca_core.inspect.attribution import batch_size_for
+    from asca_core.utils import CPU_BATCH_CELLS as BATCH_CELLS
+
+    five_seconds = torch.zeros(1, 1, 128, 512)
+    assert batch_size_for(five_seconds, None, 32) == 4  # 4 x 65,536 cells = BATCH_CELLS
+    assert batch_size_for(torch.zeros(1, 1, 64, 160), None, 32) == 16  # the largest power of two that fits
+    assert batch_size_for(torch.zeros(1, 1, 64, 160), None, 10) == 10  # never more than there is to do
+    assert batch_size_for(torch.zeros(1, 1, 1024, 1024), None, 32) == 1  # one input over the budget
+    assert batch_size_for(five_seconds, 12, 32) == 12  # what is asked for
+    for n in (1, 2, 3, 100, 4096):
+        size = batch_size_for(torch.zeros(1, 1, 1, n), None, 10**6)
+        assert size * n <= max(BATCH_CELLS, n) and (2 * size * n > BATCH_CELLS or size == 10**6)
+    wave = _call(seed=2)
+    auto = attribute(clf, wave, method="integrated_gradients", n_steps=12)
+    x = clf.spectrogram(wave)
+    assert auto.meta["internal_batch_size"] == batch_size_for(x, None, 12)
+    explicit = attribute(clf, wave, method="integrated_gradients", n_steps=12, internal_batch_size=3)
+    np.testing.assert_allclose(auto.map, explicit.map, rtol=1e-4, atol=1e-6)
+
+
 def test_blur_baseline_is_a_different_reference(clf):
     wave = _call(seed=3)
     silence = attribute(clf, wave, method="integrated_gradients", target=0, n_steps=16)

@@ -288,3 +288,21 @@ def test_a_recording_linked_out_of_the_root_is_refused(clf, recordings, copy, tm
     (folder / "escape.wav").symlink_to(tmp_path / "secret.wav")
     files, left_out = audio_files(folder)
     assert "escape.wav" not in [f.name for f in files] and "escape.wav" in [Path(n).name for n, _ in left_out]
+
+
+def test_windows_scored_in_several_passes_give_the_same_outputs(clf, monkeypatch):
+    """A CPU batch is split into passes of a bounded number of cells; what comes out does not change."""
+    import asca_core.utils
+
+    rng = np.random.default_rng(7)
+    waves = (0.1 * rng.standard_normal((7, int(clf.clip_seconds * clf.sample_rate)))).astype(np.float32)
+    whole = clf.window_outputs(waves)
+    probs = clf.predict_windows(waves)
+    cells = clf.spectrogram(waves[0])[0].numel()
+    monkeypatch.setattr(asca_core.utils, "CPU_BATCH_CELLS", 2 * cells)  # passes of 2, 2, 2 and 1
+    assert clf._rows_per_pass(clf.spectrogram(waves[0]).expand(7, -1, -1, -1)) == 2
+    split = clf.window_outputs(waves)
+    np.testing.assert_allclose(split.logits, whole.logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(split.embeddings, whole.embeddings, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(clf.predict_windows(waves), probs, rtol=1e-5, atol=1e-6)
+    assert split.embeddings.shape == (7, whole.embeddings.shape[1])

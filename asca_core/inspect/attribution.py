@@ -11,8 +11,9 @@ sees (mel padding and time padding cropped)::
 
 Methods: ``integrated_gradients`` (baselines ``silence`` or ``blur``; ``n_steps``,
 ``internal_batch_size``), ``saliency`` (``abs``), ``occlusion`` over time-frequency patches
-(``patch=(mel bins, frames)``, ``stride``, ``perturbations_per_eval``), ``gradcam_conv`` (LayerGradCam
-on the last convolution stage) and ``gradcam_attention`` (on the last attention stage), upsampled to
+(``patch=(mel bins, frames)``, ``stride``, ``perturbations_per_eval``; both batch sizes default to
+what suits the input, :func:`batch_size_for`), ``gradcam_conv`` (LayerGradCam on the last
+convolution stage) and ``gradcam_attention`` (on the last attention stage), upsampled to
 the input grid. A recording longer than one window is attributed window by window (streamed from
 disk) and stitched into one full-length map, so memory is bounded by one window's batch.
 
@@ -40,6 +41,7 @@ from torch import Tensor, nn
 
 from ..errors import AscaError
 from ..features import FeatureExtractor, normalize
+from ..utils import rows_per_pass
 from .grid import WindowGrid, frame_times, mel_frequencies, to_raw, total_frames, window_grid
 from .hooks import gradcam_layer, grid_view, hooks_removed, private_model
 from .sonify import explain_audio
@@ -56,13 +58,13 @@ _OPTIONS = {
 }
 _DEFAULTS: dict[str, Any] = {
     "n_steps": 32,
-    "internal_batch_size": 16,
+    "internal_batch_size": None,
     "integration": "gausslegendre",
     "blur_sigma": (4.0, 16.0),
     "abs": True,
     "patch": (16, 16),
     "stride": (8, 8),
-    "perturbations_per_eval": 16,
+    "perturbations_per_eval": None,
     "relu": True,
     "layer": None,
     "output": "logit",
@@ -189,6 +191,18 @@ def make_baseline(
 
 
 # -- one window ---------------------------------------------------------------------------------
+def batch_size_for(spec: Tensor, requested: Any, most: int) -> int:
+    """Inputs per forward (and backward) of a method that evaluates ``most`` perturbed copies of
+    ``spec``: ``requested`` when given, else :func:`~asca_core.utils.rows_per_pass` (a bounded
+    number of cells on a CPU, all of them on a GPU).
+
+    Shapes: spec (1, 1, F', T').
+    """
+    if requested is not None:
+        return int(requested)
+    return rows_per_pass(spec[0].numel(), spec.device, most)
+
+
 def _forward_fn(classifier, model: nn.Module, output: str) -> Callable[[Tensor], Tensor]:
     if output == "logit":
         return model
@@ -224,19 +238,20 @@ def attribute_input(
     with hooks_removed(model), torch.enable_grad():
         if method == "integrated_gradients":
             base = make_baseline(spec, baseline, extractor, geom, opts["blur_sigma"])
+            batch = batch_size_for(spec, opts["internal_batch_size"], int(opts["n_steps"]))
             attr, delta = IntegratedGradients(forward).attribute(
                 spec,
                 baselines=base,
                 target=target,
                 n_steps=int(opts["n_steps"]),
                 method=opts["integration"],
-                internal_batch_size=int(opts["internal_batch_size"]),
+                internal_batch_size=batch,
                 return_convergence_delta=True,
             )
             meta.update(
                 baseline=baseline,
                 n_steps=int(opts["n_steps"]),
-                internal_batch_size=int(opts["internal_batch_size"]),
+                internal_batch_size=batch,
                 convergence_delta=float(delta.abs().max()),
             )
         elif method == "saliency":
@@ -245,6 +260,7 @@ def attribute_input(
         elif method == "occlusion":
             patch, stride = _pair(opts["patch"], "patch"), _pair(opts["stride"], "stride")
             base = make_baseline(spec, baseline, extractor, geom, opts["blur_sigma"])
+            per_eval = batch_size_for(spec, opts["perturbations_per_eval"], _patches(spec, patch, stride))
             with torch.no_grad():
                 attr = Occlusion(forward).attribute(
                     spec,
@@ -252,13 +268,13 @@ def attribute_input(
                     strides=(1, *stride),
                     baselines=base,
                     target=target,
-                    perturbations_per_eval=int(opts["perturbations_per_eval"]),
+                    perturbations_per_eval=per_eval,
                 )
             meta.update(
                 baseline=baseline,
                 patch=list(patch),
                 stride=list(stride),
-                perturbations_per_eval=int(opts["perturbations_per_eval"]),
+                perturbations_per_eval=per_eval,
             )
         elif method in ("gradcam_conv", "gradcam_attention"):
             kind = method.split("_", 1)[1]
@@ -271,6 +287,12 @@ def attribute_input(
             raise AscaError(f"unknown attribution method {method!r}: choose from {', '.join(METHODS)}")
     meta["output"] = opts["output"]
     return attr.detach()[0, 0].float(), meta
+
+
+def _patches(spec: Tensor, patch: tuple[int, int], stride: tuple[int, int]) -> int:
+    """How many occlusion patches cover ``spec`` (Captum's count: the last may stop short of the edge)."""
+    rows, cols = spec.shape[-2:]
+    return (max(0, rows - patch[0]) // stride[0] + 1) * (max(0, cols - patch[1]) // stride[1] + 1)
 
 
 def _pair(value: Any, name: str) -> tuple[int, int]:
