@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from pathlib import Path
@@ -37,7 +38,7 @@ def rows_per_pass(cells_per_row: int, device: torch.device | str, most: int) -> 
     if torch.device(device).type != "cpu":
         return most
     fits = max(1, CPU_BATCH_CELLS // max(1, int(cells_per_row)))
-    return min(1 << (fits.bit_length() - 1), most)
+    return min(2 ** int(math.log2(fits)), most)  # the largest power of two within the budget
 
 
 def resolve_device(name: str = "auto") -> torch.device:
