@@ -142,6 +142,38 @@ def test_resume_at_epoch_boundary_equals_uninterrupted(finished_run, data, tmp_p
     assert _rows_without_time(straight) == _rows_without_time(paused)
 
 
+def test_loader_workers_kept_across_epochs_train_as_the_main_process(finished_run, data, tmp_path):
+    """Two worker processes that live for the whole run: every epoch gets its own crops (the
+    epoch travels with each index), so the weights equal those of loading in the main process."""
+    straight, _ = finished_run
+    result = fit(tiny_config(data, "data.num_workers=2"), tmp_path / "workers", progress=False)
+    assert result["state"] == "finished" and result["steps"] == 8
+    a, b = _state_model(straight), _state_model(tmp_path / "workers")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert _rows_without_time(straight) == _rows_without_time(tmp_path / "workers")
+
+
+def test_epoch_tagged_indices_choose_that_epochs_crop(data):
+    from asca_core.data import ClipDataset
+    from asca_core.data.formats import load_dataset
+
+    cfg = tiny_config(data)
+    index = load_dataset(data)
+    dataset = ClipDataset(index, list(range(len(index.clips))), cfg.features, train=True, seed=3)
+    sampler = EpochSampler(len(dataset), seed=3, tag_epoch=True)
+    sampler.set_epoch(2)
+    pairs = list(sampler)
+    assert all(epoch == 2 for epoch, _ in pairs) and sorted(i for _, i in pairs) == list(range(len(dataset)))
+    dataset.set_epoch(1)
+    tagged = dataset[(2, 0)][0]
+    assert dataset.epoch == 2
+    dataset.set_epoch(2)
+    assert torch.equal(tagged, dataset[0][0])
+    dataset.set_epoch(1)
+    assert not torch.equal(tagged, dataset[0][0])  # a 1.5 s clip cropped to 1 s: another crop
+
+
 def test_resume_sweeps_half_written_files_of_a_killed_writer(data, tmp_path):
     run_dir = tmp_path / "killed"
     fit(tiny_config(data), run_dir, stop_after_epochs=1, progress=False)

@@ -154,7 +154,14 @@ class ClipDataset(Dataset):
             )
         return span
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item ``key``: an index, or ``(epoch, index)`` as :class:`~asca_core.train.ddp.EpochSampler`
+        yields with ``tag_epoch`` (loader workers that live across epochs get each epoch's crops
+        from the index, not from :meth:`set_epoch` on the main process's copy)."""
+        if isinstance(key, tuple):
+            self.set_epoch(key[0])
+            key = key[1]
+        i = int(key)
         n = len(self.indices)
         for j in ((i + k) % n for k in range(n)):  # a skipped clip's place goes to the next one
             if j in self._bad:

@@ -107,7 +107,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(Sampler[Any]):
     """Shuffled (or class-balanced) order per epoch, sharded across ranks, resumable mid-epoch.
 
     The order depends only on ``(seed, epoch)``: ``set_epoch(e, skip=k)`` replays epoch ``e``
@@ -115,6 +115,8 @@ class EpochSampler(Sampler[int]):
     With ``weights`` the epoch draws ``n`` items with replacement in proportion to them
     (WeightedRandomSampler); without, a permutation. Like DistributedSampler, the order is padded
     by wrapping so every rank gets the same number of items, and rank ``r`` takes ``r::world``.
+    With ``tag_epoch`` it yields ``(epoch, index)`` pairs, which :class:`ClipDataset` reads, so
+    DataLoader workers kept across epochs crop each epoch as the main process would.
     Shapes: weights (n,) or None.
     """
 
@@ -127,8 +129,10 @@ class EpochSampler(Sampler[int]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        tag_epoch: bool = False,
     ) -> None:
         self.n = int(n)
+        self.tag_epoch = bool(tag_epoch)
         self.shuffle = shuffle
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.seed = int(seed)
@@ -159,8 +163,9 @@ class EpochSampler(Sampler[int]):
             order = (order * math.ceil(total / len(order)))[:total]
         return order[self.rank : total : self.world_size]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order()[self.skip :])
+    def __iter__(self) -> Iterator[Any]:
+        order = self.order()[self.skip :]
+        return iter([(self.epoch, i) for i in order] if self.tag_epoch else order)
 
     def __len__(self) -> int:
         return max(0, self.per_rank - self.skip)

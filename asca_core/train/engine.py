@@ -353,7 +353,9 @@ class Trainer:
             seed=cfg.train.seed,
             rank=self.env.rank,
             world_size=self.env.world_size,
+            tag_epoch=cfg.data.num_workers > 0,
         )
+        self._train_loader: DataLoader | None = None
         self.steps_per_epoch = math.ceil(self.sampler.per_rank / cfg.train.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.warmup_steps = int(round(cfg.train.warmup_epochs * self.steps_per_epoch))
@@ -364,18 +366,33 @@ class Trainer:
             shares = [counts.get(label, 0) / max(1, len(train)) for label in d.labels]
             self.fit_loss = fit_threshold(shares, cfg.train.loss, cfg.train.label_smoothing)
 
-    def _loader(self, dataset: Any, sampler: Any = None) -> DataLoader:
+    def _loader(self, dataset: Any, sampler: Any = None, persistent: bool = False) -> DataLoader:
         cfg = self.cfg
+        workers = cfg.data.num_workers
         return DataLoader(
             dataset,
             batch_size=cfg.train.batch_size,
             sampler=sampler,
             shuffle=False,
-            num_workers=cfg.data.num_workers,
+            num_workers=workers,
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
+            persistent_workers=persistent and workers > 0,
+            prefetch_factor=4 if persistent and workers > 0 else None,
         )
+
+    def _training_loader(self) -> DataLoader:
+        """The training loader, built once: its workers (``data.num_workers`` > 0) live across
+        epochs with their decoded-audio caches and read each epoch from the sampler's
+        ``(epoch, index)`` pairs."""
+        if self._train_loader is None:
+            self._train_loader = self._loader(self.train_set, self.sampler, persistent=True)
+        return self._train_loader
+
+    def close_loader(self) -> None:
+        """Let the training loader go: its worker processes (alive across epochs, not runs) shut
+        down with its last reference."""
+        self._train_loader = None
 
     # ----------------------------------------------------------------- resume state
     def save_last(self) -> None:
@@ -445,7 +462,7 @@ class Trainer:
         cfg = self.cfg
         self.train_set.set_epoch(epoch)
         self.sampler.set_epoch(epoch, skip=self.batch * cfg.train.batch_size)
-        loader = self._loader(self.train_set, self.sampler)
+        loader = self._training_loader()
         self.forward_model.train()
         self.augment.train()
         bar = self._bar(epoch, initial=self.batch)
@@ -923,6 +940,7 @@ def _fit_locked(trainer: Trainer, resume: bool, recipe: dict[str, Any] | None) -
             trainer.log(f"failed: {message}")
         raise
     finally:
+        trainer.close_loader()  # the training loader's workers end with the run
         if slot is not None:
             slot.release()
         trainer.stop.restore()
