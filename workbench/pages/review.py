@@ -236,8 +236,8 @@ def _decide(manifest: Path, cands: list, current: int, decision: str) -> None:
 def _controls(clf: Any, cands: list, current: int, manifest: Path, saved: dict) -> None:
     cand = cands[current]
     # two rows, so every button keeps its label and key hint at a laptop's width
-    c1, c2, c6, _ = st.columns([1.4, 1.4, 1.4, 2.8], vertical_alignment="bottom")
-    c1.button(
+    accept, reject, move, _ = st.columns([1.4, 1.4, 1.4, 2.8], vertical_alignment="bottom")
+    accept.button(
         "Accept",
         key="rv_accept",
         shortcut="A",
@@ -246,7 +246,7 @@ def _controls(clf: Any, cands: list, current: int, manifest: Path, saved: dict) 
         on_click=_decide,
         args=(manifest, cands, current, "accept"),
     )
-    c2.button(
+    reject.button(
         "Reject",
         key="rv_reject",
         shortcut="X",
@@ -254,7 +254,7 @@ def _controls(clf: Any, cands: list, current: int, manifest: Path, saved: dict) 
         on_click=_decide,
         args=(manifest, cands, current, "reject"),
     )
-    with c6:
+    with move:
         left, right = st.columns(2)
         left.button(
             "",
@@ -276,10 +276,10 @@ def _controls(clf: Any, cands: list, current: int, manifest: Path, saved: dict) 
         )
     used = sorted({*clf.labels, *(r.label for r in saved.values() if r.label and r.decision)})
     known = [label for label in used if label != cand.label] or used
-    c3, c4, c5 = st.columns([2.2, 2.2, 1.4], vertical_alignment="bottom")
-    c3.selectbox("Relabel as", known, key=K["relabel"])
-    c4.text_input("or a new label", key=NEW_LABEL, placeholder="e.g. frog")
-    c5.button(
+    pick, typed, relabel = st.columns([2.2, 2.2, 1.4], vertical_alignment="bottom")
+    pick.selectbox("Relabel as", known, key=K["relabel"])
+    typed.text_input("or a new label", key=NEW_LABEL, placeholder="e.g. frog")
+    relabel.button(
         "Relabel",
         key="rv_relabel",
         shortcut="L",
