@@ -1,5 +1,6 @@
 """The training step's lean parts give the results of the plain ones: the loss kept on the device,
-multi-tensor EMA, multi-tensor and fused AdamW."""
+multi-tensor EMA, multi-tensor and fused AdamW, the fused squeeze-excitation backward and the
+one-pass residual with stochastic depth."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from asca_core.errors import AscaError
+from asca_core.models import blocks, build_model
 from asca_core.train.engine import Trainer
 from asca_core.train.optim import (
     ModelEma,
@@ -132,3 +134,87 @@ def test_a_non_finite_loss_is_reported_with_its_step_when_read(bad):
     with pytest.raises(AscaError) as info:
         _ = trainer.loss_sum
     assert f"training loss became {bad} at epoch 3, step 1;" in str(info.value)
+
+
+# ------------------------------------------------------------------------------ fused blocks
+def _se_grads(se, x, fused, monkeypatch):
+    monkeypatch.setattr(blocks, "_can_fuse", lambda _x: fused)
+    se.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    out = se(x)
+    assert ("_SqueezeExciteFn" in type(out.grad_fn).__name__) == fused
+    weight = torch.linspace(-1, 1, out.numel()).reshape(out.shape)  # a gradient that is not uniform
+    (out * weight).sum().backward()
+    return out.detach(), [x.grad] + [p.grad for p in se.parameters()]
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_fused_squeeze_excite_gives_the_plain_values_and_gradients(memory_format, monkeypatch):
+    torch.manual_seed(0)
+    se = blocks.SqueezeExcite(24, 6).to(memory_format=memory_format)
+    x = (torch.randn(3, 24, 5, 7) * 2 + 0.5).contiguous(memory_format=memory_format)
+    out_plain, plain = _se_grads(se, x, False, monkeypatch)
+    out_fused, fused = _se_grads(se, x, True, monkeypatch)
+    assert torch.equal(out_plain, out_fused)
+    for a, b in zip(plain, fused, strict=True):
+        assert a is not None and b is not None and a.shape == b.shape
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), (a - b).abs().max()
+    assert fused[0].is_contiguous(memory_format=memory_format)
+
+
+def test_fused_squeeze_excite_with_a_frozen_gate_trains_only_the_map(monkeypatch):
+    torch.manual_seed(0)
+    se = blocks.SqueezeExcite(8, 2)
+    for p in se.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(2, 8, 4, 4)
+    _, plain = _se_grads(se, x, False, monkeypatch)
+    _, fused = _se_grads(se, x, True, monkeypatch)
+    assert all(g is None for g in fused[1:])
+    assert torch.allclose(plain[0], fused[0], atol=1e-6, rtol=1e-5)
+
+
+def test_fused_squeeze_excite_is_used_only_where_a_gradient_flows():
+    se = blocks.SqueezeExcite(8, 2)
+    x = torch.randn(2, 8, 4, 4)
+    assert type(se(x).grad_fn).__name__ != "_SqueezeExciteFnBackward"  # no input gradient: plain
+    with torch.no_grad():
+        assert se(x.requires_grad_()).grad_fn is None
+    assert "_SqueezeExciteFn" in type(se(x).grad_fn).__name__
+
+
+def test_model_gradients_with_fused_blocks_equal_the_plain_ones(monkeypatch):
+    """The whole of asca_tiny, stochastic depth on (same seed, so the same dropped branches)."""
+    torch.manual_seed(0)
+    reference = build_model("asca_tiny", 5, drop_path=0.2).train()
+    x = torch.randn(4, 1, 64, 96)
+    y = torch.tensor([0, 1, 2, 3])
+
+    def grads(fused: bool):
+        monkeypatch.setattr(blocks, "_can_fuse", (lambda _x: torch.is_grad_enabled()) if fused else (lambda _x: False))
+        model = copy.deepcopy(reference)
+        torch.manual_seed(1)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+    loss_plain, plain = grads(False)
+    loss_fused, fused = grads(True)
+    assert torch.allclose(loss_plain, loss_fused, atol=1e-6, rtol=0)
+    for name, a in plain.items():
+        b = fused[name]
+        scale = max(float(a.abs().max()), 1e-3)  # pre-norm biases have (rounding-noise) zero gradients
+        assert float((a - b).abs().max()) <= 1e-4 * scale, name
+
+
+def test_drop_path_add_to_is_the_residual_sum_with_the_same_dropped_rows():
+    drop = blocks.DropPath(0.5).train()
+    shortcut, x = torch.randn(8, 3, 4, 4), torch.randn(8, 3, 4, 4)
+    torch.manual_seed(3)
+    expected = shortcut + drop(x)
+    torch.manual_seed(3)
+    got = drop.add_to(shortcut, x)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+    kept = [(got[i] - shortcut[i]).abs().sum() > 0 for i in range(8)]
+    assert 0 < sum(kept) < 8  # some rows dropped, some kept (seeded)
+    assert torch.equal(drop.eval().add_to(shortcut, x), shortcut + x)

@@ -6,8 +6,10 @@ stage is a plain ``nn.Sequential`` whatever its type.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .attention import MultiHeadAttention
 
@@ -28,9 +30,18 @@ class DropPath(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.p == 0.0 or not self.training:
             return x
+        return x * self._scaled_mask(x)
+
+    def add_to(self, shortcut: Tensor, x: Tensor) -> Tensor:
+        """``shortcut + self(x)`` in one pass over the map (a residual connection)."""
+        if self.p == 0.0 or not self.training:
+            return shortcut + x
+        return torch.addcmul(shortcut, x, self._scaled_mask(x))
+
+    def _scaled_mask(self, x: Tensor) -> Tensor:
+        """A (B, 1, ...) keep mask divided by the keep probability: scale the mask, not the map."""
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * (mask / keep)  # scale the (B, 1, ...) mask, not the whole map
+        return x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep) / keep
 
     def extra_repr(self) -> str:
         return f"p={self.p:.3f}"
@@ -150,10 +161,55 @@ class SqueezeExcite(nn.Module):
         self.act = _ACTS[act]()
         self.expand = nn.Conv2d(reduced, channels, 1)
 
+    def gate(self, pooled: Tensor) -> Tensor:
+        """The (B, C, 1, 1) gate in (0, 1) from the globally pooled map."""
+        return self.expand(self.act(self.reduce(pooled))).sigmoid()
+
     def forward(self, x: Tensor) -> Tensor:
-        gate = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
-        gate = self.expand(self.act(self.reduce(gate)))
-        return x * gate.sigmoid()
+        if _can_fuse(x):
+            return _SqueezeExciteFn.apply(x, self, *self.parameters())
+        return x * self.gate(x.mean((2, 3), keepdim=True))
+
+
+def _can_fuse(x: Tensor) -> bool:
+    """Whether a gradient will flow through ``x`` in eager mode (where the fused backward pays)."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return False
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())
+
+
+class _SqueezeExciteFn(torch.autograd.Function):
+    """Squeeze-excitation whose backward makes two passes over the map instead of four.
+
+    Left to autograd, the map's gradient is the sum of two branches: through the product
+    (``grad * gate``) and through the pooling (``d_pooled / (H W)`` spread over the map), each
+    written out in full and then added. Here the small gate network keeps its own graph and the
+    map's gradient is one ``addcmul``; the gate's gradient is ``sum(grad * x)`` as before.
+    Forward values are those of the plain path; gradients agree to rounding (tested).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, se: SqueezeExcite, *params: Tensor) -> Tensor:
+        with torch.enable_grad():
+            pooled = x.detach().mean((2, 3), keepdim=True).requires_grad_()
+            gate = se.gate(pooled)
+        ctx.save_for_backward(x)
+        ctx.gate_graph = (pooled, gate)
+        ctx.params = params
+        return x * gate.detach()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (x,) = ctx.saved_tensors
+        pooled, gate = ctx.gate_graph
+        d_gate = (grad * x).sum((2, 3), keepdim=True).to(gate.dtype)
+        trained = [p for p in ctx.params if p.requires_grad]
+        grads = iter(torch.autograd.grad(gate, [pooled, *trained], d_gate, retain_graph=True))
+        d_pooled = next(grads)
+        d_params = [next(grads) if p.requires_grad else None for p in ctx.params]
+        d_x = torch.addcmul(d_pooled / (x.shape[2] * x.shape[3]), grad, gate.detach()).to(x.dtype)
+        return (d_x, None, *d_params)
 
 
 class MBConv(nn.Module):
@@ -201,7 +257,7 @@ class MBConv(nn.Module):
         x = self.act(self.norm1(self.expand(self.norm(x))))
         x = self.act(self.norm2(self.dw(x)))
         x = self.proj(self.se(x))
-        return shortcut + self.drop_path(x)
+        return self.drop_path.add_to(shortcut, x)
 
 
 class Mlp(nn.Module):
@@ -269,8 +325,8 @@ class TransformerBlock(nn.Module):
         elif self.downsample:
             y = y.reshape(B, h, 2, w, 2, C).mean((2, 4))  # 2x2 average pool: (B, h, w, C)
         y = self.attn(y.reshape(B, h * w, C), (h, w))  # (B, N, C_out)
-        x = shortcut.flatten(2).transpose(1, 2) + self.drop_path(y)  # (B, N, C_out)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        x = self.drop_path.add_to(shortcut.flatten(2).transpose(1, 2), y)  # (B, N, C_out)
+        x = self.drop_path.add_to(x, self.mlp(self.norm2(x)))
         return x.transpose(1, 2).reshape(B, -1, h, w)  # (B, C_out, h, w)
 
 
