@@ -37,13 +37,24 @@ def fit_length(wave: np.ndarray, n: int, start: int | None = None) -> np.ndarray
     t = wave.shape[0]
     if t == n:
         return wave
-    room = abs(t - n)
-    first = room // 2 if start is None else int(min(max(start, 0), room))
     if t > n:
-        return wave[first : first + n]
+        first, last = crop_range(t, n, start)
+        return wave[first:last]
+    room = n - t
+    first = room // 2 if start is None else int(min(max(start, 0), room))
     out = np.zeros(n, dtype=np.float32)
     out[first : first + t] = wave
     return out
+
+
+def crop_range(t: int, n: int, start: int | None = None) -> tuple[int, int]:
+    """The samples ``[first, last)`` of a ``t``-sample wave that :func:`fit_length` keeps for ``n``
+    (all of them when ``t <= n``): what a reader of a stored wave needs to fetch."""
+    if t <= n:
+        return 0, t
+    room = t - n
+    first = room // 2 if start is None else int(min(max(start, 0), room))
+    return first, first + n
 
 
 def centre_pad(wave: np.ndarray, n: int) -> np.ndarray:

@@ -71,6 +71,23 @@ def test_train_crops_seeded_by_epoch(dataset_dir, tmp_path, use_cache):
     assert round(float(ds2[0][0][0]), 3) == starts[2]  # reproducible across dataset objects
 
 
+def test_cached_train_crops_are_the_decoded_ones(dataset_dir, tmp_path):
+    """The cache reads just the crop from its mapped entry: the same crop, to 16-bit rounding."""
+    from asca_core.train.data import _MemoryCache
+
+    index = load_dataset(dataset_dir)
+    plain = ClipDataset(index, [0, 1, 2], _cfg(), cache=None, train=True, seed=7)
+    disk = ClipDataset(index, [0, 1, 2], _cfg(), cache=FeatureCache(tmp_path / "c"), train=True, seed=7)
+    memory = ClipDataset(index, [0, 1, 2], _cfg(), cache=_MemoryCache(FeatureCache(tmp_path / "c")), train=True, seed=7)
+    for epoch in (0, 3):
+        for ds in (plain, disk, memory):
+            ds.set_epoch(epoch)
+        for i in range(3):
+            expected = plain[i][0]
+            torch.testing.assert_close(disk[i][0], expected, atol=1e-4, rtol=0)
+            torch.testing.assert_close(memory[i][0], expected, atol=1e-4, rtol=0)
+
+
 def test_resampled_and_real_clips(shared_data, tmp_path):
     index = load_dataset(shared_data / "birdclef2023_sample")
     ds = ClipDataset(index, list(range(2)), FeatureConfig(clip_seconds=2.0), cache=None, train=True)

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from .. import audio as _audio
 from ..config import FeatureConfig
 from ..errors import AscaError, DatasetError
-from ..geometry import fit_length
+from ..geometry import crop_range, fit_length
 from .cache import FeatureCache
 from .formats import DatasetIndex
 
@@ -113,8 +113,11 @@ class ClipDataset(Dataset):
             span = self.load_span(clip.path, clip.start or 0.0, clip.end)
             return fit_length(span, self.clip_samples, self._offset(clip_index, span.shape[0]))
         if self.cache is not None:
-            wave = self.cache.get_wave(path, self.sample_rate)
-            return fit_length(wave, self.clip_samples, self._offset(clip_index, wave.shape[0]))
+            stored = self.cache.get(path, self.sample_rate)
+            start = self._offset(clip_index, len(stored))
+            if len(stored) <= self.clip_samples:
+                return fit_length(stored.read(), self.clip_samples, start)
+            return stored.read(*crop_range(len(stored), self.clip_samples, start))  # only the crop
         # Without a cache only the needed window is decoded: long recordings stay cheap.
         info = _audio.audio_info(path)
         total = int(round(info.frames * self.sample_rate / info.sample_rate))
@@ -140,9 +143,9 @@ class ClipDataset(Dataset):
         """
         first = int(round(start * self.sample_rate))
         if self.cache is not None:
-            wave = self.cache.get_wave(path, self.sample_rate)
-            last = wave.shape[0] if end is None else int(round(end * self.sample_rate))
-            span = wave[first:last]
+            stored = self.cache.get(path, self.sample_rate)
+            last = len(stored) if end is None else int(round(end * self.sample_rate))
+            span = stored.read(first, max(first, last))
         else:
             duration = None if end is None else end - start
             span = _audio.load_audio(path, sample_rate=self.sample_rate, offset=start, duration=duration)

@@ -77,26 +77,32 @@ def prepare_data(cfg: Config, check_files: bool = True) -> DataBundle:
 
 
 class _MemoryCache:
-    """Decoded waves kept in memory (up to a byte budget) in front of the on-disk cache.
+    """Cached waves kept in memory (16-bit, up to a byte budget) in front of the on-disk cache.
 
-    Small datasets are then decoded once per run instead of once per epoch.
+    Small datasets are then read from disk once per run instead of once per epoch; waves past
+    the budget stay mapped from disk, read a crop at a time.
     """
 
     def __init__(self, disk: Any, budget_bytes: int = 1 << 30) -> None:
         self.disk = disk
         self.budget = budget_bytes
         self.used = 0
-        self.waves: dict[tuple[str, int], np.ndarray] = {}
+        self.waves: dict[tuple[str, int], Any] = {}
+
+    def get(self, path: Any, sample_rate: int) -> Any:
+        """The stored wave of ``path`` (:class:`~asca_core.data.cache.StoredWave`)."""
+        key = (str(path), int(sample_rate))
+        stored = self.waves.get(key)
+        if stored is None:
+            stored = self.disk.get(path, sample_rate)
+            if self.used + stored.nbytes <= self.budget:
+                stored = self.waves[key] = stored.in_memory()
+                self.used += stored.nbytes
+        return stored
 
     def get_wave(self, path: Any, sample_rate: int) -> np.ndarray:
-        key = (str(path), int(sample_rate))
-        wave = self.waves.get(key)
-        if wave is None:
-            wave = self.disk.get_wave(path, sample_rate)
-            if self.used + wave.nbytes <= self.budget:
-                self.waves[key] = wave
-                self.used += wave.nbytes
-        return wave
+        """Shapes: returns (T,) float32, the whole file."""
+        return self.get(path, sample_rate).read()
 
 
 def make_cache(cfg: Config) -> _MemoryCache:
