@@ -63,7 +63,7 @@ def run(quick: bool = False, threads: int | None = None) -> dict:
     from bench_model_vs_timm import INPUT_SIZE, timm_coatnet
 
     setup_torch(threads)
-    steps = 4 if quick else 12
+    steps = 4 if quick else 20
 
     def ours():
         torch.manual_seed(0)

@@ -183,11 +183,13 @@ def test_fused_squeeze_excite_is_used_only_where_a_gradient_flows():
     assert "_SqueezeExciteFn" in type(se(x).grad_fn).__name__
 
 
-def test_model_gradients_with_fused_blocks_equal_the_plain_ones(monkeypatch):
-    """The whole of asca_tiny, stochastic depth on (same seed, so the same dropped branches)."""
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_model_gradients_with_fused_blocks_equal_the_plain_ones(memory_format, monkeypatch):
+    """The whole of asca_tiny, stochastic depth on (same seed, so the same dropped branches);
+    channels_last also takes the gated projection."""
     torch.manual_seed(0)
-    reference = build_model("asca_tiny", 5, drop_path=0.2).train()
-    x = torch.randn(4, 1, 64, 96)
+    reference = build_model("asca_tiny", 5, drop_path=0.2).train().to(memory_format=memory_format)
+    x = torch.randn(4, 1, 64, 96).contiguous(memory_format=memory_format)
     y = torch.tensor([0, 1, 2, 3])
 
     def grads(fused: bool):
@@ -205,6 +207,47 @@ def test_model_gradients_with_fused_blocks_equal_the_plain_ones(monkeypatch):
         b = fused[name]
         scale = max(float(a.abs().max()), 1e-3)  # pre-norm biases have (rounding-noise) zero gradients
         assert float((a - b).abs().max()) <= 1e-4 * scale, name
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_gated_projection_gives_the_values_and_gradients_of_se_then_conv(bias):
+    torch.manual_seed(0)
+    se, proj = blocks.SqueezeExcite(24, 6), nn.Conv2d(24, 10, 1, bias=bias)
+    x0 = (torch.randn(3, 24, 5, 7) + 0.3).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(3, 10, 5, 7)
+
+    def run(fused: bool):
+        for m in (se, proj):
+            m.zero_grad(set_to_none=True)
+        x = x0.clone().requires_grad_()
+        if fused:
+            assert blocks._fits_gated_projection(x, proj.weight)
+            out = blocks._GatedProjectionFn.apply(x, se, proj.weight, proj.bias, *se.parameters())
+            assert out.is_contiguous(memory_format=torch.channels_last)
+        else:
+            out = proj(x * se.gate(x.mean((2, 3), keepdim=True)))
+        (out * weight).sum().backward()
+        return out.detach(), [x.grad, proj.weight.grad, proj.bias.grad if bias else None] + [
+            p.grad for p in se.parameters()
+        ]
+
+    out_plain, plain = run(False)
+    out_fused, fused = run(True)
+    torch.testing.assert_close(out_fused, out_plain, atol=1e-5, rtol=1e-5)
+    for a, b in zip(plain, fused, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_gated_projection_is_left_to_the_plain_path_where_it_does_not_apply():
+    weight = torch.zeros(4, 8, 1, 1)
+    cl = torch.randn(2, 8, 3, 3).contiguous(memory_format=torch.channels_last)
+    assert blocks._fits_gated_projection(cl, weight)
+    assert not blocks._fits_gated_projection(torch.randn(2, 8, 3, 3), weight)  # NCHW: rows would be a copy
+    assert not blocks._fits_gated_projection(cl.to(torch.bfloat16), weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not blocks._fits_gated_projection(cl, weight)
 
 
 def test_drop_path_add_to_is_the_residual_sum_with_the_same_dropped_rows():

@@ -256,8 +256,76 @@ class MBConv(nn.Module):
         shortcut = self.shortcut(x)
         x = self.act(self.norm1(self.expand(self.norm(x))))
         x = self.act(self.norm2(self.dw(x)))
-        x = self.proj(self.se(x))
+        if _can_fuse(x) and _fits_gated_projection(x, self.proj.weight):
+            x = _GatedProjectionFn.apply(x, self.se, self.proj.weight, self.proj.bias, *self.se.parameters())
+        else:
+            x = self.proj(self.se(x))
         return self.drop_path.add_to(shortcut, x)
+
+
+def _fits_gated_projection(x: Tensor, weight: Tensor) -> bool:
+    """Whether :class:`_GatedProjectionFn` applies: a channels_last map (its pixels are rows of a
+    matrix without a copy), one dtype and no autocast (which the plain path handles)."""
+    return (
+        x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and x.dtype == weight.dtype
+        and not torch.is_autocast_enabled(x.device.type)
+    )
+
+
+class _GatedProjectionFn(torch.autograd.Function):
+    """Squeeze-excitation and the 1x1 projection after it as one batched matrix product.
+
+    ``proj(x * gate)`` is ``x @ (W * gate)^T`` per sample: the gate scales the weight's columns
+    (a C_out x C matrix per sample) instead of the map, so the gated map is never written, and the
+    backward's one ``(grad^T x)`` product per sample gives both the weight's and the gate's
+    gradients. On a channels_last map the pixels are already the rows of that product.
+    Values and gradients equal those of ``proj(se(x))`` to rounding (tested).
+
+    Shapes: x (B, C, H, W) channels_last -> (B, C_out, H, W) channels_last.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, se: SqueezeExcite, weight: Tensor, bias: Tensor | None, *params: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        with torch.enable_grad():
+            pooled = x.detach().mean((2, 3), keepdim=True).requires_grad_()
+            gate = se.gate(pooled)  # (B, C, 1, 1)
+        w = weight.view(weight.shape[0], C)  # (C_out, C)
+        gated_w = w.unsqueeze(0) * gate.detach().view(B, 1, C)  # (B, C_out, C)
+        rows = x.permute(0, 2, 3, 1).reshape(B, H * W, C)  # a view: x is channels_last
+        if bias is None:
+            out = torch.bmm(rows, gated_w.transpose(1, 2))
+        else:
+            out = torch.baddbmm(bias.view(1, 1, -1), rows, gated_w.transpose(1, 2))  # (B, H W, C_out)
+        ctx.save_for_backward(x, weight)
+        ctx.gate_graph = (pooled, gate)
+        ctx.params = params
+        ctx.has_bias = bias is not None
+        return out.view(B, H, W, -1).permute(0, 3, 1, 2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        pooled, gate = ctx.gate_graph
+        B, C, H, W = x.shape
+        c_out = weight.shape[0]
+        w = weight.view(c_out, C)
+        g = gate.detach().view(B, 1, C)
+        rows = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+        grad_rows = grad.permute(0, 2, 3, 1).reshape(B, H * W, c_out)  # a copy only if grad is not channels_last
+        per_sample = torch.bmm(grad_rows.transpose(1, 2), rows)  # (B, C_out, C): grad^T x
+        d_weight = (per_sample * g).sum(0).view_as(weight)
+        d_bias = grad_rows.sum((0, 1)) if ctx.has_bias else None
+        d_gate = (per_sample * w).sum(1).view(B, C, 1, 1).to(gate.dtype)
+        trained = [p for p in ctx.params if p.requires_grad]
+        grads = iter(torch.autograd.grad(gate, [pooled, *trained], d_gate, retain_graph=True))
+        d_pooled = next(grads).view(B, 1, C) / (H * W)
+        d_params = [next(grads) if p.requires_grad else None for p in ctx.params]
+        d_rows = torch.baddbmm(d_pooled, grad_rows, w.unsqueeze(0) * g)  # (B, H W, C)
+        return (d_rows.view(B, H, W, C).permute(0, 3, 1, 2), None, d_weight, d_bias, *d_params)
 
 
 class Mlp(nn.Module):
