@@ -302,10 +302,14 @@ def test_find_candidates_finds_the_known_spans(demo_run, recs):
     clf = Classifier.from_run(demo_run)
     found = find_candidates(clf, [folder / "a.wav", folder / "b.wav"], rank="confidence")
     assert found == sorted(found, key=lambda c: -c.score)
-    for span in spans:  # every placed call is covered by a detection of its label
-        hits = [c for c in found if Path(c.file).name == span.file.name and c.label == span.label]
+    # every placed call is covered by a detection of its label at an even threshold (the run's own
+    # thresholds aim at precision: on validation they already miss some calls of some classes)
+    even = find_candidates(clf, [folder / "a.wav", folder / "b.wav"], rank="confidence", threshold=0.5)
+    for span in spans:
+        hits = [c for c in even if Path(c.file).name == span.file.name and c.label == span.label]
         assert any(overlap(c.start, c.end, span.call_start, span.call_end) > 0 for c in hits), span
-    # detections are mostly on calls, not in the gaps
+    # at the run's thresholds, detections are mostly on calls, not in the gaps
+    assert found
     on_calls = [
         c
         for c in found
