@@ -40,8 +40,7 @@ def fit_length(wave: np.ndarray, n: int, start: int | None = None) -> np.ndarray
     if t > n:
         first, last = crop_range(t, n, start)
         return wave[first:last]
-    room = n - t
-    first = room // 2 if start is None else int(min(max(start, 0), room))
+    first = _place(n - t, start)
     out = np.zeros(n, dtype=np.float32)
     out[first : first + t] = wave
     return out
@@ -52,9 +51,13 @@ def crop_range(t: int, n: int, start: int | None = None) -> tuple[int, int]:
     (all of them when ``t <= n``): what a reader of a stored wave needs to fetch."""
     if t <= n:
         return 0, t
-    room = t - n
-    first = room // 2 if start is None else int(min(max(start, 0), room))
+    first = _place(t - n, start)
     return first, first + n
+
+
+def _place(room: int, start: int | None) -> int:
+    """A crop start or pad offset within ``room``: centred for ``None``, else ``start`` clamped."""
+    return room // 2 if start is None else int(min(max(start, 0), room))
 
 
 def centre_pad(wave: np.ndarray, n: int) -> np.ndarray:

@@ -115,9 +115,8 @@ class ClipDataset(Dataset):
         if self.cache is not None:
             stored = self.cache.get(path, self.sample_rate)
             start = self._offset(clip_index, len(stored))
-            if len(stored) <= self.clip_samples:
-                return fit_length(stored.read(), self.clip_samples, start)
-            return stored.read(*crop_range(len(stored), self.clip_samples, start))  # only the crop
+            crop = stored.read(*crop_range(len(stored), self.clip_samples, start))  # only the crop's samples
+            return fit_length(crop, self.clip_samples, start)
         # Without a cache only the needed window is decoded: long recordings stay cheap.
         info = _audio.audio_info(path)
         total = int(round(info.frames * self.sample_rate / info.sample_rate))

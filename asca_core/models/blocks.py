@@ -171,6 +171,22 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(x.mean((2, 3), keepdim=True))
 
 
+def _gate_with_graph(se: SqueezeExcite, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The pooled map (a leaf) and the gate computed from it, the small graph kept for backward."""
+    with torch.enable_grad():
+        pooled = x.detach().mean((2, 3), keepdim=True).requires_grad_()
+        return pooled, se.gate(pooled)
+
+
+def _gate_backward(ctx, d_gate: Tensor) -> tuple[Tensor, list[Tensor | None]]:
+    """Gradients of the pooled map and of the gate network's parameters, from the gate's."""
+    pooled, gate = ctx.gate_graph
+    trained = [p for p in ctx.params if p.requires_grad]
+    grads = iter(torch.autograd.grad(gate, [pooled, *trained], d_gate.to(gate.dtype), retain_graph=True))
+    d_pooled = next(grads)
+    return d_pooled, [next(grads) if p.requires_grad else None for p in ctx.params]
+
+
 def _can_fuse(x: Tensor) -> bool:
     """Whether a gradient will flow through ``x`` in eager mode (where the fused backward pays)."""
     if not (torch.is_grad_enabled() and x.requires_grad):
@@ -190,9 +206,7 @@ class _SqueezeExciteFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, se: SqueezeExcite, *params: Tensor) -> Tensor:
-        with torch.enable_grad():
-            pooled = x.detach().mean((2, 3), keepdim=True).requires_grad_()
-            gate = se.gate(pooled)
+        pooled, gate = _gate_with_graph(se, x)
         ctx.save_for_backward(x)
         ctx.gate_graph = (pooled, gate)
         ctx.params = params
@@ -202,12 +216,8 @@ class _SqueezeExciteFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         (x,) = ctx.saved_tensors
-        pooled, gate = ctx.gate_graph
-        d_gate = (grad * x).sum((2, 3), keepdim=True).to(gate.dtype)
-        trained = [p for p in ctx.params if p.requires_grad]
-        grads = iter(torch.autograd.grad(gate, [pooled, *trained], d_gate, retain_graph=True))
-        d_pooled = next(grads)
-        d_params = [next(grads) if p.requires_grad else None for p in ctx.params]
+        gate = ctx.gate_graph[1]
+        d_pooled, d_params = _gate_backward(ctx, (grad * x).sum((2, 3), keepdim=True))
         d_x = torch.addcmul(d_pooled / (x.shape[2] * x.shape[3]), grad, gate.detach()).to(x.dtype)
         return (d_x, None, *d_params)
 
@@ -289,9 +299,7 @@ class _GatedProjectionFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, se: SqueezeExcite, weight: Tensor, bias: Tensor | None, *params: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        with torch.enable_grad():
-            pooled = x.detach().mean((2, 3), keepdim=True).requires_grad_()
-            gate = se.gate(pooled)  # (B, C, 1, 1)
+        pooled, gate = _gate_with_graph(se, x)  # gate: (B, C, 1, 1)
         w = weight.view(weight.shape[0], C)  # (C_out, C)
         gated_w = w.unsqueeze(0) * gate.detach().view(B, 1, C)  # (B, C_out, C)
         rows = x.permute(0, 2, 3, 1).reshape(B, H * W, C)  # a view: x is channels_last
@@ -309,7 +317,7 @@ class _GatedProjectionFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        pooled, gate = ctx.gate_graph
+        gate = ctx.gate_graph[1]
         B, C, H, W = x.shape
         c_out = weight.shape[0]
         w = weight.view(c_out, C)
@@ -319,11 +327,8 @@ class _GatedProjectionFn(torch.autograd.Function):
         per_sample = torch.bmm(grad_rows.transpose(1, 2), rows)  # (B, C_out, C): grad^T x
         d_weight = (per_sample * g).sum(0).view_as(weight)
         d_bias = grad_rows.sum((0, 1)) if ctx.has_bias else None
-        d_gate = (per_sample * w).sum(1).view(B, C, 1, 1).to(gate.dtype)
-        trained = [p for p in ctx.params if p.requires_grad]
-        grads = iter(torch.autograd.grad(gate, [pooled, *trained], d_gate, retain_graph=True))
-        d_pooled = next(grads).view(B, 1, C) / (H * W)
-        d_params = [next(grads) if p.requires_grad else None for p in ctx.params]
+        d_pooled, d_params = _gate_backward(ctx, (per_sample * w).sum(1).view(B, C, 1, 1))
+        d_pooled = d_pooled.view(B, 1, C) / (H * W)
         d_rows = torch.baddbmm(d_pooled, grad_rows, w.unsqueeze(0) * g)  # (B, H W, C)
         return (d_rows.view(B, H, W, C).permute(0, 3, 1, 2), None, d_weight, d_bias, *d_params)
 
